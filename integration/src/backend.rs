@@ -1,0 +1,332 @@
+//! Real tonic backends on `127.0.0.1` serving `movies.v1` and
+//! `grpc.health.v1`, controllable by the test.
+//!
+//! Every reply names the backend that served it (in `Movie.served_by` and in
+//! the `x-served-by` response header). A backend can be stopped (its listener
+//! and every connection close, as if the process died), restarted on the same
+//! port, made to hang (TCP stays up, nothing is read or written), and have
+//! its health status flipped. A request header `x-delay-ms` makes `GetMovie`
+//! wait that long (at most 60 s) before answering, for deadline and load
+//! tests. Each backend counts its calls and the `lb-token` values it sees.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
+//! use waypost_integration::backend::Backend;
+//!
+//! let backend = Backend::start("b0").await?;
+//! backend.set_serving(false); // health Watch now reports NOT_SERVING
+//! backend.stop().await;       // connections drop, port closed
+//! backend.restart().await?;   // same port again
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::Stream;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+use waypost_proto::grpc::health::v1::health_check_response::ServingStatus;
+use waypost_proto::health::HealthReporter;
+use waypost_proto::movies::v1::movies_service_server::{MoviesService, MoviesServiceServer};
+use waypost_proto::movies::v1::{Movie, MovieId, MovieQuery};
+
+use crate::HarnessError;
+use crate::gate::{Gate, GatedIo};
+
+/// The longest `x-delay-ms` a backend honours.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// The gRPC service name the backends report health for, besides `""`.
+pub const MOVIES_SERVICE: &str = "movies.v1.MoviesService";
+
+/// What every backend serves.
+pub fn catalog() -> Vec<Movie> {
+    let movie = |mid, name: &str, description: &str, style: &str| Movie {
+        mid,
+        movie_name: name.into(),
+        movie_description: description.into(),
+        movie_style: style.into(),
+        served_by: String::new(),
+    };
+    vec![
+        movie(1, "Alien", "a crew meets a creature in space", "horror"),
+        movie(2, "Arrival", "linguists meet visitors from space", "drama"),
+        movie(3, "Heat", "a detective chases a crew of thieves", "crime"),
+        movie(
+            4,
+            "Amélie",
+            "a shy waitress changes lives in Paris",
+            "comedy",
+        ),
+        movie(
+            5,
+            "Solaris",
+            "a psychologist meets an ocean in space",
+            "drama",
+        ),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    calls: AtomicU64,
+    tokens: Mutex<HashMap<String, u64>>,
+}
+
+/// One backend server; stopped when dropped.
+#[derive(Debug)]
+pub struct Backend {
+    name: String,
+    addr: SocketAddr,
+    health: HealthReporter,
+    gate: Arc<Gate>,
+    stats: Arc<Stats>,
+    running: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Backend {
+    /// Starts a backend named `name` on a free port of `127.0.0.1`.
+    pub async fn start(name: &str) -> Result<Backend, HarnessError> {
+        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let addr = listener.local_addr()?;
+        let (health, _) = HealthReporter::new();
+        health.set(MOVIES_SERVICE, ServingStatus::Serving);
+        let backend = Backend {
+            name: name.to_owned(),
+            addr,
+            health,
+            gate: Arc::new(Gate::default()),
+            stats: Arc::new(Stats::default()),
+            running: tokio::sync::Mutex::new(None),
+        };
+        *backend.running.lock().await = Some(backend.serve(listener));
+        Ok(backend)
+    }
+
+    /// The backend's name, as it appears in replies.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The health reporter behind its `grpc.health.v1` service.
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// Sets the health of the whole server and of `movies.v1.MoviesService`.
+    pub fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set("", status);
+        self.health.set(MOVIES_SERVICE, status);
+    }
+
+    /// While hanging, the backend accepts TCP connections but reads and
+    /// writes nothing on any connection, old or new (no HTTP/2 SETTINGS, no
+    /// PING acks, no replies).
+    pub fn set_hanging(&self, hanging: bool) {
+        self.gate.set_frozen(hanging);
+    }
+
+    /// Stops the backend as if its process died: the listener closes and
+    /// every connection is dropped. Returns once the port is closed.
+    pub async fn stop(&self) {
+        if let Some(task) = self.running.lock().await.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Starts a stopped backend again on the same port (no-op if running).
+    pub async fn restart(&self) -> Result<(), HarnessError> {
+        let mut running = self.running.lock().await;
+        if running.is_none() {
+            *running = Some(self.serve(bind(self.addr)?));
+        }
+        Ok(())
+    }
+
+    /// Whether it is serving (not stopped).
+    pub async fn is_running(&self) -> bool {
+        self.running.lock().await.is_some()
+    }
+
+    /// How many `movies.v1` calls it has served.
+    pub fn calls(&self) -> u64 {
+        self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many calls carried each `lb-token` value.
+    pub fn tokens_seen(&self) -> HashMap<String, u64> {
+        self.stats.tokens.lock().clone()
+    }
+
+    /// The accept loop: it owns every connection task, so aborting it drops
+    /// them all.
+    fn serve(&self, listener: TcpListener) -> JoinHandle<()> {
+        let movies = MoviesServiceServer::new(MoviesBackend {
+            name: self.name.clone(),
+            stats: self.stats.clone(),
+        });
+        let health = waypost_proto::grpc::health::v1::health_server::HealthServer::new(
+            self.health_service(),
+        );
+        let routes = Routes::new(movies).add_service(health).prepare();
+        let gate = self.gate.clone();
+        tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let io = TokioIo::new(GatedIo::new(stream, gate.clone()));
+                        let service = TowerToHyperService::new(routes.clone());
+                        connections.spawn(async move {
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        })
+    }
+
+    fn health_service(&self) -> waypost_proto::health::HealthService {
+        waypost_proto::health::HealthService::from_reporter(self.health.clone())
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = self.running.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+/// A listener on `addr` with SO_REUSEADDR, so a restart can take the same
+/// port back at once.
+fn bind(addr: SocketAddr) -> Result<TcpListener, HarnessError> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Starts `n` backends named `b0`, `b1`, ….
+pub async fn start_backends(n: usize) -> Result<Vec<Backend>, HarnessError> {
+    let mut backends = Vec::with_capacity(n);
+    for i in 0..n {
+        backends.push(Backend::start(&format!("b{i}")).await?);
+    }
+    Ok(backends)
+}
+
+/// The `movies.v1.MoviesService` every backend serves.
+#[derive(Debug, Clone)]
+struct MoviesBackend {
+    name: String,
+    stats: Arc<Stats>,
+}
+
+impl MoviesBackend {
+    fn record<T>(&self, request: &Request<T>) {
+        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(token) = request
+            .metadata()
+            .get("lb-token")
+            .and_then(|v| v.to_str().ok())
+        {
+            *self
+                .stats
+                .tokens
+                .lock()
+                .entry(token.to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    fn reply<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if let Ok(value) = self.name.parse() {
+            response.metadata_mut().insert("x-served-by", value);
+        }
+        response
+    }
+}
+
+type MovieStream = Pin<Box<dyn Stream<Item = Result<Movie, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl MoviesService for MoviesBackend {
+    async fn get_movie(&self, request: Request<MovieId>) -> Result<Response<Movie>, Status> {
+        self.record(&request);
+        let delay = request
+            .metadata()
+            .get("x-delay-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms).min(MAX_DELAY));
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mid = request.get_ref().mid;
+        let movie = catalog()
+            .into_iter()
+            .find(|m| m.mid == mid)
+            .ok_or_else(|| Status::not_found(format!("no movie with id {mid}")))?;
+        Ok(self.reply(Movie {
+            served_by: self.name.clone(),
+            ..movie
+        }))
+    }
+
+    type QueryMoviesStream = MovieStream;
+
+    async fn query_movies(
+        &self,
+        request: Request<MovieQuery>,
+    ) -> Result<Response<Self::QueryMoviesStream>, Status> {
+        self.record(&request);
+        let MovieQuery { query, limit } = request.into_inner();
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        let name = self.name.clone();
+        let movies: Vec<Result<Movie, Status>> = catalog()
+            .into_iter()
+            .filter(|m| m.movie_description.contains(&query))
+            .take(limit)
+            .map(|m| {
+                Ok(Movie {
+                    served_by: name.clone(),
+                    ..m
+                })
+            })
+            .collect();
+        Ok(self.reply(Box::pin(tokio_stream::iter(movies)) as MovieStream))
+    }
+}

@@ -1,0 +1,51 @@
+//! Protocol buffers for waypost, with checked-in generated code.
+//!
+//! - [`grpc::lb::v1`]: the grpclb look-aside balancing protocol
+//!   (`grpc.lb.v1.LoadBalancer/BalanceLoad`), wire-compatible with grpc-go,
+//!   grpc C-core and grpc-java.
+//! - [`grpc::health::v1`]: the standard health checking protocol, plus
+//!   [`health::HealthReporter`], a ready-made server for it.
+//! - [`movies::v1`]: the example service used by waypost's examples, tests and
+//!   benchmarks.
+//!
+//! The code under `src/generated/` is produced by `cargo run -p
+//! waypost-codegen` (protox, no system `protoc`); the test command fails when
+//! regenerating would change it.
+//!
+//! ```
+//! use waypost_proto::movies::v1::{Movie, MovieId};
+//!
+//! let movie = Movie { mid: 7, movie_name: "Alien".into(), ..Default::default() };
+//! assert_eq!(MovieId { mid: movie.mid }.mid, 7);
+//! ```
+
+pub mod health;
+
+/// The `grpc.*` packages.
+pub mod grpc {
+    /// The `grpc.lb.*` packages.
+    pub mod lb {
+        /// `grpc.lb.v1`: the look-aside load balancing protocol.
+        #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            include!("generated/grpc.lb.v1.rs");
+        }
+    }
+    /// The `grpc.health.*` packages.
+    pub mod health {
+        /// `grpc.health.v1`: the health checking protocol.
+        #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            include!("generated/grpc.health.v1.rs");
+        }
+    }
+}
+
+/// The `movies.*` packages.
+pub mod movies {
+    /// `movies.v1`: the example service from the gRPC talk.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        include!("generated/movies.v1.rs");
+    }
+}

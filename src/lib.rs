@@ -1,0 +1,25 @@
+//! waypost: gRPC name resolution and load balancing for Rust.
+//!
+//! A tonic client gets a channel from a target URI such as
+//! `dns:///orders.internal:50051` or `etcd:///orders`, and every call is spread
+//! over healthy backends by a policy chosen in the gRPC service config. This
+//! facade re-exports waypost's crates:
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`proto`] | `waypost-proto` | `grpc.lb.v1`, `grpc.health.v1`, `movies.v1` and a health server |
+//!
+//! The resolver, balancer, look-aside balancer server and bulk-data RPC
+//! crates join this table as they land; the README's feature table says what
+//! works today.
+//!
+//! ```
+//! use waypost::proto::health::HealthReporter;
+//! use waypost::proto::grpc::health::v1::health_check_response::ServingStatus;
+//!
+//! // Every waypost backend can expose grpc.health.v1 in two lines.
+//! let (reporter, _service) = HealthReporter::new();
+//! reporter.set("movies.v1.MoviesService", ServingStatus::Serving);
+//! ```
+
+pub use waypost_proto as proto;
