@@ -8,10 +8,11 @@
 //! | module | crate | what |
 //! |---|---|---|
 //! | [`proto`] | `waypost-proto` | `grpc.lb.v1`, `grpc.health.v1`, `movies.v1` and a health server |
+//! | [`resolver`] | `waypost-resolver` | target URIs, the resolver plugin API, `dns` (feature `dns`), `etcd` and registration (feature `etcd`), `passthrough`, `unix`, `ipv4`/`ipv6`, `manual` |
 //!
-//! The resolver, balancer, look-aside balancer server and bulk-data RPC
-//! crates join this table as they land; the README's feature table says what
-//! works today.
+//! The balancer, look-aside balancer server and bulk-data RPC crates join
+//! this table as they land; the README's feature table says what works
+//! today.
 //!
 //! ```
 //! use waypost::proto::health::HealthReporter;
@@ -23,3 +24,4 @@
 //! ```
 
 pub use waypost_proto as proto;
+pub use waypost_resolver as resolver;

@@ -65,7 +65,7 @@ pub fn choose_service_config(
             let hosts = string_list(hosts).ok_or(format!(
                 "choice {i}: clientHostName is not a list of strings"
             ))?;
-            if !client_host_name.is_some_and(|h| hosts.iter().any(|x| *x == h)) {
+            if !client_host_name.is_some_and(|h| hosts.contains(&h)) {
                 continue;
             }
         }

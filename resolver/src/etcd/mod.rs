@@ -124,7 +124,8 @@ impl EtcdResolverBuilder {
 }
 
 enum ClientSource {
-    Shared(Client),
+    /// A caller's client (boxed: an etcd `Client` is several KiB).
+    Shared(Box<Client>),
     Endpoints(Vec<String>),
 }
 
@@ -142,7 +143,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
             (Some(list), _) => {
                 ClientSource::Endpoints(list.split(',').map(str::to_owned).collect())
             }
-            (None, Some(client)) => ClientSource::Shared(client.clone()),
+            (None, Some(client)) => ClientSource::Shared(Box::new(client.clone())),
             (None, None) => {
                 return Err(ResolveError::Unsupported {
                     scheme: "etcd".into(),
@@ -218,7 +219,7 @@ impl Watcher {
             return Ok(client.clone());
         }
         let client = match &self.source {
-            ClientSource::Shared(client) => client.clone(),
+            ClientSource::Shared(client) => (**client).clone(),
             ClientSource::Endpoints(endpoints) => connect(endpoints)
                 .await
                 .map_err(|e| etcd_error("connect", e))?,

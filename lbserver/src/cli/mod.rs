@@ -1,0 +1,50 @@
+//! The subcommands of the `waypost` binary. Each takes its parsed
+//! arguments and a writer for its JSON lines, and returns an exit code.
+
+mod register;
+mod resolve;
+
+pub use register::{RegisterArgs, register};
+pub use resolve::{ResolveArgs, resolve};
+
+/// Exit code for bad command-line input (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when the work failed (resolution error, etcd unreachable).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Splits `a,b,c` into etcd endpoints.
+pub(crate) fn etcd_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Writes one JSON value as a line and flushes, so watchers see it at once.
+pub(crate) fn emit(out: &mut impl std::io::Write, value: &serde_json::Value) {
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}

@@ -1,0 +1,54 @@
+//! The `waypost` command: resolve targets, register endpoints in etcd, and
+//! (as its issue lands) run the standalone balancer.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use waypost_lbserver::cli;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "waypost",
+    version,
+    about = "gRPC name resolution and load balancing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print resolver updates for a target as JSON lines.
+    Resolve(cli::ResolveArgs),
+    /// Register an endpoint in etcd until interrupted, then remove it.
+    Register(cli::RegisterArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAYPOST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let parsed = match Cli::try_parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let mut out = std::io::stdout();
+    let code = match parsed.command {
+        Command::Resolve(args) => cli::resolve(args, &mut out).await,
+        Command::Register(args) => cli::register(args, &mut out).await,
+    };
+    ExitCode::from(code)
+}

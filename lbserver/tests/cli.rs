@@ -1,0 +1,213 @@
+//! The `waypost` binary's `resolve` and `register` commands, run as real
+//! processes against the harness's DNS server and a real etcd.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use waypost_integration::dns::{DnsServer, SrvTarget};
+use waypost_integration::etcd::EtcdServer;
+
+const WAYPOST: &str = env!("CARGO_BIN_EXE_waypost");
+
+async fn run(args: &[&str]) -> (Vec<Value>, i32) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(WAYPOST).args(args).output(),
+    )
+    .await
+    .expect("waypost finished within 30 s")
+    .unwrap();
+    let lines = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    (lines, output.status.code().unwrap_or(-1))
+}
+
+fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(WAYPOST)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line within 20 s")
+        .unwrap()
+        .expect("the process is still printing");
+    serde_json::from_str(&line).unwrap()
+}
+
+async fn terminate(child: &mut Child) -> i32 {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn resolve_prints_one_update_and_exits() {
+    let (lines, code) = run(&["resolve", "ipv4:127.0.0.1:1,127.0.0.2"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        lines,
+        vec![json!({
+            "endpoints": [{"addr":"127.0.0.1:1","metadata":null},{"addr":"127.0.0.2:443","metadata":null}],
+            "service_config": null,
+            "balancer_addresses": [],
+        })]
+    );
+}
+
+#[tokio::test]
+async fn resolve_reports_errors_as_json_and_fails() {
+    for target in ["dns:///orders:", "unix://host/x.sock", "ipv4:nope"] {
+        let (lines, code) = run(&["resolve", target]).await;
+        assert_eq!(code, 1, "{target}");
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0]["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{target}: {lines:?}"
+        );
+    }
+    let (_, code) = run(&["resolve"]).await;
+    assert_eq!(code, 64, "a missing argument is a usage error");
+}
+
+#[tokio::test]
+async fn resolve_dns_prints_endpoints_config_and_balancers() {
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("orders.test.", &[Ipv4Addr::new(127, 0, 0, 1)], 60)
+        .await
+        .unwrap();
+    dns.set_a("lb.test.", &[Ipv4Addr::new(127, 0, 0, 2)], 60)
+        .await
+        .unwrap();
+    dns.set_srv(
+        "_grpclb._tcp.orders.test.",
+        &[SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 7000,
+            target: "lb.test.".into(),
+        }],
+        60,
+    )
+    .await
+    .unwrap();
+    dns.set_txt(
+        "_grpc_config.orders.test.",
+        r#"grpc_config=[{"serviceConfig":{"loadBalancingPolicy":"round_robin"}}]"#,
+        60,
+    )
+    .await
+    .unwrap();
+    let target = format!("dns://{}/orders.test:50051", dns.addr());
+    let (lines, code) = run(&["resolve", &target]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(
+        lines,
+        vec![json!({
+            "endpoints": [{"addr":"127.0.0.1:50051","metadata":null}],
+            "service_config": {"loadBalancingPolicy":"round_robin"},
+            "balancer_addresses": ["127.0.0.2:7000"],
+        })]
+    );
+}
+
+#[tokio::test]
+async fn resolve_watch_follows_etcd_and_register_comes_and_goes() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+
+    let (mut watcher, mut updates) = spawn(&[
+        "resolve",
+        "etcd:///movies",
+        "--etcd",
+        &etcd.addr(),
+        "--watch",
+    ]);
+    assert_eq!(next_json(&mut updates).await["endpoints"], json!([]));
+
+    let (mut registrant, mut out) = spawn(&[
+        "register",
+        "--etcd",
+        &etcd.addr(),
+        "--service",
+        "movies",
+        "--addr",
+        "127.0.0.1:7001",
+        "--ttl",
+        "5",
+        "--metadata",
+        r#"{"zone":"a"}"#,
+    ]);
+    let registered = next_json(&mut out).await;
+    assert_eq!(registered["registered"], "movies/127.0.0.1:7001");
+    let got = client.get("movies/127.0.0.1:7001", None).await.unwrap();
+    let value: Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    assert_eq!(
+        value,
+        json!({"Op":0,"Addr":"127.0.0.1:7001","Metadata":{"zone":"a"}})
+    );
+    assert_eq!(
+        next_json(&mut updates).await["endpoints"],
+        json!([{"addr":"127.0.0.1:7001","metadata":{"zone":"a"}}])
+    );
+
+    assert_eq!(terminate(&mut registrant).await, 0);
+    assert_eq!(
+        next_json(&mut out).await["deregistered"],
+        "movies/127.0.0.1:7001"
+    );
+    assert_eq!(next_json(&mut updates).await["endpoints"], json!([]));
+    assert!(
+        client
+            .get("movies/127.0.0.1:7001", None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
+
+    assert_eq!(terminate(&mut watcher).await, 0);
+}
+
+#[tokio::test]
+async fn register_rejects_bad_input() {
+    let (lines, code) = run(&[
+        "register",
+        "--etcd",
+        "127.0.0.1:1",
+        "--service",
+        "s",
+        "--addr",
+        "127.0.0.1:1",
+        "--metadata",
+        "{",
+    ])
+    .await;
+    assert_eq!(code, 64);
+    assert!(lines[0]["error"].as_str().unwrap().contains("--metadata"));
+}
