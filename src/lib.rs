@@ -25,3 +25,8 @@
 
 pub use waypost_proto as proto;
 pub use waypost_resolver as resolver;
+
+/// Compiles the README's Rust examples as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

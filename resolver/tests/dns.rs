@@ -250,6 +250,12 @@ async fn a_failed_or_empty_answer_keeps_the_last_good_addresses() {
     })
     .await;
     assert_eq!(addrs(&update), vec!["127.0.0.1:1"]);
+    // Timeouts back off too: with 0.3 s query timeouts and 0.2, 0.4, 0.8 s
+    // delays, a 2.5 s window sees a handful of queries, not a retry storm.
+    let before = dns.queries("orders.test.", RecordType::A);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = dns.queries("orders.test.", RecordType::A) - before;
+    assert!((1..=7).contains(&during), "{during} queries while silent");
     dns.set_silent(false);
     let update = wait_for(&mut resolution, |u| u.error.is_none()).await;
     assert_eq!(addrs(&update), vec!["127.0.0.1:1"]);
