@@ -5,9 +5,10 @@
 //! `orders/` through the client given to [`EtcdResolverBuilder::new`];
 //! `etcd://127.0.0.1:2379,127.0.0.1:22379/orders` names the etcd endpoints
 //! itself (the global registry serves that form). The resolver lists the
-//! prefix, then watches it from the next revision; it lists again after a
-//! compaction and reconnects with backoff after a failure, keeping the last
-//! good endpoints meanwhile. A value that does not parse is skipped, logged,
+//! prefix, then watches it from the next revision. After a failure it
+//! reconnects with backoff, keeping the last good endpoints meanwhile, and
+//! resumes the watch from the last revision it saw; only if that history
+//! was compacted does it list again. A value that does not parse is skipped, logged,
 //! counted and reported — it never removes a good endpoint.
 //!
 //! [`Registration`] is the other side: it puts `<service>/<addr>` under a
@@ -160,6 +161,8 @@ impl ResolverBuilder for EtcdResolverBuilder {
             prefix: format!("{service}/"),
             stats: self.stats.clone(),
             backoff: Backoff::new(self.backoff, crate::backoff::seeded_rng()),
+            endpoints: BTreeMap::new(),
+            revision: None,
         };
         tokio::spawn(watcher.run(publisher));
         Ok(())
@@ -178,6 +181,11 @@ struct Watcher {
     prefix: String,
     stats: Arc<EtcdStats>,
     backoff: Backoff<rand::rngs::SmallRng>,
+    /// The endpoints by key, as of `revision`.
+    endpoints: BTreeMap<String, Endpoint>,
+    /// The store revision `endpoints` reflects; `None` until the first list
+    /// and after a compaction, when only a new list can catch up.
+    revision: Option<i64>,
 }
 
 fn etcd_error(context: &str, e: impl std::fmt::Display) -> ResolveError {
@@ -195,7 +203,8 @@ impl Watcher {
             };
             match result {
                 Ok(SessionEnd::Compacted) => {
-                    tracing::info!(prefix = %self.prefix, "etcd watch compacted; listing again");
+                    tracing::info!(prefix = %self.prefix, "etcd watch revision compacted; listing again");
+                    self.revision = None;
                 }
                 Err(error) => {
                     tracing::warn!(prefix = %self.prefix, %error, "etcd resolver; keeping the last good endpoints");
@@ -228,34 +237,17 @@ impl Watcher {
         Ok(client)
     }
 
-    /// Lists the prefix, publishes it, then follows the watch until it ends.
+    /// Lists the prefix (unless a revision to resume from is known), then
+    /// follows the watch until it ends. Resuming from the last revision
+    /// after a watch loss replays what changed meanwhile without a full
+    /// list; if that history was compacted, etcd cancels the watch and the
+    /// next session lists.
     async fn session(&mut self, publisher: &Publisher) -> Result<SessionEnd, ResolveError> {
         let mut client = self.client().await?;
-        let list = tokio::time::timeout(
-            LIST_TIMEOUT,
-            client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|_| etcd_error("list", format!("no answer within {LIST_TIMEOUT:?}")))?
-        .map_err(|e| etcd_error("list", e))?;
-        self.stats.lists.fetch_add(1, Ordering::Relaxed);
-        let revision = list.header().map(|h| h.revision()).unwrap_or(0);
-
-        let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
-        let mut skipped = Vec::new();
-        for kv in list.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match parse_value(kv.value()) {
-                Ok(ValueOp::Add(endpoint)) => {
-                    endpoints.insert(key, endpoint);
-                }
-                Ok(ValueOp::Delete) => {}
-                Err(reason) => skipped.push(ResolveError::BadEtcdValue { key, reason }),
-            }
-        }
-        self.publish(publisher, &endpoints, skipped);
-        self.backoff.reset();
-
+        let revision = match self.revision {
+            Some(revision) => revision,
+            None => self.list(&mut client, publisher).await?,
+        };
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -275,36 +267,72 @@ impl Watcher {
                 }
                 return Err(etcd_error("watch canceled", response.cancel_reason()));
             }
+            if response.created() {
+                // The watch is established: the connection works again.
+                self.backoff.reset();
+            }
             let mut changed = false;
             let mut skipped = Vec::new();
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
+                self.revision = Some(self.revision.unwrap_or(0).max(kv.mod_revision()));
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 match event.event_type() {
-                    EventType::Delete => changed |= endpoints.remove(&key).is_some(),
+                    EventType::Delete => changed |= self.endpoints.remove(&key).is_some(),
                     EventType::Put => match parse_value(kv.value()) {
                         Ok(ValueOp::Add(endpoint)) => {
-                            changed |= endpoints.get(&key) != Some(&endpoint);
-                            endpoints.insert(key, endpoint);
+                            changed |= self.endpoints.get(&key) != Some(&endpoint);
+                            self.endpoints.insert(key, endpoint);
                         }
-                        Ok(ValueOp::Delete) => changed |= endpoints.remove(&key).is_some(),
+                        Ok(ValueOp::Delete) => changed |= self.endpoints.remove(&key).is_some(),
                         Err(reason) => skipped.push(ResolveError::BadEtcdValue { key, reason }),
                     },
                 }
             }
             if changed || !skipped.is_empty() {
-                self.publish(publisher, &endpoints, skipped);
+                self.publish(publisher, skipped);
             }
         }
     }
 
-    fn publish(
-        &self,
+    /// Lists the prefix, replaces the endpoints, publishes them and returns
+    /// the revision listed at.
+    async fn list(
+        &mut self,
+        client: &mut Client,
         publisher: &Publisher,
-        endpoints: &BTreeMap<String, Endpoint>,
-        skipped: Vec<ResolveError>,
-    ) {
-        publisher.update(ResolverState::from_endpoints(endpoints.values().cloned()));
+    ) -> Result<i64, ResolveError> {
+        let list = tokio::time::timeout(
+            LIST_TIMEOUT,
+            client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| etcd_error("list", format!("no answer within {LIST_TIMEOUT:?}")))?
+        .map_err(|e| etcd_error("list", e))?;
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        let revision = list.header().map(|h| h.revision()).unwrap_or(0);
+        self.endpoints.clear();
+        let mut skipped = Vec::new();
+        for kv in list.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match parse_value(kv.value()) {
+                Ok(ValueOp::Add(endpoint)) => {
+                    self.endpoints.insert(key, endpoint);
+                }
+                Ok(ValueOp::Delete) => {}
+                Err(reason) => skipped.push(ResolveError::BadEtcdValue { key, reason }),
+            }
+        }
+        self.revision = Some(revision);
+        self.publish(publisher, skipped);
+        self.backoff.reset();
+        Ok(revision)
+    }
+
+    fn publish(&self, publisher: &Publisher, skipped: Vec<ResolveError>) {
+        publisher.update(ResolverState::from_endpoints(
+            self.endpoints.values().cloned(),
+        ));
         for error in skipped {
             self.stats.skipped_values.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "etcd resolver skipped a value");
