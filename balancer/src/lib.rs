@@ -1,1 +1,33 @@
-//! Placeholder until its issue lands; see the project README.
+//! Load balancing for waypost: subchannels with real connectivity states,
+//! balancing policies, lock-free pickers, and the [`Channel`] that tonic
+//! clients call through.
+//!
+//! ```no_run
+//! use waypost_balancer::Channel;
+//! use waypost_proto::movies::v1::{MovieId, movies_service_client::MoviesServiceClient};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Three backends, round-robin, found in DNS.
+//! let channel = Channel::builder("dns:///movies.internal:50051")
+//!     .default_service_config(serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+//!     .build()?;
+//! let mut client = MoviesServiceClient::new(channel.clone());
+//! let movie = client.get_movie(MovieId { mid: 1 }).await?.into_inner();
+//! println!("{} (channel is {})", movie.movie_name, channel.state());
+//! # Ok(()) }
+//! ```
+
+pub mod channel;
+mod connectivity;
+pub mod picker;
+pub mod policy;
+pub mod service_config;
+mod settings_sniffer;
+pub mod subchannel;
+
+pub use channel::{Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, WaitForReady};
+pub use connectivity::{ConnectivityState, aggregate};
+pub use policy::{Helper, Policy, PolicyBuilder, PolicyRegistry};
+pub use subchannel::{
+    Connection, KeepaliveConfig, SubchannelHandle, SubchannelId, SubchannelState,
+};

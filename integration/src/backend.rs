@@ -81,6 +81,8 @@ pub fn catalog() -> Vec<Movie> {
 struct Stats {
     calls: AtomicU64,
     tokens: Mutex<HashMap<String, u64>>,
+    open_connections: AtomicU64,
+    accepted: AtomicU64,
 }
 
 /// One backend server; stopped when dropped.
@@ -97,7 +99,13 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend named `name` on a free port of `127.0.0.1`.
     pub async fn start(name: &str) -> Result<Backend, HarnessError> {
-        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        Self::start_at(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts a backend on `addr` (any `127.x.y.z`; port 0 picks one). Lets
+    /// DNS tests put backends on several loopback addresses with one port.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Result<Backend, HarnessError> {
+        let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let (health, _) = HealthReporter::new();
         health.set(MOVIES_SERVICE, ServingStatus::Serving);
@@ -174,6 +182,16 @@ impl Backend {
         self.stats.calls.load(Ordering::SeqCst)
     }
 
+    /// How many connections are open to it now.
+    pub fn open_connections(&self) -> u64 {
+        self.stats.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// How many connections it has accepted in all.
+    pub fn accepted_connections(&self) -> u64 {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+
     /// How many calls carried each `lb-token` value.
     pub fn tokens_seen(&self) -> HashMap<String, u64> {
         self.stats.tokens.lock().clone()
@@ -191,6 +209,7 @@ impl Backend {
         );
         let routes = Routes::new(movies).add_service(health).prepare();
         let gate = self.gate.clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -200,7 +219,10 @@ impl Backend {
                         let _ = stream.set_nodelay(true);
                         let io = TokioIo::new(GatedIo::new(stream, gate.clone()));
                         let service = TowerToHyperService::new(routes.clone());
+                        stats.accepted.fetch_add(1, Ordering::SeqCst);
+                        let open = OpenConnection::new(stats.clone());
                         connections.spawn(async move {
+                            let _open = open;
                             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                                 .serve_connection(io, service)
                                 .await;
@@ -222,6 +244,22 @@ impl Drop for Backend {
         if let Some(task) = self.running.get_mut().take() {
             task.abort();
         }
+    }
+}
+
+/// Counts a connection as open until dropped (also when its task is aborted).
+struct OpenConnection(Arc<Stats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<Stats>) -> Self {
+        stats.open_connections.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,0 +1,46 @@
+//! The response body of a [`Channel`](super::Channel) call: hyper's body
+//! with transport failures reported as gRPC UNAVAILABLE, so a backend that
+//! dies mid-response fails the call the way gRPC specifies.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// The body of a response received through a waypost channel.
+#[derive(Debug)]
+pub struct ChannelBody {
+    inner: hyper::body::Incoming,
+}
+
+impl ChannelBody {
+    pub(crate) fn new(inner: hyper::body::Incoming) -> Self {
+        ChannelBody { inner }
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(super::call::transport_status(&e)))),
+            other => {
+                other.map(|frame| frame.map(|r| r.map_err(|e| super::call::transport_status(&e))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,301 @@
+//! [`Channel`]: a client channel from a target URI, usable by any
+//! tonic-generated client.
+//!
+//! ```no_run
+//! use waypost_balancer::Channel;
+//! use waypost_proto::movies::v1::{MovieId, movies_service_client::MoviesServiceClient};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = Channel::builder("dns:///movies.internal:50051")
+//!     .default_service_config(serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+//!     .build()?;
+//! let mut client = MoviesServiceClient::new(channel);
+//! let movie = client.get_movie(MovieId { mid: 1 }).await?;
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod call;
+mod controller;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use waypost_resolver::backoff::BackoffConfig;
+use waypost_resolver::{ResolveError, ResolverRegistry, Target};
+
+pub use self::body::ChannelBody;
+pub use self::call::WaitForReady;
+use crate::connectivity::ConnectivityState;
+use crate::picker::{FailPicker, Picker, QueuePicker};
+use crate::policy::PolicyRegistry;
+use crate::service_config::ServiceConfig;
+use crate::subchannel::{ConnectOptions, KeepaliveConfig, SubchannelCounters};
+
+/// Why a channel could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The target could not be resolved (malformed, or no resolver).
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The default service config is invalid.
+    #[error(transparent)]
+    ServiceConfig(#[from] crate::service_config::ServiceConfigError),
+}
+
+/// The picker in force, numbered so waiting calls notice a newer one.
+pub(crate) struct PickerState {
+    pub(crate) picker: Arc<dyn Picker>,
+    pub(crate) generation: u64,
+}
+
+/// Call and pick counters of one channel.
+#[derive(Debug, Default)]
+pub struct ChannelCounters {
+    /// Calls sent to a connection.
+    pub picks: AtomicU64,
+    /// Times a call had to wait for a new picker.
+    pub queued: AtomicU64,
+    /// Calls re-picked because their connection closed before they were sent.
+    pub transparent_retries: AtomicU64,
+}
+
+/// A snapshot of a channel's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Calls sent to a connection.
+    pub picks: u64,
+    /// Times a call waited for a new picker.
+    pub queued: u64,
+    /// Calls re-picked because their connection closed before they were sent.
+    pub transparent_retries: u64,
+    /// Connection attempts.
+    pub connects: u64,
+    /// Failed connection attempts.
+    pub connect_failures: u64,
+    /// READY connections that closed.
+    pub disconnects: u64,
+}
+
+/// State shared by a channel's handles, its controller and its calls.
+pub(crate) struct Shared {
+    pub(crate) picker: ArcSwap<PickerState>,
+    pub(crate) generation: watch::Sender<u64>,
+    pub(crate) state: watch::Sender<ConnectivityState>,
+    pub(crate) config: ArcSwap<ServiceConfig>,
+    pub(crate) authority: http::uri::Authority,
+    pub(crate) counters: ChannelCounters,
+    pub(crate) subchannel_counters: Arc<SubchannelCounters>,
+}
+
+impl Shared {
+    pub(crate) fn publish(&self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+        let generation = self.picker.load().generation + 1;
+        self.picker
+            .store(Arc::new(PickerState { picker, generation }));
+        self.generation.send_replace(generation);
+        self.state
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
+    }
+}
+
+/// Stops the controller when the last [`Channel`] clone is dropped, and
+/// fails calls still waiting.
+struct ControllerGuard {
+    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for ControllerGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.shared.publish(
+            ConnectivityState::Shutdown,
+            Arc::new(FailPicker("the channel was closed".into())),
+        );
+    }
+}
+
+/// A load-balanced gRPC client channel; see the module docs. Cheap to
+/// clone; every clone shares the same subchannels. Dropping the last clone
+/// stops the resolver and closes every connection.
+#[derive(Clone)]
+pub struct Channel {
+    shared: Arc<Shared>,
+    _guard: Arc<ControllerGuard>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("authority", &self.shared.authority)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Starts building a channel to `target` (`dns:///host:port`,
+    /// `etcd:///service`, `ipv4:…`, or any registered scheme).
+    pub fn builder(target: impl Into<String>) -> ChannelBuilder {
+        ChannelBuilder {
+            target: target.into(),
+            resolvers: ResolverRegistry::new(),
+            policies: PolicyRegistry::new(),
+            default_service_config: None,
+            connect: ConnectOptions::default(),
+            authority: None,
+        }
+    }
+
+    /// The channel's connectivity state.
+    pub fn state(&self) -> ConnectivityState {
+        *self.shared.state.borrow()
+    }
+
+    /// Waits until the state differs from `from` and returns the new state.
+    pub async fn wait_for_state_change(&self, from: ConnectivityState) -> ConnectivityState {
+        let mut rx = self.shared.state.subscribe();
+        match rx.wait_for(|s| *s != from).await {
+            Ok(state) => *state,
+            Err(_) => ConnectivityState::Shutdown,
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> ChannelStats {
+        let c = &self.shared.counters;
+        let s = &self.shared.subchannel_counters;
+        ChannelStats {
+            picks: c.picks.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
+            transparent_retries: c.transparent_retries.load(Ordering::Relaxed),
+            connects: s.connects.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            disconnects: s.disconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<ChannelBody>;
+    type Error = tower::BoxError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Calls queue inside `call` until a picker can place them.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(call::call(self.shared.clone(), request))
+    }
+}
+
+/// Builds a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelBuilder {
+    target: String,
+    resolvers: ResolverRegistry,
+    policies: PolicyRegistry,
+    default_service_config: Option<serde_json::Value>,
+    connect: ConnectOptions,
+    authority: Option<String>,
+}
+
+impl ChannelBuilder {
+    /// Resolver builders for this channel (consulted before the global ones).
+    pub fn resolvers(mut self, registry: ResolverRegistry) -> Self {
+        self.resolvers = registry;
+        self
+    }
+
+    /// Policy builders for this channel (consulted before the global ones).
+    pub fn policies(mut self, registry: PolicyRegistry) -> Self {
+        self.policies = registry;
+        self
+    }
+
+    /// The service config used when the resolver supplies none.
+    pub fn default_service_config(mut self, config: serde_json::Value) -> Self {
+        self.default_service_config = Some(config);
+        self
+    }
+
+    /// HTTP/2 keepalive PINGs.
+    pub fn keepalive(mut self, keepalive: KeepaliveConfig) -> Self {
+        self.connect.keepalive = keepalive;
+        self
+    }
+
+    /// Connection backoff (default gRPC's: 1 s × 1.6 ± 20 %, max 120 s).
+    pub fn connect_backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.connect.backoff = backoff;
+        self
+    }
+
+    /// The least time a connection attempt may take (default 20 s).
+    pub fn min_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect.min_connect_timeout = timeout;
+        self
+    }
+
+    /// The `:authority` of calls (default: the target's endpoint).
+    pub fn authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
+    }
+
+    /// Starts resolving and connecting. Must be called inside a tokio runtime.
+    pub fn build(self) -> Result<Channel, ChannelError> {
+        let default_config = match &self.default_service_config {
+            Some(json) => Some(ServiceConfig::parse(json, &self.policies)?),
+            None => None,
+        };
+        let authority = self
+            .authority
+            .clone()
+            .or_else(|| {
+                Target::parse(&self.target)
+                    .ok()
+                    .map(|t| t.endpoint().to_owned())
+            })
+            .and_then(|a| http::uri::Authority::try_from(a.as_str()).ok())
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        let resolution = self.resolvers.resolve(&self.target)?;
+        let shared = Arc::new(Shared {
+            picker: ArcSwap::from_pointee(PickerState {
+                picker: Arc::new(QueuePicker),
+                generation: 0,
+            }),
+            generation: watch::Sender::new(0),
+            state: watch::Sender::new(ConnectivityState::Idle),
+            config: ArcSwap::from_pointee(default_config.clone().unwrap_or_default()),
+            authority,
+            counters: ChannelCounters::default(),
+            subchannel_counters: Arc::default(),
+        });
+        let (controller, events) = controller::Controller::new(
+            shared.clone(),
+            resolution,
+            self.policies,
+            self.default_service_config,
+            self.connect,
+        );
+        let task = tokio::spawn(controller.run(events));
+        Ok(Channel {
+            shared: shared.clone(),
+            _guard: Arc::new(ControllerGuard { task, shared }),
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! Pickers: immutable snapshots that choose a connection for each call.
+//!
+//! A policy publishes a new picker whenever the set of usable connections
+//! changes; the channel swaps it in atomically. A pick loads the current
+//! snapshot and chooses, taking no lock and allocating nothing.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crate::subchannel::Connection;
+
+/// What a picker decided for one call.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// Send the call on this connection.
+    Connection(Connection),
+    /// No connection is usable yet: wait for the next picker.
+    Queue,
+    /// Fail the call with UNAVAILABLE and this message — unless it is
+    /// wait-for-ready, in which case it waits for the next picker.
+    Unavailable(Arc<str>),
+    /// Fail the call with UNAVAILABLE and this message even if it is
+    /// wait-for-ready (e.g. a grpclb drop).
+    Drop(Arc<str>),
+}
+
+/// Chooses a connection for a call. Implementations are immutable
+/// snapshots: a new state means a new picker.
+pub trait Picker: Send + Sync + 'static {
+    /// Picks for the call to `path` (`/package.Service/Method`).
+    fn pick(&self, path: &str) -> Pick;
+}
+
+/// Queues every call (no connection yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueuePicker;
+
+impl Picker for QueuePicker {
+    fn pick(&self, _path: &str) -> Pick {
+        Pick::Queue
+    }
+}
+
+/// Fails every call with UNAVAILABLE (wait-for-ready calls wait).
+#[derive(Debug, Clone)]
+pub struct FailPicker(pub Arc<str>);
+
+impl Picker for FailPicker {
+    fn pick(&self, _path: &str) -> Pick {
+        Pick::Unavailable(self.0.clone())
+    }
+}
+
+/// Always the same connection (`pick_first`).
+#[derive(Debug, Clone)]
+pub struct SinglePicker(pub Connection);
+
+impl Picker for SinglePicker {
+    fn pick(&self, _path: &str) -> Pick {
+        Pick::Connection(self.0.clone())
+    }
+}
+
+thread_local! {
+    /// Each thread walks the ring with its own cursor, so concurrent picks
+    /// share no written memory (a shared atomic cursor bounces its cache
+    /// line between cores on every pick).
+    static CURSOR: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Round-robin over READY connections (`round_robin`).
+#[derive(Debug, Clone)]
+pub struct RoundRobinPicker {
+    ready: Arc<[Connection]>,
+}
+
+impl RoundRobinPicker {
+    /// A picker over `ready`, which must not be empty.
+    pub fn new(ready: Vec<Connection>) -> Self {
+        assert!(!ready.is_empty(), "a round-robin picker needs a connection");
+        RoundRobinPicker {
+            ready: ready.into(),
+        }
+    }
+
+    /// The index the next pick on this thread takes, out of `len`.
+    fn next_index(len: usize) -> usize {
+        CURSOR.with(|cursor| {
+            let mut current = cursor.get();
+            if current == usize::MAX {
+                // First pick on this thread: start at a random place, as
+                // gRPC's round_robin does, so threads do not move in step.
+                current = rand::random::<u32>() as usize;
+            }
+            let next = current.wrapping_add(1);
+            cursor.set(next);
+            next % len
+        })
+    }
+}
+
+impl Picker for RoundRobinPicker {
+    fn pick(&self, _path: &str) -> Pick {
+        let index = Self::next_index(self.ready.len());
+        Pick::Connection(self.ready[index].clone())
+    }
+}

@@ -1,0 +1,138 @@
+//! Balancing policies: the public plugin trait, its registry, and the
+//! built-in `pick_first` and `round_robin`.
+//!
+//! A policy is plain synchronous decision logic driven by the channel's
+//! controller task: it hears resolver updates and subchannel state changes,
+//! creates and removes subchannels through the [`Helper`], and publishes
+//! pickers. It does no I/O itself, which keeps it testable.
+
+mod pick_first;
+mod round_robin;
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use waypost_resolver::{Address, ResolveError, ResolverState};
+
+pub use self::pick_first::{HAPPY_EYEBALLS_DELAY, PickFirst};
+pub use self::round_robin::RoundRobin;
+use crate::connectivity::ConnectivityState;
+use crate::picker::Picker;
+use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
+
+/// What a policy may ask of its channel.
+pub trait Helper {
+    /// Creates an IDLE subchannel for `addresses` (tried in order).
+    fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle;
+    /// Shuts a subchannel down.
+    fn remove_subchannel(&mut self, id: SubchannelId);
+    /// Publishes the channel's state and the picker for new calls.
+    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
+    /// Asks the resolver to resolve again.
+    fn resolve_now(&mut self);
+    /// Calls [`Policy::timer`] with `token` after `after`.
+    fn set_timer(&mut self, after: Duration, token: u64);
+}
+
+/// A balancing policy instance (one per channel).
+pub trait Policy: Send + 'static {
+    /// New addresses from the resolver, with this policy's config object
+    /// from the service config (`{}` when none).
+    fn resolver_update(
+        &mut self,
+        state: &ResolverState,
+        config: &serde_json::Value,
+        helper: &mut dyn Helper,
+    );
+
+    /// The resolver failed. The default keeps whatever the policy has, and
+    /// fails calls if it has nothing yet.
+    fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
+        let _ = (error, helper);
+    }
+
+    /// A subchannel this policy created changed state.
+    fn subchannel_update(
+        &mut self,
+        id: SubchannelId,
+        state: &SubchannelState,
+        helper: &mut dyn Helper,
+    );
+
+    /// A timer set with [`Helper::set_timer`] fired.
+    fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
+        let _ = (token, helper);
+    }
+}
+
+/// Builds a policy by name, as selected by the service config's
+/// `loadBalancingConfig`.
+pub trait PolicyBuilder: Send + Sync + 'static {
+    /// The name in `loadBalancingConfig` (e.g. `"round_robin"`).
+    fn name(&self) -> &str;
+    /// Checks this policy's config object; an error rejects the service config.
+    fn validate(&self, config: &serde_json::Value) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
+    /// A new instance.
+    fn build(&self) -> Box<dyn Policy>;
+}
+
+/// Policy builders by name; local registries fall back to the global one.
+#[derive(Clone, Default)]
+pub struct PolicyRegistry {
+    builders: Arc<DashMap<String, Arc<dyn PolicyBuilder>>>,
+    is_global: bool,
+}
+
+impl std::fmt::Debug for PolicyRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<String> = self.builders.iter().map(|e| e.key().clone()).collect();
+        names.sort();
+        f.debug_struct("PolicyRegistry")
+            .field("names", &names)
+            .finish()
+    }
+}
+
+static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
+    let registry = PolicyRegistry {
+        builders: Arc::default(),
+        is_global: true,
+    };
+    registry.register(pick_first::PickFirstBuilder);
+    registry.register(round_robin::RoundRobinBuilder);
+    registry
+});
+
+impl PolicyRegistry {
+    /// An empty local registry (falls back to the global one).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide registry with `pick_first` and `round_robin`.
+    pub fn global() -> &'static PolicyRegistry {
+        &GLOBAL
+    }
+
+    /// Adds or replaces a builder.
+    pub fn register(&self, builder: impl PolicyBuilder) {
+        self.builders
+            .insert(builder.name().to_owned(), Arc::new(builder));
+    }
+
+    /// The builder named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn PolicyBuilder>> {
+        if let Some(b) = self.builders.get(name) {
+            return Some(b.value().clone());
+        }
+        if self.is_global {
+            None
+        } else {
+            GLOBAL.get(name)
+        }
+    }
+}

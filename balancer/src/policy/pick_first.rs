@@ -1,0 +1,202 @@
+//! `pick_first`: connect to the addresses in order and send every call to
+//! the first that becomes READY.
+//!
+//! The next address is tried when one fails, or after 250 ms if it is still
+//! connecting ("happy eyeballs"). Once one is READY the others are dropped.
+//! An update that still contains the connected address keeps it. When the
+//! connection is lost the policy re-resolves and starts over. With
+//! `{"shuffleAddressList": true}` the list is shuffled first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use waypost_resolver::{Address, ResolveError, ResolverState};
+
+use super::{Helper, Policy, PolicyBuilder};
+use crate::connectivity::ConnectivityState;
+use crate::picker::{FailPicker, QueuePicker, SinglePicker};
+use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
+
+/// How long to wait on a connecting address before also trying the next.
+pub const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+pub(super) struct PickFirstBuilder;
+
+impl PolicyBuilder for PickFirstBuilder {
+    fn name(&self) -> &str {
+        "pick_first"
+    }
+
+    fn validate(&self, config: &serde_json::Value) -> Result<(), String> {
+        match config.get("shuffleAddressList") {
+            None | Some(serde_json::Value::Bool(_)) => Ok(()),
+            Some(other) => Err(format!(
+                "pick_first: shuffleAddressList must be a boolean, got {other}"
+            )),
+        }
+    }
+
+    fn build(&self) -> Box<dyn Policy> {
+        Box::new(PickFirst::default())
+    }
+}
+
+struct Attempt {
+    handle: SubchannelHandle,
+    state: SubchannelState,
+    started: bool,
+}
+
+/// The `pick_first` policy.
+#[derive(Default)]
+pub struct PickFirst {
+    addresses: Vec<Address>,
+    /// One subchannel per address, in order, during a connection pass.
+    attempts: Vec<Attempt>,
+    /// The READY subchannel, once chosen.
+    selected: Option<SubchannelHandle>,
+    /// Timer tokens are pass numbers, so stale timers are ignored.
+    pass: u64,
+}
+
+impl PickFirst {
+    fn start_pass(&mut self, helper: &mut dyn Helper) {
+        for attempt in self.attempts.drain(..) {
+            helper.remove_subchannel(attempt.handle.id());
+        }
+        if let Some(selected) = self.selected.take() {
+            helper.remove_subchannel(selected.id());
+        }
+        self.pass += 1;
+        if self.addresses.is_empty() {
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(
+                    "pick_first: the resolver produced no addresses".into(),
+                )),
+            );
+            return;
+        }
+        for address in &self.addresses {
+            let handle = helper.new_subchannel(std::slice::from_ref(address));
+            self.attempts.push(Attempt {
+                state: handle.state(),
+                handle,
+                started: false,
+            });
+        }
+        helper.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+        self.start_next(helper);
+    }
+
+    /// Starts the first attempt not yet started, and arms happy eyeballs.
+    fn start_next(&mut self, helper: &mut dyn Helper) -> bool {
+        let Some(attempt) = self.attempts.iter_mut().find(|a| !a.started) else {
+            return false;
+        };
+        attempt.started = true;
+        attempt.handle.connect();
+        helper.set_timer(HAPPY_EYEBALLS_DELAY, self.pass);
+        true
+    }
+}
+
+impl Policy for PickFirst {
+    fn resolver_update(
+        &mut self,
+        state: &ResolverState,
+        config: &serde_json::Value,
+        helper: &mut dyn Helper,
+    ) {
+        let mut addresses: Vec<Address> = state.addresses().cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        addresses.retain(|a| seen.insert(a.clone()));
+        if config.get("shuffleAddressList").and_then(|v| v.as_bool()) == Some(true) {
+            addresses.shuffle(&mut rand::rng());
+        }
+        self.addresses = addresses;
+        if let Some(selected) = &self.selected {
+            if self.addresses.contains(&selected.addresses()[0]) {
+                return; // Sticky: the connected address is still wanted.
+            }
+        }
+        self.start_pass(helper);
+    }
+
+    fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
+        if self.selected.is_none() && self.attempts.is_empty() {
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(
+                    format!("name resolution failed: {error}").into(),
+                )),
+            );
+        }
+    }
+
+    fn subchannel_update(
+        &mut self,
+        id: SubchannelId,
+        state: &SubchannelState,
+        helper: &mut dyn Helper,
+    ) {
+        if let Some(selected) = &self.selected {
+            if selected.id() == id && state.connectivity != ConnectivityState::Ready {
+                // The connection was lost: re-resolve and start over.
+                helper.resolve_now();
+                self.start_pass(helper);
+            }
+            return;
+        }
+        let Some(index) = self.attempts.iter().position(|a| a.handle.id() == id) else {
+            return;
+        };
+        self.attempts[index].state = state.clone();
+        match state.connectivity {
+            ConnectivityState::Ready => {
+                let chosen = self.attempts.remove(index);
+                for other in self.attempts.drain(..) {
+                    helper.remove_subchannel(other.handle.id());
+                }
+                let connection = state
+                    .connection
+                    .clone()
+                    .expect("READY carries a connection");
+                self.selected = Some(chosen.handle);
+                helper.update_picker(ConnectivityState::Ready, Arc::new(SinglePicker(connection)));
+            }
+            ConnectivityState::TransientFailure => {
+                if !self.start_next(helper)
+                    && self
+                        .attempts
+                        .iter()
+                        .all(|a| a.state.connectivity == ConnectivityState::TransientFailure)
+                {
+                    let reason = state
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "pick_first: all addresses failed".into());
+                    helper.resolve_now();
+                    helper.update_picker(
+                        ConnectivityState::TransientFailure,
+                        Arc::new(FailPicker(reason)),
+                    );
+                }
+            }
+            ConnectivityState::Idle => {
+                // Back from backoff after a failure: try it again.
+                if self.attempts[index].started {
+                    self.attempts[index].handle.connect();
+                }
+            }
+            ConnectivityState::Connecting | ConnectivityState::Shutdown => {}
+        }
+    }
+
+    fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
+        if token == self.pass && self.selected.is_none() {
+            self.start_next(helper);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `round_robin`: one subchannel per endpoint, every one kept connected;
+//! calls rotate over the READY ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use waypost_resolver::{Address, ResolveError, ResolverState};
+
+use super::{Helper, Policy, PolicyBuilder};
+use crate::connectivity::{ConnectivityState, aggregate};
+use crate::picker::{FailPicker, QueuePicker, RoundRobinPicker};
+use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
+
+pub(super) struct RoundRobinBuilder;
+
+impl PolicyBuilder for RoundRobinBuilder {
+    fn name(&self) -> &str {
+        "round_robin"
+    }
+
+    fn build(&self) -> Box<dyn Policy> {
+        Box::new(RoundRobin::default())
+    }
+}
+
+struct Entry {
+    handle: SubchannelHandle,
+    state: SubchannelState,
+}
+
+/// The `round_robin` policy.
+#[derive(Default)]
+pub struct RoundRobin {
+    /// Subchannels by their address list, in resolver order.
+    subchannels: Vec<(Vec<Address>, SubchannelId)>,
+    entries: BTreeMap<SubchannelId, Entry>,
+    /// Published state; TRANSIENT_FAILURE is sticky until something is READY.
+    published: Option<ConnectivityState>,
+}
+
+impl RoundRobin {
+    fn publish(&mut self, helper: &mut dyn Helper) {
+        let ready: Vec<_> = self
+            .subchannels
+            .iter()
+            .filter_map(|(_, id)| self.entries.get(id))
+            .filter_map(|e| e.state.connection.clone())
+            .collect();
+        if !ready.is_empty() {
+            self.published = Some(ConnectivityState::Ready);
+            helper.update_picker(
+                ConnectivityState::Ready,
+                Arc::new(RoundRobinPicker::new(ready)),
+            );
+            return;
+        }
+        let state = aggregate(self.entries.values().map(|e| e.state.connectivity));
+        let sticky_failure = self.published == Some(ConnectivityState::TransientFailure);
+        if state == ConnectivityState::TransientFailure
+            || (sticky_failure && !self.entries.is_empty())
+        {
+            let reason = self
+                .entries
+                .values()
+                .find_map(|e| e.state.last_error.clone())
+                .unwrap_or_else(|| "round_robin: no addresses".into());
+            self.published = Some(ConnectivityState::TransientFailure);
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(reason)),
+            );
+        } else {
+            self.published = Some(state);
+            helper.update_picker(state, Arc::new(QueuePicker));
+        }
+    }
+}
+
+impl Policy for RoundRobin {
+    fn resolver_update(
+        &mut self,
+        state: &ResolverState,
+        _config: &serde_json::Value,
+        helper: &mut dyn Helper,
+    ) {
+        let mut old: BTreeMap<Vec<Address>, SubchannelId> = self.subchannels.drain(..).collect();
+        for endpoint in &state.endpoints {
+            if endpoint.addresses.is_empty() {
+                continue;
+            }
+            let id = match old.remove(&endpoint.addresses) {
+                Some(id) => id,
+                None => {
+                    let handle = helper.new_subchannel(&endpoint.addresses);
+                    handle.connect();
+                    let id = handle.id();
+                    self.entries.insert(
+                        id,
+                        Entry {
+                            state: handle.state(),
+                            handle,
+                        },
+                    );
+                    id
+                }
+            };
+            if !self.subchannels.iter().any(|(_, existing)| *existing == id) {
+                self.subchannels.push((endpoint.addresses.clone(), id));
+            }
+        }
+        for (_, id) in old {
+            self.entries.remove(&id);
+            helper.remove_subchannel(id);
+        }
+        if self.subchannels.is_empty() {
+            self.published = Some(ConnectivityState::TransientFailure);
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(
+                    "round_robin: the resolver produced no addresses".into(),
+                )),
+            );
+            return;
+        }
+        self.publish(helper);
+    }
+
+    fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
+        if self.subchannels.is_empty() {
+            self.published = Some(ConnectivityState::TransientFailure);
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(
+                    format!("name resolution failed: {error}").into(),
+                )),
+            );
+        }
+    }
+
+    fn subchannel_update(
+        &mut self,
+        id: SubchannelId,
+        state: &SubchannelState,
+        helper: &mut dyn Helper,
+    ) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.state = state.clone();
+        if state.connectivity == ConnectivityState::Idle {
+            // Keep every endpoint connected.
+            entry.handle.connect();
+        }
+        self.publish(helper);
+    }
+}

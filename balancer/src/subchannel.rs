@@ -1,0 +1,480 @@
+//! Subchannels: one HTTP/2 connection to one endpoint, owned by waypost so
+//! its real connectivity state is known.
+//!
+//! A subchannel starts IDLE and connects when asked ([`SubchannelHandle::connect`]).
+//! It tries the endpoint's addresses in order (TCP, unix socket, or a
+//! `host:port` for the system resolver), does the HTTP/2 handshake with
+//! hyper, and is READY while that connection lives. When the connection
+//! closes it goes back to IDLE; a failed attempt goes to TRANSIENT_FAILURE,
+//! waits out the gRPC connection backoff (1 s × 1.6 ± 20 %, at most
+//! 120 s; reset after a successful connection), then goes to IDLE. The
+//! policy decides when to connect again. Keepalive PINGs are hyper's HTTP/2
+//! keepalive; a GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") doubles the
+//! ping interval for this subchannel, as gRPC clients do.
+//!
+//! Dropping the [`Subchannel`] aborts its task and closes its connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use waypost_resolver::Address;
+use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
+
+use crate::connectivity::ConnectivityState;
+use crate::settings_sniffer::{Preface, SettingsSniffer};
+
+/// Identifies a subchannel within its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubchannelId(pub u64);
+
+/// HTTP/2 keepalive settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Send a PING after this long without frames received (`None`: never).
+    pub time: Option<Duration>,
+    /// Close the connection if a PING is not acknowledged within this.
+    pub timeout: Duration,
+    /// Also ping while no call is in flight.
+    pub permit_without_stream: bool,
+}
+
+impl Default for KeepaliveConfig {
+    /// gRPC's defaults: keepalive off, 20 s timeout.
+    fn default() -> Self {
+        KeepaliveConfig {
+            time: None,
+            timeout: Duration::from_secs(20),
+            permit_without_stream: false,
+        }
+    }
+}
+
+/// How subchannels connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Backoff between failed attempts.
+    pub backoff: BackoffConfig,
+    /// The least time one attempt may take (gRPC: 20 s).
+    pub min_connect_timeout: Duration,
+    /// Keepalive PINGs.
+    pub keepalive: KeepaliveConfig,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            backoff: BackoffConfig::default(),
+            min_connect_timeout: Duration::from_secs(20),
+            keepalive: KeepaliveConfig::default(),
+        }
+    }
+}
+
+/// A READY subchannel's connection, as pickers hand it to calls. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnectionInner>,
+}
+
+struct ConnectionInner {
+    id: SubchannelId,
+    address: Address,
+    send: SendRequest<tonic::body::Body>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("address", &self.inner.address)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The subchannel it belongs to.
+    pub fn id(&self) -> SubchannelId {
+        self.inner.id
+    }
+
+    /// The address it is connected to.
+    pub fn address(&self) -> &Address {
+        &self.inner.address
+    }
+
+    /// Sends one request on this connection. If the connection was already
+    /// closing and the request never left the client, hyper hands it back
+    /// in the error, and the caller may send it elsewhere.
+    pub(crate) fn send(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> impl Future<
+        Output = Result<
+            http::Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<http::Request<tonic::body::Body>>,
+        >,
+    > + Send
+    + 'static {
+        let mut send = self.inner.send.clone();
+        send.try_send_request(request)
+    }
+}
+
+/// A subchannel's current state.
+#[derive(Debug, Clone)]
+pub struct SubchannelState {
+    /// Its connectivity.
+    pub connectivity: ConnectivityState,
+    /// The connection, while READY.
+    pub connection: Option<Connection>,
+    /// Why the last attempt or connection failed, if it did.
+    pub last_error: Option<Arc<str>>,
+}
+
+impl SubchannelState {
+    fn idle() -> Self {
+        SubchannelState {
+            connectivity: ConnectivityState::Idle,
+            connection: None,
+            last_error: None,
+        }
+    }
+}
+
+/// A state change, sent to the channel's controller.
+#[derive(Debug, Clone)]
+pub(crate) struct SubchannelEvent {
+    pub(crate) id: SubchannelId,
+    pub(crate) state: SubchannelState,
+    /// The transport of a READY connection closed (the controller asks the
+    /// resolver to re-resolve).
+    pub(crate) transport_closed: bool,
+}
+
+/// What a policy holds: the subchannel's id, its state, and the connect
+/// request. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SubchannelHandle {
+    id: SubchannelId,
+    addresses: Arc<[Address]>,
+    connect: Arc<Notify>,
+    state: watch::Receiver<SubchannelState>,
+}
+
+impl SubchannelHandle {
+    /// Its id.
+    pub fn id(&self) -> SubchannelId {
+        self.id
+    }
+
+    /// The addresses it tries, in order.
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
+    /// Asks an IDLE subchannel to connect (no-op otherwise).
+    pub fn connect(&self) {
+        self.connect.notify_one();
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> SubchannelState {
+        self.state.borrow().clone()
+    }
+}
+
+/// Owns a subchannel's task; dropping it shuts the subchannel down.
+pub(crate) struct Subchannel {
+    handle: SubchannelHandle,
+    task: JoinHandle<()>,
+}
+
+impl Subchannel {
+    pub(crate) fn spawn(
+        id: SubchannelId,
+        addresses: Vec<Address>,
+        options: ConnectOptions,
+        events: tokio::sync::mpsc::UnboundedSender<SubchannelEvent>,
+        counters: Arc<SubchannelCounters>,
+    ) -> Subchannel {
+        let (state_tx, state_rx) = watch::channel(SubchannelState::idle());
+        let connect = Arc::new(Notify::new());
+        let addresses: Arc<[Address]> = addresses.into();
+        let driver = Driver {
+            id,
+            addresses: addresses.clone(),
+            options,
+            connect: connect.clone(),
+            state: state_tx,
+            events,
+            counters,
+            keepalive_time: Mutex::new(None),
+        };
+        let task = tokio::spawn(driver.run());
+        Subchannel {
+            handle: SubchannelHandle {
+                id,
+                addresses,
+                connect,
+                state: state_rx,
+            },
+            task,
+        }
+    }
+
+    pub(crate) fn handle(&self) -> &SubchannelHandle {
+        &self.handle
+    }
+}
+
+impl Drop for Subchannel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connection counters shared by a channel's subchannels.
+#[derive(Debug, Default)]
+pub struct SubchannelCounters {
+    /// Connection attempts started.
+    pub connects: AtomicU64,
+    /// Attempts that failed.
+    pub connect_failures: AtomicU64,
+    /// Connections that reached READY and later closed.
+    pub disconnects: AtomicU64,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+struct Driver {
+    id: SubchannelId,
+    addresses: Arc<[Address]>,
+    options: ConnectOptions,
+    connect: Arc<Notify>,
+    state: watch::Sender<SubchannelState>,
+    events: tokio::sync::mpsc::UnboundedSender<SubchannelEvent>,
+    counters: Arc<SubchannelCounters>,
+    /// The keepalive interval after GOAWAY too_many_pings doublings.
+    keepalive_time: Mutex<Option<Duration>>,
+}
+
+/// Aborts the task when dropped (a plain `JoinHandle` detaches).
+struct AbortOnDrop(JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Driver {
+    fn set(&self, state: SubchannelState, transport_closed: bool) {
+        self.state.send_replace(state.clone());
+        let _ = self.events.send(SubchannelEvent {
+            id: self.id,
+            state,
+            transport_closed,
+        });
+    }
+
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.options.backoff, seeded_rng());
+        loop {
+            self.connect.notified().await;
+            self.set(
+                SubchannelState {
+                    connectivity: ConnectivityState::Connecting,
+                    connection: None,
+                    last_error: None,
+                },
+                false,
+            );
+            self.counters.connects.fetch_add(1, Ordering::Relaxed);
+            let timeout = self.options.min_connect_timeout;
+            let attempt = tokio::time::timeout(timeout, self.connect_any()).await;
+            match attempt {
+                Ok(Ok((address, send, connection))) => {
+                    backoff.reset();
+                    let conn = Connection {
+                        inner: Arc::new(ConnectionInner {
+                            id: self.id,
+                            address,
+                            send,
+                        }),
+                    };
+                    self.set(
+                        SubchannelState {
+                            connectivity: ConnectivityState::Ready,
+                            connection: Some(conn),
+                            last_error: None,
+                        },
+                        false,
+                    );
+                    let reason = self.wait_closed(connection).await;
+                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = self.id.0, %reason, "subchannel connection closed");
+                    self.set(
+                        SubchannelState {
+                            connectivity: ConnectivityState::Idle,
+                            connection: None,
+                            last_error: Some(reason.into()),
+                        },
+                        true,
+                    );
+                }
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("connect timed out after {timeout:?}"),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = self.id.0, %error, "subchannel connect failed");
+                    self.set(
+                        SubchannelState {
+                            connectivity: ConnectivityState::TransientFailure,
+                            connection: None,
+                            last_error: Some(error.into()),
+                        },
+                        false,
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    // A connect request made during the backoff is for the
+                    // next attempt: keep it. Report IDLE so the policy can
+                    // decide.
+                    self.set(SubchannelState::idle(), false);
+                }
+            }
+        }
+    }
+
+    /// Waits for the connection to end; returns why.
+    async fn wait_closed(&self, connection: AbortOnDrop) -> String {
+        let mut connection = connection;
+        match (&mut connection.0).await {
+            Ok(Ok(())) => "connection closed".into(),
+            Ok(Err(e)) => {
+                if is_too_many_pings(&e) {
+                    let mut time = self.keepalive_time.lock();
+                    let current = time.or(self.options.keepalive.time);
+                    *time = current.map(|t| t * 2);
+                    tracing::warn!(id = self.id.0, new_interval = ?*time, "GOAWAY too_many_pings: doubling the keepalive interval");
+                }
+                format!("connection error: {e}")
+            }
+            Err(e) => format!("connection task ended: {e}"),
+        }
+    }
+
+    /// Tries each address in order; returns the first that completes the
+    /// HTTP/2 handshake.
+    async fn connect_any(
+        &self,
+    ) -> Result<(Address, SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
+        for address in self.addresses.iter() {
+            match self.connect_one(address).await {
+                Ok((send, connection)) => return Ok((address.clone(), send, connection)),
+                Err(e) => last = io::Error::new(e.kind(), format!("{address}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(
+        &self,
+        address: &Address,
+    ) -> Result<(SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
+        let io = dial(address).await?;
+        let keepalive = self.options.keepalive;
+        let time = (*self.keepalive_time.lock()).or(keepalive.time);
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(time) = time {
+            builder
+                .keep_alive_interval(time)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(keepalive.permit_without_stream);
+        }
+        let (io, preface) = SettingsSniffer::new(io);
+        let (send, connection) = builder
+            .handshake::<_, tonic::body::Body>(TokioIo::new(io))
+            .await
+            .map_err(|e| io::Error::other(format!("HTTP/2 handshake: {e}")))?;
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        // READY only once the server's SETTINGS arrived (hyper's handshake
+        // does not wait for them). The caller bounds this with the connect
+        // timeout.
+        match preface.await {
+            Ok(Preface::Settings) => {}
+            Ok(Preface::NotHttp2) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server did not answer with HTTP/2 SETTINGS",
+                ));
+            }
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed before the server's SETTINGS",
+                ));
+            }
+        }
+        Ok((send, connection))
+    }
+}
+
+/// Opens a byte stream to `address`.
+async fn dial(address: &Address) -> io::Result<Pin<Box<dyn Io>>> {
+    match address {
+        Address::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::pin(stream))
+        }
+        Address::Unresolved(host_port) => {
+            let stream = tokio::net::TcpStream::connect(host_port.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::pin(stream))
+        }
+        #[cfg(unix)]
+        Address::Unix(path) => Ok(Box::pin(tokio::net::UnixStream::connect(path).await?)),
+        #[cfg(target_os = "linux")]
+        Address::UnixAbstract(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            stream.set_nonblocking(true)?;
+            Ok(Box::pin(tokio::net::UnixStream::from_std(stream)?))
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("cannot dial {other} here"),
+        )),
+    }
+}
+
+/// Whether the connection ended with GOAWAY ENHANCE_YOUR_CALM.
+fn is_too_many_pings(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = e.source();
+    }
+    false
+}
