@@ -12,7 +12,8 @@
 //! keepalive; a GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") doubles the
 //! ping interval for this subchannel, as gRPC clients do.
 //!
-//! Dropping the [`Subchannel`] aborts its task and closes its connection.
+//! Dropping a subchannel (the channel does, when its policy removes it)
+//! aborts its task and closes its connection.
 
 use std::io;
 use std::pin::Pin;

@@ -100,23 +100,53 @@ async fn pick_first_sticks_to_one_backend_and_moves_on_when_it_dies() {
     assert!(!served.contains_key("b0"));
 }
 
+/// Retry UNAVAILABLE on the movies service, as a deployment would for
+/// idempotent reads.
+fn retry_unavailable() -> serde_json::Value {
+    json!({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": "movies.v1.MoviesService"}],
+            "retryPolicy": {
+                "maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]
+            }
+        }]
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_killed_under_load_fails_fast_calls_only_with_unavailable() {
+async fn a_backend_killed_under_load() {
     let backends = start_backends(3).await.unwrap();
     let refs: Vec<&Backend> = backends.iter().collect();
-    let channel = builder(&ipv4_target(&refs))
+    // Fail-fast calls on a plain round_robin channel; wait-for-ready calls on
+    // one whose service config retries UNAVAILABLE. A call already sent on
+    // the killed connection may have reached the server, so (as in grpc-go)
+    // only a retry policy may send it again; calls never sent are re-picked
+    // transparently on either channel.
+    let fail_fast = builder(&ipv4_target(&refs))
         .default_service_config(round_robin())
         .build()
         .unwrap();
-    let mut client = Client::new(channel.clone());
-    until_all_serve(&mut client, &["b0", "b1", "b2"]).await;
+    let waiting = builder(&ipv4_target(&refs))
+        .default_service_config(retry_unavailable())
+        .build()
+        .unwrap();
+    let mut warm = Client::new(fail_fast.clone());
+    until_all_serve(&mut warm, &["b0", "b1", "b2"]).await;
+    let mut warm = Client::new(waiting.clone());
+    until_all_serve(&mut warm, &["b0", "b1", "b2"]).await;
 
     let ok = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let mut client = client.clone();
-        let ok = ok.clone();
         let wait_for_ready = i % 2 == 0;
+        let mut client = Client::new(if wait_for_ready {
+            waiting.clone()
+        } else {
+            fail_fast.clone()
+        });
+        let ok = ok.clone();
         tasks.push(tokio::spawn(async move {
             let mut bad = Vec::new();
             for _ in 0..300 {
@@ -155,8 +185,55 @@ async fn a_backend_killed_under_load_fails_fast_calls_only_with_unavailable() {
     // Restarted, it is used again.
     let before = backends[1].calls();
     backends[1].restart().await.unwrap();
+    let mut client = Client::new(fail_fast.clone());
     until_all_serve(&mut client, &["b1"]).await;
     assert!(backends[1].calls() > before);
+}
+
+#[tokio::test]
+async fn retries_follow_the_policy_and_stop_at_max_attempts() {
+    let backends = start_backends(1).await.unwrap();
+    let channel = builder(&ipv4_target(&[&backends[0]]))
+        .default_service_config(retry_unavailable())
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel.clone());
+    until_all_serve(&mut client, &["b0"]).await;
+
+    // A listed code is retried, up to maxAttempts calls in all.
+    let before = backends[0].calls();
+    let mut request = tonic::Request::new(MovieId { mid: 1 });
+    request
+        .metadata_mut()
+        .insert("x-fail-code", "14".parse().unwrap());
+    let status = client.get_movie(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(backends[0].calls() - before, 3, "maxAttempts is 3");
+    assert_eq!(channel.stats().retries, 2);
+
+    // A code not listed is not retried.
+    let before = backends[0].calls();
+    let mut request = tonic::Request::new(MovieId { mid: 1 });
+    request
+        .metadata_mut()
+        .insert("x-fail-code", "13".parse().unwrap());
+    assert_eq!(
+        client.get_movie(request).await.unwrap_err().code(),
+        tonic::Code::Internal
+    );
+    assert_eq!(backends[0].calls() - before, 1);
+
+    // Streaming responses that started are committed: never retried.
+    let stream = client
+        .query_movies(MovieQuery {
+            query: String::new(),
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.collect::<Vec<_>>().await.len(), 2);
+    assert_eq!(channel.stats().retries, 2);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! port, made to hang (TCP stays up, nothing is read or written), and have
 //! its health status flipped. A request header `x-delay-ms` makes `GetMovie`
 //! wait that long (at most 60 s) before answering, for deadline and load
-//! tests. Each backend counts its calls and the `lb-token` values it sees.
+//! tests; `x-fail-code: N` makes it answer with gRPC status code `N`. Each backend counts its calls and the `lb-token` values it sees.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
@@ -328,6 +328,17 @@ impl MoviesService for MoviesBackend {
             .map(|ms| Duration::from_millis(ms).min(MAX_DELAY));
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
+        }
+        let injected = request
+            .metadata()
+            .get("x-fail-code")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok());
+        if let Some(code) = injected {
+            return Err(Status::new(
+                tonic::Code::from_i32(code),
+                format!("injected by {}", self.name),
+            ));
         }
         let mid = request.get_ref().mid;
         let movie = catalog()

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::body::ChannelBody;
+use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::picker::Pick;
 
 /// A request extension: `WaitForReady(true)` makes the call wait for a
@@ -110,10 +111,72 @@ pub(crate) async fn call(
     *request.uri_mut() = Uri::from_parts(parts)
         .map_err(|e| tonic::Status::internal(format!("bad request URI: {e}")))?;
 
+    let retry_policy = method.as_ref().and_then(|m| m.retry_policy.clone());
+    let Some(policy) = retry_policy else {
+        return attempt(&shared, request, wait_for_ready, deadline)
+            .await
+            .map_err(Into::into);
+    };
+
+    // With a retry policy: record the body, and send again on a retryable
+    // failure before response headers.
+    let (parts, body) = request.into_parts();
+    let (body, replay) = ReplayBody::wrap(body);
+    let mut body = Some(body);
+    let mut retries = 0;
+    loop {
+        let request = rebuild(&parts, body.take().expect("a body for each attempt"));
+        let outcome = attempt(&shared, request, wait_for_ready, deadline).await;
+        let failed_code = match &outcome {
+            Ok(response) => {
+                trailers_only_status(response.headers()).filter(|c| *c != tonic::Code::Ok)
+            }
+            Err(status) => Some(status.code()),
+        };
+        let retry = failed_code.is_some_and(|code| is_retryable(&policy, code))
+            && retries + 1 < policy.max_attempts;
+        if !retry {
+            return outcome.map_err(Into::into);
+        }
+        let Some(replayed) = replay.body() else {
+            return outcome.map_err(Into::into);
+        };
+        retries += 1;
+        shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let delay = retry_delay(&policy, retries, rand::random::<f64>());
+        if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            return outcome.map_err(Into::into);
+        }
+        tokio::time::sleep(delay).await;
+        body = Some(replayed);
+    }
+}
+
+/// A request with `parts` (cloned) and `body`.
+fn rebuild(
+    parts: &http::request::Parts,
+    body: tonic::body::Body,
+) -> http::Request<tonic::body::Body> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+/// One attempt: pick a connection and send, queueing for the next picker
+/// while none is usable (bounded by `deadline`).
+async fn attempt(
+    shared: &Shared,
+    mut request: http::Request<tonic::body::Body>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let exceeded =
         || tonic::Status::deadline_exceeded("deadline exceeded while waiting for a connection");
     let mut generations: Option<watch::Receiver<u64>> = None;
-    let mut request = request;
     loop {
         let snapshot = shared.picker.load();
         let pick = snapshot.picker.pick(request.uri().path());
@@ -140,13 +203,13 @@ pub(crate) async fn call(
                             request = unsent;
                             Some(Arc::from("the connection closed before the call was sent"))
                         }
-                        None => return Err(transport_status(error.error()).into()),
+                        None => return Err(transport_status(error.error())),
                     },
                 }
             }
-            Pick::Drop(reason) => return Err(tonic::Status::unavailable(reason.to_string()).into()),
+            Pick::Drop(reason) => return Err(tonic::Status::unavailable(reason.to_string())),
             Pick::Unavailable(reason) if !wait_for_ready => {
-                return Err(tonic::Status::unavailable(reason.to_string()).into());
+                return Err(tonic::Status::unavailable(reason.to_string()));
             }
             Pick::Unavailable(reason) => Some(reason),
             Pick::Queue => None,
@@ -169,14 +232,13 @@ pub(crate) async fn call(
                             exceeded().message()
                         )),
                         None => exceeded(),
-                    }
-                    .into());
+                    });
                 }
             },
             None => changed.await,
         };
         if waited.is_err() {
-            return Err(tonic::Status::unavailable("the channel was closed").into());
+            return Err(tonic::Status::unavailable("the channel was closed"));
         }
     }
 }

@@ -17,6 +17,7 @@
 mod body;
 mod call;
 mod controller;
+mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use waypost_resolver::{ResolveError, ResolverRegistry, Target};
 
 pub use self::body::ChannelBody;
 pub use self::call::WaitForReady;
+pub use self::retry::MAX_REPLAY_BYTES;
 use crate::connectivity::ConnectivityState;
 use crate::picker::{FailPicker, Picker, QueuePicker};
 use crate::policy::PolicyRegistry;
@@ -66,6 +68,8 @@ pub struct ChannelCounters {
     pub queued: AtomicU64,
     /// Calls re-picked because their connection closed before they were sent.
     pub transparent_retries: AtomicU64,
+    /// Calls sent again under a service config retry policy.
+    pub retries: AtomicU64,
 }
 
 /// A snapshot of a channel's counters.
@@ -78,6 +82,8 @@ pub struct ChannelStats {
     pub queued: u64,
     /// Calls re-picked because their connection closed before they were sent.
     pub transparent_retries: u64,
+    /// Calls sent again under a service config retry policy.
+    pub retries: u64,
     /// Connection attempts.
     pub connects: u64,
     /// Failed connection attempts.
@@ -179,6 +185,7 @@ impl Channel {
             picks: c.picks.load(Ordering::Relaxed),
             queued: c.queued.load(Ordering::Relaxed),
             transparent_retries: c.transparent_retries.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
             connects: s.connects.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             disconnects: s.disconnects.load(Ordering::Relaxed),
