@@ -19,6 +19,7 @@
 
 pub mod channel;
 mod connectivity;
+mod health;
 pub mod picker;
 pub mod policy;
 pub mod service_config;

@@ -31,6 +31,7 @@ use waypost_resolver::Address;
 use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use crate::connectivity::ConnectivityState;
+use crate::health::{self, Health};
 use crate::settings_sniffer::{Preface, SettingsSniffer};
 
 /// Identifies a subchannel within its channel.
@@ -207,6 +208,7 @@ impl Subchannel {
         options: ConnectOptions,
         events: tokio::sync::mpsc::UnboundedSender<SubchannelEvent>,
         counters: Arc<SubchannelCounters>,
+        health: HealthSettings,
     ) -> Subchannel {
         let (state_tx, state_rx) = watch::channel(SubchannelState::idle());
         let connect = Arc::new(Notify::new());
@@ -220,6 +222,7 @@ impl Subchannel {
             events,
             counters,
             keepalive_time: Mutex::new(None),
+            health,
         };
         let task = tokio::spawn(driver.run());
         Subchannel {
@@ -268,6 +271,17 @@ struct Driver {
     counters: Arc<SubchannelCounters>,
     /// The keepalive interval after GOAWAY too_many_pings doublings.
     keepalive_time: Mutex<Option<Duration>>,
+    health: HealthSettings,
+}
+
+/// Client-side health checking settings shared by a channel's subchannels.
+#[derive(Debug, Clone)]
+pub(crate) struct HealthSettings {
+    /// The service to watch (`healthCheckConfig.serviceName`), or `None`
+    /// when health checking is off; follows service config changes.
+    pub(crate) service: watch::Receiver<Option<String>>,
+    /// The `:authority` of health calls.
+    pub(crate) authority: http::uri::Authority,
 }
 
 /// Aborts the task when dropped (a plain `JoinHandle` detaches).
@@ -314,15 +328,7 @@ impl Driver {
                             send,
                         }),
                     };
-                    self.set(
-                        SubchannelState {
-                            connectivity: ConnectivityState::Ready,
-                            connection: Some(conn),
-                            last_error: None,
-                        },
-                        false,
-                    );
-                    let reason = self.wait_closed(connection).await;
+                    let reason = self.while_connected(conn, connection).await;
                     self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = self.id.0, %reason, "subchannel connection closed");
                     self.set(
@@ -362,9 +368,78 @@ impl Driver {
         }
     }
 
+    /// Serves a live connection until it ends: READY, or — with health
+    /// checking on — READY only while the backend reports SERVING. Returns
+    /// why the connection ended.
+    async fn while_connected(&self, conn: Connection, mut connection: AbortOnDrop) -> String {
+        let mut health_service = self.health.service.clone();
+        let ready = || SubchannelState {
+            connectivity: ConnectivityState::Ready,
+            connection: Some(conn.clone()),
+            last_error: None,
+        };
+        loop {
+            let service = health_service.borrow_and_update().clone();
+            match service {
+                None => {
+                    self.set_if_changed(ready());
+                    tokio::select! {
+                        reason = self.wait_closed(&mut connection) => return reason,
+                        changed = health_service.changed() => if changed.is_err() { return self.wait_closed(&mut connection).await },
+                    }
+                }
+                Some(service) => {
+                    self.set_if_changed(SubchannelState {
+                        connectivity: ConnectivityState::Connecting,
+                        connection: None,
+                        last_error: None,
+                    });
+                    let report = |health: Health| {
+                        self.set_if_changed(match health {
+                            Health::Serving => ready(),
+                            Health::NotServing(status) => SubchannelState {
+                                connectivity: ConnectivityState::TransientFailure,
+                                connection: None,
+                                last_error: Some(format!("health check: {status}").into()),
+                            },
+                        })
+                    };
+                    let watch = health::watch(
+                        conn.clone(),
+                        self.health.authority.clone(),
+                        service,
+                        self.options.backoff,
+                        report,
+                    );
+                    tokio::select! {
+                        reason = self.wait_closed(&mut connection) => return reason,
+                        changed = health_service.changed() => if changed.is_err() { return self.wait_closed(&mut connection).await },
+                        () = watch => {
+                            // No health service on the backend: healthy, and
+                            // not asked again on this connection.
+                            self.set_if_changed(ready());
+                            return self.wait_closed(&mut connection).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes `state` unless it is what the subchannel already reports.
+    fn set_if_changed(&self, state: SubchannelState) {
+        let current = self.state.borrow().clone();
+        let same = current.connectivity == state.connectivity
+            && current.connection.as_ref().map(Connection::id)
+                == state.connection.as_ref().map(Connection::id)
+            && current.last_error == state.last_error;
+        if !same {
+            self.set(state, false);
+        }
+    }
+
     /// Waits for the connection to end; returns why.
-    async fn wait_closed(&self, connection: AbortOnDrop) -> String {
-        let mut connection = connection;
+    async fn wait_closed(&self, connection: &mut AbortOnDrop) -> String {
         match (&mut connection.0).await {
             Ok(Ok(())) => "connection closed".into(),
             Ok(Err(e)) => {

@@ -94,6 +94,7 @@ pub struct Backend {
     gate: Arc<Gate>,
     stats: Arc<Stats>,
     running: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    serve_health: bool,
 }
 
 impl Backend {
@@ -105,6 +106,20 @@ impl Backend {
     /// Starts a backend on `addr` (any `127.x.y.z`; port 0 picks one). Lets
     /// DNS tests put backends on several loopback addresses with one port.
     pub async fn start_at(name: &str, addr: SocketAddr) -> Result<Backend, HarnessError> {
+        Self::start_with(name, addr, true).await
+    }
+
+    /// Starts a backend that serves no `grpc.health.v1` (its health calls
+    /// answer UNIMPLEMENTED), like a server that never added one.
+    pub async fn start_without_health(name: &str) -> Result<Backend, HarnessError> {
+        Self::start_with(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).await
+    }
+
+    async fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        serve_health: bool,
+    ) -> Result<Backend, HarnessError> {
         let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let (health, _) = HealthReporter::new();
@@ -116,6 +131,7 @@ impl Backend {
             gate: Arc::new(Gate::default()),
             stats: Arc::new(Stats::default()),
             running: tokio::sync::Mutex::new(None),
+            serve_health,
         };
         *backend.running.lock().await = Some(backend.serve(listener));
         Ok(backend)
@@ -207,7 +223,12 @@ impl Backend {
         let health = waypost_proto::grpc::health::v1::health_server::HealthServer::new(
             self.health_service(),
         );
-        let routes = Routes::new(movies).add_service(health).prepare();
+        let routes = if self.serve_health {
+            Routes::new(movies).add_service(health)
+        } else {
+            Routes::new(movies)
+        };
+        let routes = routes.prepare();
         let gate = self.gate.clone();
         let stats = self.stats.clone();
         tokio::spawn(async move {

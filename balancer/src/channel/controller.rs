@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use waypost_resolver::{Address, Resolution, ResolverState, ResolverUpdate};
 
@@ -16,7 +16,7 @@ use crate::picker::Picker;
 use crate::policy::{Helper, Policy, PolicyRegistry};
 use crate::service_config::ServiceConfig;
 use crate::subchannel::{
-    ConnectOptions, Subchannel, SubchannelEvent, SubchannelHandle, SubchannelId,
+    ConnectOptions, HealthSettings, Subchannel, SubchannelEvent, SubchannelHandle, SubchannelId,
 };
 
 pub(crate) struct Controller {
@@ -42,6 +42,8 @@ struct World {
     events_tx: mpsc::UnboundedSender<SubchannelEvent>,
     timers: Vec<(Instant, u64)>,
     resolve_now: bool,
+    health: HealthSettings,
+    health_tx: watch::Sender<Option<String>>,
 }
 
 impl Helper for World {
@@ -54,6 +56,7 @@ impl Helper for World {
             self.options.clone(),
             self.events_tx.clone(),
             self.shared.subchannel_counters.clone(),
+            self.health.clone(),
         );
         let handle = subchannel.handle().clone();
         self.subchannels.insert(id, subchannel);
@@ -86,6 +89,11 @@ impl Controller {
         options: ConnectOptions,
     ) -> (Self, mpsc::UnboundedReceiver<SubchannelEvent>) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (health_tx, health_rx) = watch::channel(None);
+        let health = HealthSettings {
+            service: health_rx,
+            authority: shared.authority.clone(),
+        };
         let world = World {
             shared: shared.clone(),
             subchannels: HashMap::new(),
@@ -94,6 +102,8 @@ impl Controller {
             events_tx,
             timers: Vec::new(),
             resolve_now: false,
+            health,
+            health_tx,
         };
         (
             Controller {
@@ -199,6 +209,10 @@ impl Controller {
         };
         match parsed {
             Ok(config) => {
+                let health = config.health_check_service.clone();
+                self.world.health_tx.send_if_modified(|current| {
+                    std::mem::replace(current, health.clone()) != health
+                });
                 self.shared.config.store(Arc::new(config));
                 self.config_json = json;
             }

@@ -1,0 +1,218 @@
+//! The public plugin surface: custom policies, resolver-driven service
+//! configs, and re-resolution requests, driven through a manual resolver.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use waypost_balancer::picker::{Pick, Picker, QueuePicker};
+use waypost_balancer::{
+    ConnectivityState, Helper, Policy, PolicyBuilder, PolicyRegistry, SubchannelHandle,
+    SubchannelId, SubchannelState,
+};
+use waypost_integration::backend::start_backends;
+use waypost_resolver::{Endpoint, ManualResolver, ResolverRegistry, ResolverState};
+
+/// `last_one`: sends every call to the last endpoint the resolver listed.
+struct LastOne {
+    current: Option<SubchannelHandle>,
+}
+
+struct LastOnePicker(waypost_balancer::Connection);
+
+impl Picker for LastOnePicker {
+    fn pick(&self, _path: &str) -> Pick {
+        Pick::Connection(self.0.clone())
+    }
+}
+
+impl Policy for LastOne {
+    fn resolver_update(
+        &mut self,
+        state: &ResolverState,
+        _config: &serde_json::Value,
+        helper: &mut dyn Helper,
+    ) {
+        if let Some(old) = self.current.take() {
+            helper.remove_subchannel(old.id());
+        }
+        let Some(last) = state.endpoints.last() else {
+            return;
+        };
+        let handle = helper.new_subchannel(&last.addresses);
+        handle.connect();
+        self.current = Some(handle);
+        helper.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+    }
+
+    fn subchannel_update(
+        &mut self,
+        id: SubchannelId,
+        state: &SubchannelState,
+        helper: &mut dyn Helper,
+    ) {
+        if self.current.as_ref().map(|h| h.id()) != Some(id) {
+            return;
+        }
+        match &state.connection {
+            Some(connection) => helper.update_picker(
+                ConnectivityState::Ready,
+                Arc::new(LastOnePicker(connection.clone())),
+            ),
+            None if state.connectivity == ConnectivityState::Idle => {
+                self.current.as_ref().unwrap().connect()
+            }
+            None => {}
+        }
+    }
+}
+
+struct LastOneBuilder;
+
+impl PolicyBuilder for LastOneBuilder {
+    fn name(&self) -> &str {
+        "last_one"
+    }
+    fn build(&self) -> Box<dyn Policy> {
+        Box::new(LastOne { current: None })
+    }
+}
+
+fn state(
+    backends: &[&waypost_integration::backend::Backend],
+    config: Option<serde_json::Value>,
+) -> ResolverState {
+    ResolverState {
+        endpoints: backends.iter().map(|b| Endpoint::new(b.addr())).collect(),
+        service_config: config,
+        ..Default::default()
+    }
+}
+
+fn manual_channel(manual: &ManualResolver) -> ChannelParts {
+    let resolvers = ResolverRegistry::new();
+    resolvers.register(manual.clone());
+    let policies = PolicyRegistry::new();
+    policies.register(LastOneBuilder);
+    ChannelParts {
+        resolvers,
+        policies,
+    }
+}
+
+struct ChannelParts {
+    resolvers: ResolverRegistry,
+    policies: PolicyRegistry,
+}
+
+#[tokio::test]
+async fn a_custom_policy_registered_by_name_is_chosen_by_the_service_config() {
+    let backends = start_backends(3).await.unwrap();
+    let manual = ManualResolver::new("manual");
+    manual.update(state(
+        &[&backends[0], &backends[1], &backends[2]],
+        Some(json!({"loadBalancingConfig": [{"last_one": {}}]})),
+    ));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .policies(parts.policies)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel);
+    for _ in 0..20 {
+        assert_eq!(
+            call(&mut client, true, Duration::from_secs(5))
+                .await
+                .unwrap(),
+            "b2"
+        );
+    }
+    // A new list: the custom policy follows it.
+    manual.update(state(
+        &[&backends[2], &backends[0]],
+        Some(json!({"loadBalancingConfig": [{"last_one": {}}]})),
+    ));
+    until_all_serve(&mut client, &["b0"]).await;
+}
+
+#[tokio::test]
+async fn an_invalid_service_config_keeps_the_previous_one() {
+    let backends = start_backends(2).await.unwrap();
+    let manual = ManualResolver::new("manual");
+    manual.update(state(&[&backends[0], &backends[1]], Some(round_robin())));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel);
+    until_all_serve(&mut client, &["b0", "b1"]).await;
+
+    // Invalid (unknown policy only): round_robin stays, so both still serve.
+    manual.update(state(
+        &[&backends[0], &backends[1]],
+        Some(json!({"loadBalancingConfig": [{"nope": {}}]})),
+    ));
+    for _ in 0..3 {
+        until_all_serve(&mut client, &["b0", "b1"]).await;
+    }
+    // A valid switch to pick_first is applied: only the first address serves.
+    manual.update(state(
+        &[&backends[1], &backends[0]],
+        Some(json!({"loadBalancingPolicy": "pick_first"})),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let served: Vec<String> = {
+            let mut v = Vec::new();
+            for _ in 0..10 {
+                v.push(
+                    call(&mut client, true, Duration::from_secs(5))
+                        .await
+                        .unwrap(),
+                );
+            }
+            v
+        };
+        if served.iter().all(|s| s == "b1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pick_first was not applied: {served:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_closed_transport_asks_the_resolver_to_resolve_again() {
+    let backends = start_backends(1).await.unwrap();
+    let manual = ManualResolver::new("manual");
+    manual.update(state(&[&backends[0]], None));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel.clone());
+    call(&mut client, true, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let before = manual.resolve_now_count();
+
+    backends[0].stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while manual.resolve_now_count() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resolve_now after the transport closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(client);
+    drop(channel);
+}
