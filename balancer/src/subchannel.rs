@@ -224,6 +224,8 @@ impl Subchannel {
             keepalive_time: Mutex::new(None),
             health,
         };
+        driver.counters.states[state_index(ConnectivityState::Idle)]
+            .fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(driver.run());
         Subchannel {
             handle: SubchannelHandle {
@@ -256,6 +258,19 @@ pub struct SubchannelCounters {
     pub connect_failures: AtomicU64,
     /// Connections that reached READY and later closed.
     pub disconnects: AtomicU64,
+    /// Live subchannels per state (indexed by [`state_index`]).
+    pub states: [std::sync::atomic::AtomicI64; 5],
+}
+
+/// The index of `state` in [`SubchannelCounters::states`].
+pub fn state_index(state: ConnectivityState) -> usize {
+    match state {
+        ConnectivityState::Idle => 0,
+        ConnectivityState::Connecting => 1,
+        ConnectivityState::Ready => 2,
+        ConnectivityState::TransientFailure => 3,
+        ConnectivityState::Shutdown => 4,
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -284,6 +299,15 @@ pub(crate) struct HealthSettings {
     pub(crate) authority: http::uri::Authority,
 }
 
+impl Drop for Driver {
+    /// The subchannel is gone (its task ended or was aborted): it no longer
+    /// counts in any state.
+    fn drop(&mut self) {
+        let current = self.state.borrow().connectivity;
+        self.counters.states[state_index(current)].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Aborts the task when dropped (a plain `JoinHandle` detaches).
 struct AbortOnDrop(JoinHandle<Result<(), hyper::Error>>);
 
@@ -295,7 +319,9 @@ impl Drop for AbortOnDrop {
 
 impl Driver {
     fn set(&self, state: SubchannelState, transport_closed: bool) {
-        self.state.send_replace(state.clone());
+        let old = self.state.send_replace(state.clone());
+        self.counters.states[state_index(old.connectivity)].fetch_sub(1, Ordering::Relaxed);
+        self.counters.states[state_index(state.connectivity)].fetch_add(1, Ordering::Relaxed);
         let _ = self.events.send(SubchannelEvent {
             id: self.id,
             state,

@@ -401,6 +401,21 @@ async fn dropping_a_channel_leaves_no_tasks_and_no_sockets() {
     until_all_serve(&mut client, &["b0", "b1", "b2"]).await;
     assert!(backends.iter().all(|b| b.open_connections() == 1));
     assert!(metrics.num_alive_tasks() > tasks_before);
+    let stats = channel.stats();
+    assert_eq!(
+        (
+            stats.subchannels_ready,
+            stats.subchannels_connecting,
+            stats.subchannels_idle
+        ),
+        (3, 0, 0)
+    );
+    assert!(stats.picks >= 3 && stats.connects == 3, "{stats:?}");
+    assert!(
+        stats
+            .to_prometheus("movies")
+            .contains("waypost_channel_subchannels{channel=\"movies\",state=\"READY\"} 3")
+    );
 
     drop(client);
     drop(channel);

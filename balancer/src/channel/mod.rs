@@ -90,6 +90,95 @@ pub struct ChannelStats {
     pub connect_failures: u64,
     /// READY connections that closed.
     pub disconnects: u64,
+    /// Subchannels now IDLE.
+    pub subchannels_idle: u64,
+    /// Subchannels now CONNECTING.
+    pub subchannels_connecting: u64,
+    /// Subchannels now READY.
+    pub subchannels_ready: u64,
+    /// Subchannels now in TRANSIENT_FAILURE.
+    pub subchannels_transient_failure: u64,
+}
+
+impl ChannelStats {
+    /// The stats in the Prometheus text format, each series labelled
+    /// `channel="<name>"`.
+    ///
+    /// ```
+    /// let text = waypost_balancer::ChannelStats::default().to_prometheus("orders");
+    /// assert!(text.contains("waypost_channel_picks_total{channel=\"orders\"} 0"));
+    /// ```
+    pub fn to_prometheus(&self, channel: &str) -> String {
+        let label = channel
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let mut out = String::new();
+        let mut series = |name: &str, kind: &str, help: &str, value: u64, extra: &str| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{label}\"{extra}}} {value}\n"));
+        };
+        series(
+            "waypost_channel_picks_total",
+            "counter",
+            "Calls sent to a connection.",
+            self.picks,
+            "",
+        );
+        series(
+            "waypost_channel_queued_total",
+            "counter",
+            "Times a call waited for a new picker.",
+            self.queued,
+            "",
+        );
+        series(
+            "waypost_channel_transparent_retries_total",
+            "counter",
+            "Calls re-picked because their connection closed before they were sent.",
+            self.transparent_retries,
+            "",
+        );
+        series(
+            "waypost_channel_retries_total",
+            "counter",
+            "Calls sent again under a retry policy.",
+            self.retries,
+            "",
+        );
+        series(
+            "waypost_channel_connects_total",
+            "counter",
+            "Connection attempts.",
+            self.connects,
+            "",
+        );
+        series(
+            "waypost_channel_connect_failures_total",
+            "counter",
+            "Failed connection attempts.",
+            self.connect_failures,
+            "",
+        );
+        series(
+            "waypost_channel_disconnects_total",
+            "counter",
+            "READY connections that closed.",
+            self.disconnects,
+            "",
+        );
+        out.push_str("# HELP waypost_channel_subchannels Subchannels by connectivity state.\n# TYPE waypost_channel_subchannels gauge\n");
+        for (state, value) in [
+            ("IDLE", self.subchannels_idle),
+            ("CONNECTING", self.subchannels_connecting),
+            ("READY", self.subchannels_ready),
+            ("TRANSIENT_FAILURE", self.subchannels_transient_failure),
+        ] {
+            out.push_str(&format!(
+                "waypost_channel_subchannels{{channel=\"{label}\",state=\"{state}\"}} {value}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// State shared by a channel's handles, its controller and its calls.
@@ -189,6 +278,10 @@ impl Channel {
             connects: s.connects.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             disconnects: s.disconnects.load(Ordering::Relaxed),
+            subchannels_idle: gauge(&s.states[0]),
+            subchannels_connecting: gauge(&s.states[1]),
+            subchannels_ready: gauge(&s.states[2]),
+            subchannels_transient_failure: gauge(&s.states[3]),
         }
     }
 }
@@ -207,6 +300,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(call::call(self.shared.clone(), request))
     }
+}
+
+fn gauge(value: &std::sync::atomic::AtomicI64) -> u64 {
+    value.load(Ordering::Relaxed).max(0) as u64
 }
 
 /// Builds a [`Channel`].
