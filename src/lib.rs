@@ -9,10 +9,10 @@
 //! |---|---|---|
 //! | [`proto`] | `waypost-proto` | `grpc.lb.v1`, `grpc.health.v1`, `movies.v1` and a health server |
 //! | [`resolver`] | `waypost-resolver` | target URIs, the resolver plugin API, `dns` (feature `dns`), `etcd` and registration (feature `etcd`), `passthrough`, `unix`, `ipv4`/`ipv6`, `manual` |
+//! | [`balancer`] (and [`Channel`] at the root) | `waypost-balancer` | subchannels, `pick_first`, `round_robin`, the policy plugin API, service config, health checking, retries, the `Channel` |
 //!
-//! The balancer, look-aside balancer server and bulk-data RPC crates join
-//! this table as they land; the README's feature table says what works
-//! today.
+//! The look-aside balancer server and the bulk-data RPC crates join this
+//! table as they land; the README's feature table says what works today.
 //!
 //! ```
 //! use waypost::proto::health::HealthReporter;
@@ -23,6 +23,8 @@
 //! reporter.set("movies.v1.MoviesService", ServingStatus::Serving);
 //! ```
 
+pub use waypost_balancer as balancer;
+pub use waypost_balancer::{Channel, ConnectivityState, WaitForReady};
 pub use waypost_proto as proto;
 pub use waypost_resolver as resolver;
 

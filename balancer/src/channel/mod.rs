@@ -266,6 +266,17 @@ impl Channel {
         }
     }
 
+    /// The connection a call to `path` would be sent on right now, by the
+    /// current picker, without sending anything (`None` if the call would
+    /// queue or fail). This is the whole per-call balancing cost: one
+    /// snapshot load and one pick.
+    pub fn pick(&self, path: &str) -> Option<crate::Connection> {
+        match self.shared.picker.load().picker.pick(path) {
+            crate::picker::Pick::Connection(connection) => Some(connection),
+            _ => None,
+        }
+    }
+
     /// Its counters.
     pub fn stats(&self) -> ChannelStats {
         let c = &self.shared.counters;

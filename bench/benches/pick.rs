@@ -1,0 +1,120 @@
+//! The per-call balancing cost: one pick over 1,000 READY subchannels.
+//!
+//! ```text
+//! cargo bench -p waypost-bench --bench pick
+//! ```
+//!
+//! - `waypost_round_robin/1_thread`: `Channel::pick` (load the picker
+//!   snapshot, choose, clone the connection handle) on a round_robin
+//!   channel with 1,000 READY subchannels to real loopback servers.
+//! - `tower_p2c/1_thread`: tower's power-of-two-choices balancer over 1,000
+//!   always-ready services: `poll_ready` (which chooses) plus `call`.
+//! - `*/2_threads`: two threads picking at once; the time is per pick per
+//!   thread. `naive_atomic_cursor` is a shared `AtomicUsize` round-robin
+//!   over the same connections, the design waypost's picker avoids.
+
+// criterion_group! generates undocumented items.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use tower::Service;
+use tower::ServiceExt;
+use waypost_balancer::{Channel, Connection};
+use waypost_integration::backend::Backend;
+
+const SUBCHANNELS: usize = 1000;
+const PATH: &str = "/movies.v1.MoviesService/GetMovie";
+
+fn ready_channel(runtime: &tokio::runtime::Runtime) -> (Channel, Vec<Backend>) {
+    runtime.block_on(async {
+        let mut backends = Vec::with_capacity(SUBCHANNELS);
+        for i in 0..SUBCHANNELS {
+            backends.push(Backend::start(&format!("b{i}")).await.expect("backend"));
+        }
+        let list: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+        let channel = Channel::builder(format!("ipv4:{}", list.join(",")))
+            .default_service_config(serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+            .build()
+            .expect("channel");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while channel.stats().subchannels_ready < SUBCHANNELS as u64 {
+            assert!(Instant::now() < deadline, "subchannels not READY in 60 s: {:?}", channel.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (channel, backends)
+    })
+}
+
+/// Runs `pick` `iters` times on each of two threads at once; returns the
+/// mean wall time per pick per thread.
+fn two_threads(iters: u64, pick: impl Fn() + Sync) -> Duration {
+    let barrier = std::sync::Barrier::new(2);
+    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        pick();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    elapsed.into_iter().max().expect("two threads")
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let (channel, _backends) = ready_channel(&runtime);
+    let connections: Vec<Connection> = (0..SUBCHANNELS).filter_map(|_| channel.pick(PATH)).collect();
+    let cursor = AtomicUsize::new(0);
+    let naive = || {
+        let i = cursor.fetch_add(1, Ordering::Relaxed) % connections.len();
+        black_box(connections[i].clone());
+    };
+
+    let mut p2c = {
+        let services: Vec<_> = (0..SUBCHANNELS)
+            .map(|_| tower::load::Constant::new(tower::service_fn(|_: ()| async { Ok::<_, Infallible>(()) }), 0u64))
+            .collect();
+        tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services))
+    };
+    // Let p2c discover its services.
+    futures_util::future::poll_fn(|cx| p2c.poll_ready(cx)).now_or_never().expect("ready").expect("ok");
+
+    let mut group = c.benchmark_group("pick_1000_ready");
+    group.bench_function("waypost_round_robin/1_thread", |b| b.iter(|| black_box(channel.pick(black_box(PATH)))));
+    group.bench_function("tower_p2c/1_thread", |b| {
+        b.iter(|| {
+            let ready = p2c.ready().now_or_never().expect("ready at once").expect("ok");
+            drop(black_box(ready.call(())));
+        })
+    });
+    group.bench_function("naive_atomic_cursor/1_thread", |b| b.iter(naive));
+    group.bench_function("waypost_round_robin/2_threads", |b| {
+        b.iter_custom(|iters| two_threads(iters, || {
+            black_box(channel.pick(black_box(PATH)));
+        }))
+    });
+    group.bench_function("naive_atomic_cursor/2_threads", |b| b.iter_custom(|iters| two_threads(iters, naive)));
+    group.finish();
+    drop(channel);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
