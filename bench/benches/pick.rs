@@ -40,12 +40,18 @@ fn ready_channel(runtime: &tokio::runtime::Runtime) -> (Channel, Vec<Backend>) {
         }
         let list: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
         let channel = Channel::builder(format!("ipv4:{}", list.join(",")))
-            .default_service_config(serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+            .default_service_config(
+                serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}),
+            )
             .build()
             .expect("channel");
         let deadline = Instant::now() + Duration::from_secs(60);
         while channel.stats().subchannels_ready < SUBCHANNELS as u64 {
-            assert!(Instant::now() < deadline, "subchannels not READY in 60 s: {:?}", channel.stats());
+            assert!(
+                Instant::now() < deadline,
+                "subchannels not READY in 60 s: {:?}",
+                channel.stats()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         (channel, backends)
@@ -69,15 +75,24 @@ fn two_threads(iters: u64, pick: impl Fn() + Sync) -> Duration {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     elapsed.into_iter().max().expect("two threads")
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (channel, _backends) = ready_channel(&runtime);
-    let connections: Vec<Connection> = (0..SUBCHANNELS).filter_map(|_| channel.pick(PATH)).collect();
+    let connections: Vec<Connection> = (0..SUBCHANNELS)
+        .filter_map(|_| channel.pick(PATH))
+        .collect();
     let cursor = AtomicUsize::new(0);
     let naive = || {
         let i = cursor.fetch_add(1, Ordering::Relaxed) % connections.len();
@@ -86,28 +101,46 @@ fn bench(c: &mut Criterion) {
 
     let mut p2c = {
         let services: Vec<_> = (0..SUBCHANNELS)
-            .map(|_| tower::load::Constant::new(tower::service_fn(|_: ()| async { Ok::<_, Infallible>(()) }), 0u64))
+            .map(|_| {
+                tower::load::Constant::new(
+                    tower::service_fn(|_: ()| async { Ok::<_, Infallible>(()) }),
+                    0u64,
+                )
+            })
             .collect();
         tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services))
     };
     // Let p2c discover its services.
-    futures_util::future::poll_fn(|cx| p2c.poll_ready(cx)).now_or_never().expect("ready").expect("ok");
+    futures_util::future::poll_fn(|cx| p2c.poll_ready(cx))
+        .now_or_never()
+        .expect("ready")
+        .expect("ok");
 
     let mut group = c.benchmark_group("pick_1000_ready");
-    group.bench_function("waypost_round_robin/1_thread", |b| b.iter(|| black_box(channel.pick(black_box(PATH)))));
+    group.bench_function("waypost_round_robin/1_thread", |b| {
+        b.iter(|| black_box(channel.pick(black_box(PATH))))
+    });
     group.bench_function("tower_p2c/1_thread", |b| {
         b.iter(|| {
-            let ready = p2c.ready().now_or_never().expect("ready at once").expect("ok");
+            let ready = p2c
+                .ready()
+                .now_or_never()
+                .expect("ready at once")
+                .expect("ok");
             drop(black_box(ready.call(())));
         })
     });
     group.bench_function("naive_atomic_cursor/1_thread", |b| b.iter(naive));
     group.bench_function("waypost_round_robin/2_threads", |b| {
-        b.iter_custom(|iters| two_threads(iters, || {
-            black_box(channel.pick(black_box(PATH)));
-        }))
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                black_box(channel.pick(black_box(PATH)));
+            })
+        })
     });
-    group.bench_function("naive_atomic_cursor/2_threads", |b| b.iter_custom(|iters| two_threads(iters, naive)));
+    group.bench_function("naive_atomic_cursor/2_threads", |b| {
+        b.iter_custom(|iters| two_threads(iters, naive))
+    });
     group.finish();
     drop(channel);
 }

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! cargo run --release -p waypost-bench -- etcd --changes 1000
+//! cargo run --release -p waypost-bench -- rpc
 //! ```
 
 mod etcd;
+mod rpc;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +24,18 @@ struct Cli {
 enum Command {
     /// Latency from an etcd registration change to the resolver update.
     Etcd(etcd::EtcdArgs),
+    /// Client CPU per call and throughput: waypost vs tonic vs bare hyper.
+    Rpc(rpc::RpcArgs),
+    /// (internal) The backends `rpc` runs in a child process.
+    #[command(hide = true)]
+    RpcBackends,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Etcd(args) => etcd::run(args).await,
+        Command::Rpc(args) => rpc::run(args).await,
+        Command::RpcBackends => rpc::backends().await,
     }
 }

@@ -1,0 +1,368 @@
+//! `waypost-bench rpc`: the client-side cost of balancing a unary call.
+//!
+//! Four `movies.v1` backends run in a child process (so their CPU is not
+//! counted); the bench process is the client. Four variants, all driving the
+//! same generated `MoviesServiceClient`:
+//!
+//! - `waypost`: a waypost `Channel`, round_robin over the 4 backends;
+//! - `tonic_balance`: tonic's `Channel::balance_list` over the same 4;
+//! - `tonic_single`: a plain tonic `Channel` to one backend;
+//! - `floor`: a bare hyper HTTP/2 connection to one backend, no balancing;
+//! - `waypost_single`: a waypost `Channel` to that one backend, which
+//!   separates waypost's own per-call cost from the cost of spreading calls
+//!   over four connections.
+//!
+//! Every variant is warmed up first (the first measured in a process runs
+//! slow), then each repetition measures them in a rotated order, in two
+//! phases: **paced** at a fixed total rate, measuring this process's CPU
+//! time per call (from `/proc/self/stat`, so CPU is compared at equal
+//! throughput); **unpaced** with N concurrent callers, measuring calls/s and
+//! latency percentiles. Results are medians over the repetitions; the last
+//! stdout line is JSON.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::Instant;
+use tonic::codegen::StdError;
+use waypost_proto::movies::v1::MovieId;
+use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
+
+use crate::stats::percentile;
+
+/// Arguments of `waypost-bench rpc`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RpcArgs {
+    /// Seconds per phase per variant.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Repetitions (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Total calls per second in the paced phase.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Concurrent callers in the unpaced phase.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+const VARIANTS: [&str; 5] = [
+    "waypost",
+    "tonic_balance",
+    "tonic_single",
+    "floor",
+    "waypost_single",
+];
+
+/// Runs in the child: four backends until stdin closes.
+pub(crate) async fn backends() -> Result<(), Box<dyn std::error::Error>> {
+    let backends = waypost_integration::backend::start_backends(4).await?;
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    println!("BACKENDS {}", addrs.join(","));
+    let mut line = String::new();
+    let _ = BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
+    Ok(())
+}
+
+/// A bare hyper HTTP/2 connection as a tower service: the floor.
+#[derive(Clone)]
+struct Bare {
+    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    authority: http::uri::Authority,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Bare {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        *request.uri_mut() = http::Uri::from_parts(parts).expect("valid URI");
+        Box::pin(self.send.send_request(request))
+    }
+}
+
+async fn bare(addr: &str) -> Result<Bare, Box<dyn std::error::Error>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (send, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await?;
+    tokio::spawn(connection);
+    Ok(Bare {
+        send,
+        authority: addr.parse()?,
+    })
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat`
+/// (in USER_HZ = 100 ticks per second on Linux).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name: state is field 3, so
+    // utime (14) and stime (15) are at offsets 11 and 12.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    cpu_us_per_call: f64,
+    qps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Calls at `rate` per second for `seconds`; returns CPU µs per call.
+async fn paced<T>(client: MoviesServiceClient<T>, rate: u64, seconds: u64) -> f64
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<StdError>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+{
+    let per_tick = rate / 1000;
+    let ticks = seconds * 1000;
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_time();
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            let mut client = client.clone();
+            let (done, failed) = (done.clone(), failed.clone());
+            tasks.spawn(async move {
+                match client.get_movie(MovieId { mid: 1 }).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let cpu = cpu_time() - cpu_before;
+    let calls = done.load(Ordering::Relaxed).max(1);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "calls failed in the paced phase"
+    );
+    cpu.as_secs_f64() * 1e6 / calls as f64
+}
+
+/// `concurrency` callers as fast as they can for `seconds`.
+async fn unpaced<T>(
+    client: MoviesServiceClient<T>,
+    concurrency: usize,
+    seconds: u64,
+) -> (f64, f64, f64)
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<StdError>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                client.get_movie(MovieId { mid: 1 }).await.expect("call");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(latencies) = tasks.join_next().await {
+        all.extend(latencies.expect("caller"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let qps = all.len() as f64 / elapsed;
+    let p50 = percentile(&mut all, 50.0).as_secs_f64() * 1e6;
+    let p99 = percentile(&mut all, 99.0).as_secs_f64() * 1e6;
+    (qps, p50, p99)
+}
+
+struct Clients {
+    waypost: MoviesServiceClient<waypost_balancer::Channel>,
+    tonic_balance: MoviesServiceClient<tonic::transport::Channel>,
+    tonic_single: MoviesServiceClient<tonic::transport::Channel>,
+    floor: MoviesServiceClient<Bare>,
+    waypost_single: MoviesServiceClient<waypost_balancer::Channel>,
+}
+
+impl Clients {
+    async fn paced(&self, variant: &str, rate: u64, seconds: u64) -> f64 {
+        match variant {
+            "waypost" => paced(self.waypost.clone(), rate, seconds).await,
+            "tonic_balance" => paced(self.tonic_balance.clone(), rate, seconds).await,
+            "tonic_single" => paced(self.tonic_single.clone(), rate, seconds).await,
+            "waypost_single" => paced(self.waypost_single.clone(), rate, seconds).await,
+            _ => paced(self.floor.clone(), rate, seconds).await,
+        }
+    }
+
+    async fn unpaced(&self, variant: &str, concurrency: usize, seconds: u64) -> (f64, f64, f64) {
+        match variant {
+            "waypost" => unpaced(self.waypost.clone(), concurrency, seconds).await,
+            "tonic_balance" => unpaced(self.tonic_balance.clone(), concurrency, seconds).await,
+            "tonic_single" => unpaced(self.tonic_single.clone(), concurrency, seconds).await,
+            "waypost_single" => unpaced(self.waypost_single.clone(), concurrency, seconds).await,
+            _ => unpaced(self.floor.clone(), concurrency, seconds).await,
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("rpc-backends")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
+    let addrs: Vec<String> = loop {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or("the backend process exited")?;
+        if let Some(list) = line.strip_prefix("BACKENDS ") {
+            break list.split(',').map(str::to_owned).collect();
+        }
+    };
+    eprintln!("backends (child pid {:?}): {addrs:?}", child.id());
+
+    let waypost = waypost_balancer::Channel::builder(format!("ipv4:{}", addrs.join(",")))
+        .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+        .build()?;
+    let endpoints = addrs
+        .iter()
+        .map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint"));
+    let clients = Clients {
+        waypost: MoviesServiceClient::new(waypost.clone()),
+        tonic_balance: MoviesServiceClient::new(tonic::transport::Channel::balance_list(endpoints)),
+        tonic_single: MoviesServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[0]))?
+                .connect()
+                .await?,
+        ),
+        floor: MoviesServiceClient::new(bare(&addrs[0]).await?),
+        waypost_single: MoviesServiceClient::new(
+            waypost_balancer::Channel::builder(format!("ipv4:{}", addrs[0])).build()?,
+        ),
+    };
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while waypost.stats().subchannels_ready < addrs.len() as u64 {
+        if Instant::now() > ready_by {
+            return Err("waypost channel not READY".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    eprintln!("warming up each variant for 1 s");
+    for variant in VARIANTS {
+        clients.unpaced(variant, args.concurrency, 1).await;
+    }
+
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); VARIANTS.len()];
+    for rep in 0..args.reps {
+        let order: Vec<usize> = (0..VARIANTS.len())
+            .map(|i| (i + rep) % VARIANTS.len())
+            .collect();
+        let mut measured = vec![Measured::default(); VARIANTS.len()];
+        for &i in &order {
+            measured[i].cpu_us_per_call = clients.paced(VARIANTS[i], args.rate, args.seconds).await;
+            eprintln!(
+                "rep {rep} paced   {:>14}: {:.2} CPU µs/call",
+                VARIANTS[i], measured[i].cpu_us_per_call
+            );
+        }
+        for &i in &order {
+            let (qps, p50, p99) = clients
+                .unpaced(VARIANTS[i], args.concurrency, args.seconds)
+                .await;
+            measured[i].qps = qps;
+            measured[i].p50_us = p50;
+            measured[i].p99_us = p99;
+            eprintln!(
+                "rep {rep} unpaced {:>14}: {qps:.0} calls/s, p50 {p50:.0} µs, p99 {p99:.0} µs",
+                VARIANTS[i]
+            );
+        }
+        for (i, m) in measured.into_iter().enumerate() {
+            results[i].push(m);
+        }
+    }
+    let med = |i: usize, f: fn(&Measured) -> f64| {
+        (median(results[i].iter().map(f).collect()) * 100.0).round() / 100.0
+    };
+    let cpu = |i| med(i, |m| m.cpu_us_per_call);
+    let qps = |i| med(i, |m| m.qps).round();
+    let p99 = |i| med(i, |m| m.p99_us).round();
+    eprintln!("\nmedians over {} repetitions:", args.reps);
+    for (i, name) in VARIANTS.iter().enumerate() {
+        eprintln!(
+            "  {name:>14}: {:.2} CPU µs/call (paced {}/s), {:.0} calls/s, p99 {:.0} µs (unpaced, {} callers)",
+            cpu(i),
+            args.rate,
+            qps(i),
+            p99(i),
+            args.concurrency
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "waypost_cpu_us": cpu(0), "tonic_balance_cpu_us": cpu(1), "tonic_single_cpu_us": cpu(2), "floor_cpu_us": cpu(3),
+            "waypost_qps": qps(0), "tonic_balance_qps": qps(1), "tonic_single_qps": qps(2),
+            "waypost_p99_us": p99(0), "tonic_balance_p99_us": p99(1),
+            "waypost_single_cpu_us": cpu(4), "waypost_single_qps": qps(4),
+        })
+    );
+    drop(child);
+    Ok(())
+}
