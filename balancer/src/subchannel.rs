@@ -221,7 +221,6 @@ impl Subchannel {
             state: state_tx,
             events,
             counters,
-            keepalive_time: Mutex::new(None),
             health,
         };
         driver.counters.states[state_index(ConnectivityState::Idle)]
@@ -258,8 +257,17 @@ pub struct SubchannelCounters {
     pub connect_failures: AtomicU64,
     /// Connections that reached READY and later closed.
     pub disconnects: AtomicU64,
+    /// GOAWAY ENHANCE_YOUR_CALM ("too_many_pings") received.
+    pub too_many_pings: AtomicU64,
+    /// The longest keepalive interval any subchannel now uses after
+    /// doubling for too_many_pings, in milliseconds (0: never doubled).
+    pub keepalive_interval_ms: AtomicU64,
     /// Live subchannels per state (indexed by [`state_index`]).
     pub states: [std::sync::atomic::AtomicI64; 5],
+    /// The keepalive interval after GOAWAY too_many_pings doublings; shared
+    /// by the channel's subchannels, as in grpc-go, so a new subchannel for
+    /// the same target keeps it.
+    pub(crate) keepalive_time: Mutex<Option<Duration>>,
 }
 
 /// The index of `state` in [`SubchannelCounters::states`].
@@ -284,8 +292,6 @@ struct Driver {
     state: watch::Sender<SubchannelState>,
     events: tokio::sync::mpsc::UnboundedSender<SubchannelEvent>,
     counters: Arc<SubchannelCounters>,
-    /// The keepalive interval after GOAWAY too_many_pings doublings.
-    keepalive_time: Mutex<Option<Duration>>,
     health: HealthSettings,
 }
 
@@ -346,7 +352,7 @@ impl Driver {
             let attempt = tokio::time::timeout(timeout, self.connect_any()).await;
             match attempt {
                 Ok(Ok((address, send, connection))) => {
-                    backoff.reset();
+                    let connected_at = tokio::time::Instant::now();
                     let conn = Connection {
                         inner: Arc::new(ConnectionInner {
                             id: self.id,
@@ -357,6 +363,23 @@ impl Driver {
                     let reason = self.while_connected(conn, connection).await;
                     self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = self.id.0, %reason, "subchannel connection closed");
+                    if connected_at.elapsed() >= self.options.backoff.base {
+                        // A connection that stayed up resets the backoff.
+                        backoff.reset();
+                    } else {
+                        // One that dropped at once (a server that accepts and
+                        // closes, or GOAWAYs) counts as a failure, so a
+                        // flapping backend is not redialled in a tight loop.
+                        self.set(
+                            SubchannelState {
+                                connectivity: ConnectivityState::TransientFailure,
+                                connection: None,
+                                last_error: Some(reason.clone().into()),
+                            },
+                            true,
+                        );
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
                     self.set(
                         SubchannelState {
                             connectivity: ConnectivityState::Idle,
@@ -470,9 +493,15 @@ impl Driver {
             Ok(Ok(())) => "connection closed".into(),
             Ok(Err(e)) => {
                 if is_too_many_pings(&e) {
-                    let mut time = self.keepalive_time.lock();
-                    let current = time.or(self.options.keepalive.time);
-                    *time = current.map(|t| t * 2);
+                    let mut time = self.counters.keepalive_time.lock();
+                    *time = doubled_keepalive(time.or(self.options.keepalive.time));
+                    self.counters.too_many_pings.fetch_add(1, Ordering::Relaxed);
+                    if let Some(interval) = *time {
+                        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+                        self.counters
+                            .keepalive_interval_ms
+                            .fetch_max(ms, Ordering::Relaxed);
+                    }
                     tracing::warn!(id = self.id.0, new_interval = ?*time, "GOAWAY too_many_pings: doubling the keepalive interval");
                 }
                 format!("connection error: {e}")
@@ -502,7 +531,7 @@ impl Driver {
     ) -> Result<(SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
         let io = dial(address).await?;
         let keepalive = self.options.keepalive;
-        let time = (*self.keepalive_time.lock()).or(keepalive.time);
+        let time = (*self.counters.keepalive_time.lock()).or(keepalive.time);
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         if let Some(time) = time {
@@ -569,6 +598,15 @@ async fn dial(address: &Address) -> io::Result<Pin<Box<dyn Io>>> {
     }
 }
 
+/// The most a keepalive interval grows to after GOAWAY too_many_pings.
+const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// The keepalive interval after a GOAWAY too_many_pings: twice `current`,
+/// capped at a day (`None` stays off).
+fn doubled_keepalive(current: Option<Duration>) -> Option<Duration> {
+    current.map(|t| t.saturating_mul(2).min(MAX_KEEPALIVE_INTERVAL))
+}
+
 /// Whether the connection ended with GOAWAY ENHANCE_YOUR_CALM.
 fn is_too_many_pings(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -579,4 +617,22 @@ fn is_too_many_pings(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_pings_doubles_up_to_a_day() {
+        assert_eq!(
+            doubled_keepalive(Some(Duration::from_secs(10))),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(doubled_keepalive(None), None);
+        assert_eq!(
+            doubled_keepalive(Some(Duration::from_secs(20 * 3600))),
+            Some(MAX_KEEPALIVE_INTERVAL)
+        );
+    }
 }

@@ -90,6 +90,12 @@ pub struct ChannelStats {
     pub connect_failures: u64,
     /// READY connections that closed.
     pub disconnects: u64,
+    /// GOAWAY "too_many_pings" received (each doubles that subchannel's
+    /// keepalive interval).
+    pub too_many_pings: u64,
+    /// The longest keepalive interval in use after such doublings, in ms
+    /// (0 if none happened).
+    pub keepalive_interval_ms: u64,
     /// Subchannels now IDLE.
     pub subchannels_idle: u64,
     /// Subchannels now CONNECTING.
@@ -289,6 +295,8 @@ impl Channel {
             connects: s.connects.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             disconnects: s.disconnects.load(Ordering::Relaxed),
+            too_many_pings: s.too_many_pings.load(Ordering::Relaxed),
+            keepalive_interval_ms: s.keepalive_interval_ms.load(Ordering::Relaxed),
             subchannels_idle: gauge(&s.states[0]),
             subchannels_connecting: gauge(&s.states[1]),
             subchannels_ready: gauge(&s.states[2]),

@@ -61,12 +61,23 @@ pub struct PickFirst {
 }
 
 impl PickFirst {
+    /// Starts connecting through the addresses in order. Subchannels for
+    /// addresses still wanted are kept, so their connection backoff carries
+    /// over (a backend that keeps dropping connections is redialled at the
+    /// backoff's pace, not in a loop).
     fn start_pass(&mut self, helper: &mut dyn Helper) {
-        for attempt in self.attempts.drain(..) {
-            helper.remove_subchannel(attempt.handle.id());
-        }
-        if let Some(selected) = self.selected.take() {
-            helper.remove_subchannel(selected.id());
+        let mut existing: Vec<SubchannelHandle> =
+            self.attempts.drain(..).map(|a| a.handle).collect();
+        existing.extend(self.selected.take());
+        let mut reusable = std::collections::HashMap::new();
+        for handle in existing {
+            if self.addresses.contains(&handle.addresses()[0])
+                && !reusable.contains_key(&handle.addresses()[0])
+            {
+                reusable.insert(handle.addresses()[0].clone(), handle);
+            } else {
+                helper.remove_subchannel(handle.id());
+            }
         }
         self.pass += 1;
         if self.addresses.is_empty() {
@@ -79,7 +90,10 @@ impl PickFirst {
             return;
         }
         for address in &self.addresses {
-            let handle = helper.new_subchannel(std::slice::from_ref(address));
+            let handle = match reusable.remove(address) {
+                Some(handle) => handle,
+                None => helper.new_subchannel(std::slice::from_ref(address)),
+            };
             self.attempts.push(Attempt {
                 state: handle.state(),
                 handle,
