@@ -1,5 +1,5 @@
-//! The `waypost` command: resolve targets, register endpoints in etcd, and
-//! (as its issue lands) run the standalone balancer.
+//! The `waypost` command: run the standalone balancer, drain backends and
+//! read its status, resolve targets, register endpoints in etcd.
 
 use std::process::ExitCode;
 
@@ -19,6 +19,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the grpc.lb.v1 balancer (the embedded default registry without arguments).
+    Serve(cli::ServeArgs),
+    /// Take a backend out of new server lists (or put it back with --undo).
+    Drain(cli::DrainArgs),
+    /// Print a balancer's services and backends.
+    Status(cli::StatusArgs),
     /// Print resolver updates for a target as JSON lines.
     Resolve(cli::ResolveArgs),
     /// Register an endpoint in etcd until interrupted, then remove it.
@@ -47,6 +53,9 @@ async fn main() -> ExitCode {
     };
     let mut out = std::io::stdout();
     let code = match parsed.command {
+        Command::Serve(args) => cli::serve(args, &mut out).await,
+        Command::Drain(args) => cli::drain(args, &mut out).await,
+        Command::Status(args) => cli::status(args, &mut out).await,
         Command::Resolve(args) => cli::resolve(args, &mut out).await,
         Command::Register(args) => cli::register(args, &mut out).await,
     };

@@ -211,3 +211,79 @@ async fn register_rejects_bad_input() {
     assert_eq!(code, 64);
     assert!(lines[0]["error"].as_str().unwrap().contains("--metadata"));
 }
+
+#[tokio::test]
+async fn serve_rejects_a_bad_config_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\ndrop_fraction = 2.0\n").unwrap();
+    let output = Command::new(WAYPOST)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:5: service[0].drop_fraction:", path.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_status_and_drain_work_together_and_sigterm_stops_serve() {
+    let (mut server, mut out) = spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--service",
+        "movies=127.0.0.1:9,127.0.0.1:10",
+    ]);
+    let started = next_json(&mut out).await;
+    let admin = started["admin"].as_str().unwrap().to_owned();
+    assert_eq!(started["services"], "movies");
+
+    let (mut status, mut table) = spawn(&["status", "--admin", &admin]);
+    let header = table.next_line().await.unwrap().unwrap();
+    assert!(header.starts_with("SERVICE"), "{header}");
+    let first = table.next_line().await.unwrap().unwrap();
+    let second = table.next_line().await.unwrap().unwrap();
+    assert!(
+        first.starts_with("movies") && first.contains("127.0.0.1:9 "),
+        "{first}"
+    );
+    assert!(
+        second.starts_with("movies") && second.contains("127.0.0.1:10 "),
+        "{second}"
+    );
+    assert_eq!(status.wait().await.unwrap().code(), Some(0));
+
+    let (lines, code) = run(&[
+        "drain",
+        "--admin",
+        &admin,
+        "--service",
+        "movies",
+        "--backend",
+        "127.0.0.1:9",
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(lines[0]["draining"], true);
+    let (_, code) = run(&[
+        "drain",
+        "--admin",
+        &admin,
+        "--service",
+        "movies",
+        "--backend",
+        "127.0.0.1:99",
+    ])
+    .await;
+    assert_eq!(code, 1, "an unknown backend is an error");
+
+    assert_eq!(terminate(&mut server).await, 0);
+    assert_eq!(next_json(&mut out).await["stopped"], true);
+}

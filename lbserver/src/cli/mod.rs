@@ -1,11 +1,15 @@
 //! The subcommands of the `waypost` binary. Each takes its parsed
 //! arguments and a writer for its JSON lines, and returns an exit code.
 
+mod admin_client;
 mod register;
 mod resolve;
+mod serve;
 
+pub use admin_client::{DrainArgs, StatusArgs, drain, status};
 pub use register::{RegisterArgs, register};
 pub use resolve::{ResolveArgs, resolve};
+pub use serve::{ServeArgs, serve};
 
 /// Exit code for bad command-line input (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;

@@ -1,0 +1,216 @@
+//! Assignment: the server list a service's clients receive, as a pure
+//! function of its backends.
+//!
+//! Backends that are unhealthy or draining are left out. The rest appear in
+//! a stable order (by address), so every replica of the balancer hands out
+//! the same list. `weighted` repeats a backend in proportion to its weight.
+//! A drop fraction `f` adds drop entries so that `f` of all entries are
+//! drops, spread evenly through the list. Tokens are stable: derived from
+//! the service and the address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use waypost_proto::grpc::lb::v1::Server;
+
+use crate::config::ListPolicy;
+
+/// The token of drop entries (clients report drops under it).
+pub const DROP_TOKEN: &str = "drop";
+
+/// A backend as assignment sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendView {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Whether it passes health checks.
+    pub healthy: bool,
+    /// Whether it is being drained (kept out of new lists).
+    pub draining: bool,
+    /// Its weight for the `weighted` policy (at least 1).
+    pub weight: u32,
+}
+
+/// A stable load-balance token for `addr` in `service` (16 hex digits).
+pub fn token(service: &str, addr: SocketAddr) -> String {
+    // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in service.bytes().chain([0]).chain(addr.to_string().bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn server(service: &str, addr: SocketAddr) -> Server {
+    let ip_address = match addr.ip() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    Server {
+        ip_address,
+        port: i32::from(addr.port()),
+        load_balance_token: token(service, addr),
+        drop: false,
+    }
+}
+
+/// The server list for `service`.
+pub fn assign(
+    service: &str,
+    backends: &[BackendView],
+    policy: ListPolicy,
+    drop_fraction: f64,
+) -> Vec<Server> {
+    let mut usable: Vec<&BackendView> = backends
+        .iter()
+        .filter(|b| b.healthy && !b.draining)
+        .collect();
+    usable.sort_by_key(|b| b.addr);
+    let mut list: Vec<Server> = Vec::new();
+    match policy {
+        ListPolicy::RoundRobin => list.extend(usable.iter().map(|b| server(service, b.addr))),
+        ListPolicy::Weighted => {
+            // Interleave by rounds so heavy backends are spread, not clumped.
+            let max = usable
+                .iter()
+                .map(|b| b.weight.clamp(1, 100))
+                .max()
+                .unwrap_or(0);
+            for round in 0..max {
+                for b in &usable {
+                    if b.weight.clamp(1, 100) > round {
+                        list.push(server(service, b.addr));
+                    }
+                }
+            }
+        }
+    }
+    let fraction = drop_fraction.clamp(0.0, 0.99);
+    if fraction > 0.0 {
+        let backends = list.len().max(1);
+        let drops = ((fraction * backends as f64) / (1.0 - fraction))
+            .round()
+            .max(1.0) as usize;
+        let total = backends + drops;
+        let mut spread = Vec::with_capacity(total);
+        let mut from_list = list.into_iter();
+        // Entry i is a drop when the running drop count crosses a whole number.
+        for i in 0..total {
+            let due = ((i + 1) * drops) / total > (i * drops) / total;
+            match (due, from_list.next()) {
+                (true, next) => {
+                    spread.push(Server {
+                        drop: true,
+                        load_balance_token: DROP_TOKEN.into(),
+                        ..Default::default()
+                    });
+                    if let Some(s) = next {
+                        spread.push(s);
+                    }
+                }
+                (false, Some(s)) => spread.push(s),
+                (false, None) => {}
+            }
+        }
+        spread.extend(from_list);
+        list = spread;
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(port: u16, healthy: bool, draining: bool, weight: u32) -> BackendView {
+        BackendView {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            healthy,
+            draining,
+            weight,
+        }
+    }
+
+    #[test]
+    fn only_healthy_undrained_backends_in_address_order() {
+        let list = assign(
+            "s",
+            &[
+                b(3, true, false, 1),
+                b(1, true, false, 1),
+                b(2, false, false, 1),
+                b(4, true, true, 1),
+            ],
+            ListPolicy::RoundRobin,
+            0.0,
+        );
+        let ports: Vec<i32> = list.iter().map(|s| s.port).collect();
+        assert_eq!(ports, vec![1, 3]);
+        assert!(
+            list.iter()
+                .all(|s| s.ip_address == vec![127, 0, 0, 1] && !s.drop)
+        );
+        assert_eq!(
+            list[0].load_balance_token,
+            token("s", SocketAddr::from(([127, 0, 0, 1], 1)))
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_sixteen_bytes() {
+        let v6 = BackendView {
+            addr: "[::1]:5".parse().unwrap(),
+            healthy: true,
+            draining: false,
+            weight: 1,
+        };
+        let list = assign("s", &[v6], ListPolicy::RoundRobin, 0.0);
+        assert_eq!(list[0].ip_address.len(), 16);
+        assert_eq!(list[0].port, 5);
+    }
+
+    #[test]
+    fn tokens_are_stable_unique_and_short() {
+        let a = token("s", "127.0.0.1:1".parse().unwrap());
+        assert_eq!(a, token("s", "127.0.0.1:1".parse().unwrap()));
+        assert_ne!(a, token("s", "127.0.0.1:2".parse().unwrap()));
+        assert_ne!(a, token("t", "127.0.0.1:1".parse().unwrap()));
+        assert!(a.len() < 50);
+    }
+
+    #[test]
+    fn drops_make_up_the_fraction_and_are_spread() {
+        let backends: Vec<_> = (1..=6).map(|p| b(p, true, false, 1)).collect();
+        let list = assign("s", &backends, ListPolicy::RoundRobin, 0.25);
+        let drops = list.iter().filter(|s| s.drop).count();
+        assert_eq!((list.len(), drops), (8, 2));
+        // Not adjacent: spread through the list.
+        let positions: Vec<usize> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.drop)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(positions[1] - positions[0] >= 3, "{positions:?}");
+        assert!(
+            list.iter()
+                .filter(|s| s.drop)
+                .all(|s| s.load_balance_token == DROP_TOKEN)
+        );
+        // Shedding everything a service has: a drop entry even with no backend.
+        let all = assign("s", &[], ListPolicy::RoundRobin, 0.5);
+        assert!(all.iter().all(|s| s.drop) && !all.is_empty());
+    }
+
+    #[test]
+    fn weighted_repeats_in_proportion() {
+        let list = assign(
+            "s",
+            &[b(1, true, false, 3), b(2, true, false, 1)],
+            ListPolicy::Weighted,
+            0.0,
+        );
+        let ports: Vec<i32> = list.iter().map(|s| s.port).collect();
+        assert_eq!(ports, vec![1, 2, 1, 1]);
+    }
+}

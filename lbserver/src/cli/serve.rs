@@ -1,0 +1,121 @@
+//! `waypost serve`: runs the balancer until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{EXIT_FAILURE, EXIT_USAGE, emit, shutdown_signal};
+use crate::config::{Config, ConfigError, ListPolicy, ServiceConfig};
+use crate::server::{ServeOptions, start};
+
+/// Arguments of `waypost serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see the `config` module docs).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["service"])]
+    pub config: Option<PathBuf>,
+    /// The BalanceLoad address (overrides the file's).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The admin HTTP address (overrides the file's).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// A service as NAME=SOURCE (repeatable); SOURCE is `ip:port,…` or a
+    /// resolver target. Without --config or --service, the embedded default
+    /// registry is served.
+    #[arg(long, value_name = "NAME=SOURCE")]
+    pub service: Vec<String>,
+    /// etcd endpoints for `etcd:///` sources.
+    #[arg(long, value_name = "ENDPOINTS")]
+    pub etcd: Option<String>,
+}
+
+fn flag_error(field: &str, message: String) -> ConfigError {
+    ConfigError {
+        file: "<flags>".into(),
+        line: 0,
+        field: field.into(),
+        message,
+    }
+}
+
+fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let mut config = match (&args.config, args.service.is_empty()) {
+        (Some(path), _) => Config::load(path)?,
+        (None, true) => Config::embedded_default(),
+        (None, false) => {
+            let mut services = Vec::new();
+            for (i, spec) in args.service.iter().enumerate() {
+                let (name, source) = spec.split_once('=').ok_or_else(|| {
+                    flag_error(
+                        &format!("--service[{i}]"),
+                        format!("{spec:?} is not NAME=SOURCE"),
+                    )
+                })?;
+                services.push(ServiceConfig {
+                    name: name.to_owned(),
+                    source: source.to_owned(),
+                    policy: ListPolicy::RoundRobin,
+                    drop_fraction: 0.0,
+                    health_service: Some(String::new()),
+                    client_stats_interval: std::time::Duration::from_secs(10),
+                    fallback: false,
+                });
+            }
+            Config {
+                listen: crate::config::DEFAULT_LISTEN.parse().expect("valid"),
+                admin: None,
+                etcd: Vec::new(),
+                services,
+            }
+        }
+    };
+    if let Some(listen) = &args.listen {
+        config.listen = listen
+            .parse()
+            .map_err(|e| flag_error("--listen", format!("{listen:?}: {e}")))?;
+    }
+    if let Some(admin) = &args.admin {
+        config.admin = Some(
+            admin
+                .parse()
+                .map_err(|e| flag_error("--admin", format!("{admin:?}: {e}")))?,
+        );
+    }
+    if let Some(etcd) = &args.etcd {
+        config.etcd = super::etcd_endpoints(etcd);
+    }
+    Ok(config)
+}
+
+/// Runs `waypost serve`; returns the exit code.
+pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
+    let config = match config_from(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("waypost serve: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    let services = services.join(",");
+    let running = match start(config, ServeOptions::default()).await {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("waypost serve: {error}");
+            return EXIT_FAILURE;
+        }
+    };
+    emit(
+        out,
+        &json!({
+            "listening": running.listen.to_string(),
+            "admin": running.admin.map(|a| a.to_string()),
+            "services": services,
+        }),
+    );
+    shutdown_signal().await;
+    running.shutdown().await;
+    emit(out, &json!({"stopped": true}));
+    0
+}

@@ -1,0 +1,277 @@
+//! The registry: each service's backends, their health, weight and drain
+//! state, and the server list published to its BalanceLoad streams.
+//!
+//! Every change republishes the service's list through a `watch`; streams
+//! only send when the list actually changed. The encoded list is built once
+//! per change and shared by every stream.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use waypost_proto::grpc::lb::v1::{
+    LoadBalanceResponse, ServerList, load_balance_response::LoadBalanceResponseType,
+};
+
+use crate::assign::{BackendView, DROP_TOKEN, assign, token};
+use crate::config::{ServiceConfig, find_service};
+
+/// One published list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListSnapshot {
+    /// The response to send (a server list, or a fallback response).
+    pub response: LoadBalanceResponse,
+    /// Backends in the list that are not drops.
+    pub backends: usize,
+    /// Increases with every change.
+    pub version: u64,
+}
+
+/// Aborts a probe task when its backend goes.
+#[derive(Debug)]
+struct Probe(JoinHandle<()>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Backend {
+    healthy: bool,
+    weight: u32,
+    _probe: Option<Probe>,
+}
+
+/// Aggregated ClientStats of one service.
+#[derive(Debug, Default)]
+pub struct ClientStatsTotals {
+    /// Calls started.
+    pub started: AtomicU64,
+    /// Calls finished.
+    pub finished: AtomicU64,
+    /// Calls the client failed to send.
+    pub failed_to_send: AtomicU64,
+    /// Calls known to have reached a backend.
+    pub known_received: AtomicU64,
+    /// Calls dropped, by token (only tokens this balancer handed out).
+    pub drops: Mutex<HashMap<String, u64>>,
+    /// Reports accepted.
+    pub reports: AtomicU64,
+}
+
+/// One balanced service.
+#[derive(Debug)]
+pub struct Service {
+    /// Its configuration.
+    pub config: ServiceConfig,
+    backends: Mutex<BTreeMap<SocketAddr, Backend>>,
+    drained: Mutex<BTreeSet<SocketAddr>>,
+    list: watch::Sender<Arc<ListSnapshot>>,
+    /// Client stats received for it.
+    pub stats: ClientStatsTotals,
+    /// BalanceLoad streams open for it now.
+    pub streams: AtomicU64,
+    /// Server lists sent to its clients.
+    pub lists_sent: AtomicU64,
+}
+
+impl Service {
+    fn new(config: ServiceConfig) -> Service {
+        let empty = Arc::new(ListSnapshot {
+            response: list_response(Vec::new()),
+            backends: 0,
+            version: 0,
+        });
+        let service = Service {
+            config,
+            backends: Mutex::default(),
+            drained: Mutex::default(),
+            list: watch::Sender::new(empty),
+            stats: ClientStatsTotals::default(),
+            streams: AtomicU64::new(0),
+            lists_sent: AtomicU64::new(0),
+        };
+        service.republish();
+        service
+    }
+
+    /// Watches the published list.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ListSnapshot>> {
+        self.list.subscribe()
+    }
+
+    /// The list in force.
+    pub fn current(&self) -> Arc<ListSnapshot> {
+        self.list.borrow().clone()
+    }
+
+    /// Replaces the backend set; `probe` starts a health probe for a new
+    /// backend (it reports through [`Service::set_health`]).
+    pub(crate) fn set_backends(
+        self: &Arc<Self>,
+        wanted: Vec<(SocketAddr, u32)>,
+        probe: &dyn Fn(Arc<Service>, SocketAddr) -> Option<JoinHandle<()>>,
+    ) {
+        {
+            let mut backends = self.backends.lock();
+            backends.retain(|addr, _| wanted.iter().any(|(a, _)| a == addr));
+            for (addr, weight) in wanted {
+                match backends.get_mut(&addr) {
+                    Some(existing) => existing.weight = weight,
+                    None => {
+                        let task = probe(self.clone(), addr);
+                        let healthy = task.is_none();
+                        backends.insert(
+                            addr,
+                            Backend {
+                                healthy,
+                                weight,
+                                _probe: task.map(Probe),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.republish();
+    }
+
+    /// Records a probe's verdict.
+    pub fn set_health(&self, addr: SocketAddr, healthy: bool) {
+        let changed = match self.backends.lock().get_mut(&addr) {
+            Some(backend) if backend.healthy != healthy => {
+                backend.healthy = healthy;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.republish();
+        }
+    }
+
+    /// Drains `addr` (or undoes it); returns whether the service has it.
+    pub fn set_draining(&self, addr: SocketAddr, draining: bool) -> bool {
+        if !self.backends.lock().contains_key(&addr) {
+            return false;
+        }
+        {
+            let mut drained = self.drained.lock();
+            if draining {
+                drained.insert(addr);
+            } else {
+                drained.remove(&addr);
+            }
+        }
+        self.republish();
+        true
+    }
+
+    /// The backends as assignment sees them.
+    pub fn views(&self) -> Vec<BackendView> {
+        let drained = self.drained.lock();
+        self.backends
+            .lock()
+            .iter()
+            .map(|(addr, b)| BackendView {
+                addr: *addr,
+                healthy: b.healthy,
+                draining: drained.contains(addr),
+                weight: b.weight,
+            })
+            .collect()
+    }
+
+    /// Recomputes the list and publishes it if it changed.
+    fn republish(&self) {
+        let views = self.views();
+        let servers = assign(
+            &self.config.name,
+            &views,
+            self.config.policy,
+            self.config.drop_fraction,
+        );
+        let backends = servers.iter().filter(|s| !s.drop).count();
+        let response = if backends == 0 && self.config.fallback {
+            LoadBalanceResponse {
+                load_balance_response_type: Some(LoadBalanceResponseType::FallbackResponse(
+                    Default::default(),
+                )),
+            }
+        } else {
+            list_response(servers)
+        };
+        self.list.send_if_modified(|current| {
+            if current.response == response {
+                return false;
+            }
+            *current = Arc::new(ListSnapshot {
+                response,
+                backends,
+                version: current.version + 1,
+            });
+            true
+        });
+    }
+
+    /// Whether `token` is one this service hands out (so per-token counts
+    /// stay bounded by the list, whatever clients send).
+    pub fn knows_token(&self, token_value: &str) -> bool {
+        token_value == DROP_TOKEN
+            || self
+                .backends
+                .lock()
+                .keys()
+                .any(|addr| token(&self.config.name, *addr) == token_value)
+    }
+}
+
+fn list_response(servers: Vec<waypost_proto::grpc::lb::v1::Server>) -> LoadBalanceResponse {
+    LoadBalanceResponse {
+        load_balance_response_type: Some(LoadBalanceResponseType::ServerList(ServerList {
+            servers,
+        })),
+    }
+}
+
+/// All services.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    services: Arc<Vec<Arc<Service>>>,
+}
+
+impl Registry {
+    /// A registry with these services and no backends yet.
+    pub fn new(services: &[ServiceConfig]) -> Registry {
+        Registry {
+            services: Arc::new(
+                services
+                    .iter()
+                    .cloned()
+                    .map(|c| Arc::new(Service::new(c)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The service a client's name refers to (with or without `:port`).
+    pub fn find(&self, name: &str) -> Option<Arc<Service>> {
+        let configs: Vec<ServiceConfig> = self.services.iter().map(|s| s.config.clone()).collect();
+        let found = find_service(&configs, name)?;
+        self.services
+            .iter()
+            .find(|s| s.config.name == found.name)
+            .cloned()
+    }
+
+    /// Every service.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+}

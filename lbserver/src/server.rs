@@ -1,0 +1,163 @@
+//! Running the balancer: binds the BalanceLoad and admin listeners, follows
+//! every service's source, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancerServer;
+use waypost_resolver::ResolverRegistry;
+
+use crate::balance::{BalanceOptions, Balancer};
+use crate::config::Config;
+use crate::probe::ProbeOptions;
+use crate::registry::Registry;
+
+/// The largest request message a client may send (ClientStats are small).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// How long shutdown waits for streams to end after GOAWAY.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Tuning beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// BalanceLoad behaviour.
+    pub balance: BalanceOptions,
+    /// Health probing.
+    pub probe: ProbeOptions,
+}
+
+/// Why the balancer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// etcd could not be reached for `etcd:///` sources.
+    #[error("cannot connect to etcd: {0}")]
+    Etcd(String),
+}
+
+/// A running balancer.
+#[derive(Debug)]
+pub struct Running {
+    /// Where BalanceLoad listens.
+    pub listen: SocketAddr,
+    /// Where the admin endpoint listens.
+    pub admin: Option<SocketAddr>,
+    /// The registry it serves.
+    pub registry: Registry,
+    shutdown: Option<oneshot::Sender<()>>,
+    stop_streams: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<()>,
+    helpers: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, sends GOAWAY to connected clients, ends every
+    /// BalanceLoad stream with UNAVAILABLE, and waits (at most
+    /// [`SHUTDOWN_GRACE`]) for the connections to close.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.stop_streams.send_replace(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.server.abort();
+        for helper in &self.helpers {
+            helper.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Starts the balancer described by `config`.
+pub async fn start(config: Config, options: ServeOptions) -> Result<Running, ServeError> {
+    let registry = Registry::new(&config.services);
+    let resolvers = ResolverRegistry::new();
+    if !config.etcd.is_empty() {
+        let client = waypost_resolver::etcd::connect(&config.etcd)
+            .await
+            .map_err(|e| ServeError::Etcd(e.to_string()))?;
+        resolvers.register(waypost_resolver::etcd::EtcdResolverBuilder::new(client));
+    }
+    let mut helpers = Vec::new();
+    for service in registry.services() {
+        helpers.push(crate::source::follow(
+            service.clone(),
+            resolvers.clone(),
+            options.probe.clone(),
+        ));
+    }
+
+    let listener = bind(config.listen).await?;
+    let listen = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin = match config.admin {
+        Some(addr) => {
+            let admin_listener = bind(addr).await?;
+            let bound = admin_listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            helpers.push(tokio::spawn(crate::admin::serve(
+                admin_listener,
+                registry.clone(),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (balancer, stop_streams) = Balancer::new(registry.clone(), options.balance);
+    let service = LoadBalancerServer::new(balancer).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = shutdown_rx.await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "BalanceLoad server failed");
+        }
+    });
+    Ok(Running {
+        listen,
+        admin,
+        registry,
+        shutdown: Some(shutdown_tx),
+        stop_streams,
+        server,
+        helpers,
+    })
+}

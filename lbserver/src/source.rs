@@ -1,0 +1,75 @@
+//! Where a service's backends come from: a static `ip:port,…` list, or any
+//! waypost resolver target (`dns:///…`, `etcd:///…`, …), followed as it
+//! changes. Endpoint metadata `{"weight": N}` sets a backend's weight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use waypost_resolver::{Address, ResolverRegistry, ResolverState};
+
+use crate::probe::ProbeOptions;
+use crate::registry::Service;
+
+/// Parses a static list, or `None` if `source` is not one.
+pub fn static_list(source: &str) -> Option<Vec<SocketAddr>> {
+    source.split(',').map(|s| s.trim().parse().ok()).collect()
+}
+
+fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32)> {
+    let mut out = Vec::new();
+    for endpoint in &state.endpoints {
+        let weight = endpoint
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("weight"))
+            .and_then(|w| w.as_u64())
+            .map(|w| w.clamp(1, 100) as u32)
+            .unwrap_or(1);
+        for address in &endpoint.addresses {
+            match address {
+                Address::Tcp(addr) => out.push((*addr, weight)),
+                other => tracing::warn!(%other, "grpclb lists need IP addresses; skipping"),
+            }
+        }
+    }
+    out
+}
+
+/// Starts following `service`'s source; the task ends when dropped/aborted.
+pub fn follow(
+    service: Arc<Service>,
+    resolvers: ResolverRegistry,
+    probe: ProbeOptions,
+) -> JoinHandle<()> {
+    let probe_fn = move |service: Arc<Service>, addr: SocketAddr| {
+        crate::probe::spawn(service, addr, probe.clone())
+    };
+    if let Some(list) = static_list(&service.config.source) {
+        service.set_backends(list.into_iter().map(|a| (a, 1)).collect(), &probe_fn);
+        // Nothing to follow; keep a task so every service has one.
+        return tokio::spawn(std::future::pending());
+    }
+    tokio::spawn(async move {
+        let mut resolution = match resolvers.resolve(&service.config.source) {
+            Ok(resolution) => resolution,
+            Err(error) => {
+                tracing::error!(service = %service.config.name, %error, "cannot resolve the source");
+                return;
+            }
+        };
+        loop {
+            let update = resolution.first().await;
+            if let Some(error) = &update.error {
+                tracing::warn!(service = %service.config.name, %error, "source error; keeping the last backends");
+            }
+            if let Some(state) = &update.state {
+                service.set_backends(backends(state), &probe_fn);
+            }
+            if resolution.changed().await.is_err() {
+                return;
+            }
+            // `first` returns the update `changed` just marked seen.
+        }
+    })
+}
