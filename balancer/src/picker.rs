@@ -9,11 +9,52 @@ use std::sync::Arc;
 
 use crate::subchannel::Connection;
 
+/// How a call ended, for a [`CallTracker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The request never left the client (the call is then re-picked).
+    FailedToSend,
+    /// Response headers arrived: the backend received the call.
+    KnownReceived,
+    /// It failed after being sent, before any response.
+    Failed,
+}
+
+/// Observes the calls a picker routes (grpclb's ClientStats).
+pub trait CallTracker: Send + Sync + 'static {
+    /// The call was sent to the routed connection.
+    fn started(&self);
+    /// The call ended.
+    fn finished(&self, outcome: CallOutcome);
+}
+
+/// A connection plus what the call must carry and who watches it.
+#[derive(Clone)]
+pub struct Routed {
+    /// Where to send the call.
+    pub connection: Connection,
+    /// A header to add (grpclb's `lb-token`).
+    pub header: Option<(http::HeaderName, http::HeaderValue)>,
+    /// Told when the call starts and ends.
+    pub tracker: Option<Arc<dyn CallTracker>>,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("connection", &self.connection)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a picker decided for one call.
 #[derive(Debug, Clone)]
 pub enum Pick {
     /// Send the call on this connection.
     Connection(Connection),
+    /// Send the call on a connection, with a header and a tracker.
+    Routed(Routed),
     /// No connection is usable yet: wait for the next picker.
     Queue,
     /// Fail the call with UNAVAILABLE and this message — unless it is
@@ -84,7 +125,7 @@ impl RoundRobinPicker {
     }
 
     /// The index the next pick on this thread takes, out of `len`.
-    fn next_index(len: usize) -> usize {
+    pub(crate) fn next_index(len: usize) -> usize {
         CURSOR.with(|cursor| {
             let mut current = cursor.get();
             if current == usize::MAX {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::body::ChannelBody;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
-use crate::picker::Pick;
+use crate::picker::{CallOutcome, Pick, Routed};
 
 /// A request extension: `WaitForReady(true)` makes the call wait for a
 /// READY connection instead of failing fast while the channel is in
@@ -179,23 +179,63 @@ async fn attempt(
     let mut generations: Option<watch::Receiver<u64>> = None;
     loop {
         let snapshot = shared.picker.load();
-        let pick = snapshot.picker.pick(request.uri().path());
-        let reason = match pick {
-            Pick::Connection(connection) => {
+        let routed = match snapshot.picker.pick(request.uri().path()) {
+            Pick::Connection(connection) => Ok(Routed {
+                connection,
+                header: None,
+                tracker: None,
+            }),
+            Pick::Routed(routed) => Ok(routed),
+            Pick::Drop(reason) => return Err(tonic::Status::unavailable(reason.to_string())),
+            Pick::Unavailable(reason) if !wait_for_ready => {
+                return Err(tonic::Status::unavailable(reason.to_string()));
+            }
+            Pick::Unavailable(reason) => Err(Some(reason)),
+            Pick::Queue => Err(None),
+        };
+        let reason = match routed {
+            Ok(Routed {
+                connection,
+                header,
+                tracker,
+            }) => {
                 shared.counters.picks.fetch_add(1, Ordering::Relaxed);
+                let added = header.map(|(name, value)| {
+                    request.headers_mut().insert(name.clone(), value);
+                    name
+                });
+                if let Some(tracker) = &tracker {
+                    tracker.started();
+                }
                 let sent = connection.send(request);
                 let response = match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, sent)
-                        .await
-                        .map_err(|_| tonic::Status::deadline_exceeded("deadline exceeded"))?,
+                    Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            if let Some(tracker) = &tracker {
+                                tracker.finished(CallOutcome::Failed);
+                            }
+                            return Err(tonic::Status::deadline_exceeded("deadline exceeded"));
+                        }
+                    },
                     None => sent.await,
                 };
+                if let Some(tracker) = &tracker {
+                    tracker.finished(match &response {
+                        Ok(_) => CallOutcome::KnownReceived,
+                        Err(error) if error.message().is_some() => CallOutcome::FailedToSend,
+                        Err(_) => CallOutcome::Failed,
+                    });
+                }
                 match response {
                     Ok(response) => return Ok(response.map(ChannelBody::new)),
                     Err(mut error) => match error.take_message() {
                         // Never sent: the connection was closing. Retry it
                         // transparently on the next picker, as gRPC does.
-                        Some(unsent) => {
+                        Some(mut unsent) => {
+                            if let Some(name) = added {
+                                unsent.headers_mut().remove(name);
+                            }
                             shared
                                 .counters
                                 .transparent_retries
@@ -207,12 +247,7 @@ async fn attempt(
                     },
                 }
             }
-            Pick::Drop(reason) => return Err(tonic::Status::unavailable(reason.to_string())),
-            Pick::Unavailable(reason) if !wait_for_ready => {
-                return Err(tonic::Status::unavailable(reason.to_string()));
-            }
-            Pick::Unavailable(reason) => Some(reason),
-            Pick::Queue => None,
+            Err(reason) => reason,
         };
         // Wait for the next picker. Subscribe, then re-check the generation,
         // so a picker published since our load is not missed.

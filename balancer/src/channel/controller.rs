@@ -19,6 +19,12 @@ use crate::subchannel::{
     ConnectOptions, HealthSettings, Subchannel, SubchannelEvent, SubchannelHandle, SubchannelId,
 };
 
+/// The controller's event sources.
+pub(crate) struct Receivers {
+    subchannels: mpsc::UnboundedReceiver<SubchannelEvent>,
+    policy: mpsc::UnboundedReceiver<(u64, Box<dyn std::any::Any + Send>)>,
+}
+
 pub(crate) struct Controller {
     shared: Arc<Shared>,
     resolution: Resolution,
@@ -44,9 +50,23 @@ struct World {
     resolve_now: bool,
     health: HealthSettings,
     health_tx: watch::Sender<Option<String>>,
+    policy_events: mpsc::UnboundedSender<(u64, Box<dyn std::any::Any + Send>)>,
+    /// Bumped when the policy is replaced, so its stale events are dropped.
+    policy_generation: u64,
 }
 
 impl Helper for World {
+    fn events(&mut self) -> crate::policy::PolicyEvents {
+        crate::policy::PolicyEvents {
+            tx: self.policy_events.clone(),
+            generation: self.policy_generation,
+        }
+    }
+
+    fn authority(&self) -> String {
+        self.shared.authority.to_string()
+    }
+
     fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle {
         self.next_id += 1;
         let id = SubchannelId(self.next_id);
@@ -87,8 +107,9 @@ impl Controller {
         policies: PolicyRegistry,
         default_config: Option<serde_json::Value>,
         options: ConnectOptions,
-    ) -> (Self, mpsc::UnboundedReceiver<SubchannelEvent>) {
+    ) -> (Self, Receivers) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (policy_events, policy_rx) = mpsc::unbounded_channel();
         let (health_tx, health_rx) = watch::channel(None);
         let health = HealthSettings {
             service: health_rx,
@@ -104,6 +125,8 @@ impl Controller {
             resolve_now: false,
             health,
             health_tx,
+            policy_events,
+            policy_generation: 0,
         };
         (
             Controller {
@@ -116,11 +139,18 @@ impl Controller {
                 last_state: None,
                 world,
             },
-            events_rx,
+            Receivers {
+                subchannels: events_rx,
+                policy: policy_rx,
+            },
         )
     }
 
-    pub(crate) async fn run(self, mut events: mpsc::UnboundedReceiver<SubchannelEvent>) {
+    pub(crate) async fn run(self, receivers: Receivers) {
+        let Receivers {
+            subchannels: mut events,
+            policy: mut policy_events,
+        } = receivers;
         let mut this = self;
         let mut resolver_live = true;
         loop {
@@ -128,6 +158,13 @@ impl Controller {
             tokio::select! {
                 biased;
                 Some(event) = events.recv() => this.on_subchannel(event),
+                Some((generation, event)) = policy_events.recv() => {
+                    if generation == this.world.policy_generation {
+                        if let Some((_, policy)) = &mut this.policy {
+                            policy.event(event, &mut this.world);
+                        }
+                    }
+                }
                 changed = this.resolution.changed(), if resolver_live => match changed {
                     Ok(update) => this.on_resolver(update),
                     // A static resolver has said all it will; keep serving.
@@ -237,6 +274,7 @@ impl Controller {
         self.policy = None;
         self.world.subchannels.clear();
         self.world.timers.clear();
+        self.world.policy_generation += 1;
         self.policy = Some((name.to_owned(), builder.build()));
     }
 }

@@ -408,14 +408,14 @@ impl ChannelBuilder {
             counters: ChannelCounters::default(),
             subchannel_counters: Arc::default(),
         });
-        let (controller, events) = controller::Controller::new(
+        let (controller, receivers) = controller::Controller::new(
             shared.clone(),
             resolution,
             self.policies,
             self.default_service_config,
             self.connect,
         );
-        let task = tokio::spawn(controller.run(events));
+        let task = tokio::spawn(controller.run(receivers));
         Ok(Channel {
             shared: shared.clone(),
             _guard: Arc::new(ControllerGuard { task, shared }),

@@ -33,6 +33,26 @@ pub trait Helper {
     fn resolve_now(&mut self);
     /// Calls [`Policy::timer`] with `token` after `after`.
     fn set_timer(&mut self, after: Duration, token: u64);
+    /// A sender whose messages reach [`Policy::event`], for policies that
+    /// run tasks of their own (grpclb's balancer stream).
+    fn events(&mut self) -> PolicyEvents;
+    /// The channel's `:authority` (by default the target's endpoint).
+    fn authority(&self) -> String;
+}
+
+/// Sends events to the channel's policy (see [`Helper::events`]). Events
+/// sent after the policy was replaced are dropped.
+#[derive(Debug, Clone)]
+pub struct PolicyEvents {
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<(u64, Box<dyn std::any::Any + Send>)>,
+    pub(crate) generation: u64,
+}
+
+impl PolicyEvents {
+    /// Delivers `event` to the policy; false if the channel is gone.
+    pub fn send(&self, event: impl std::any::Any + Send) -> bool {
+        self.tx.send((self.generation, Box::new(event))).is_ok()
+    }
 }
 
 /// A balancing policy instance (one per channel).
@@ -63,6 +83,11 @@ pub trait Policy: Send + 'static {
     /// A timer set with [`Helper::set_timer`] fired.
     fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
         let _ = (token, helper);
+    }
+
+    /// An event sent through [`Helper::events`].
+    fn event(&mut self, event: Box<dyn std::any::Any + Send>, helper: &mut dyn Helper) {
+        let _ = (event, helper);
     }
 }
 
