@@ -6,6 +6,7 @@
 //! creates and removes subchannels through the [`Helper`], and publishes
 //! pickers. It does no I/O itself, which keeps it testable.
 
+pub mod grpclb;
 mod pick_first;
 mod round_robin;
 
@@ -129,6 +130,7 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
     };
     registry.register(pick_first::PickFirstBuilder);
     registry.register(round_robin::RoundRobinBuilder);
+    registry.register(grpclb::GrpclbBuilder);
     registry
 });
 

@@ -1,0 +1,325 @@
+//! `grpclb`: look-aside balancing. A client of an external balancer (`waypost
+//! serve`, or any grpclb server) that speaks `grpc.lb.v1.BalanceLoad`.
+//!
+//! Selected by `{"loadBalancingConfig":[{"grpclb":{"childPolicy":[{"round_robin":{}}],"serviceName":"…"}}]}`.
+//! Balancer addresses come from the resolver (DNS SRV `_grpclb._tcp.<host>`)
+//! or from the config's `balancerAddresses` (a waypost extension). The
+//! stream asks for `serviceName`, else the channel's authority. Calls walk
+//! the balancer's list in order (see [`GrpclbPicker`](picker)); each carries
+//! `lb-token`. Removed backends' subchannels are kept for 10 s in case they
+//! return. Fallback to the resolver's own addresses happens when no list
+//! arrives within `initialFallbackTimeout` (10 s), when the stream breaks
+//! while nothing is READY, or on a `fallback_response`; a new list ends it.
+
+mod picker;
+mod stats;
+mod stream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use waypost_proto::grpc::lb::v1::Server;
+use waypost_resolver::backoff::BackoffConfig;
+use waypost_resolver::{Address, BalancerAddress, ResolveError, ResolverState};
+
+pub use self::picker::DROP_MESSAGE;
+use self::picker::{Entry, GrpclbPicker};
+pub use self::stats::GrpclbStats;
+use self::stream::StreamEvent;
+use super::{Helper, Policy, PolicyBuilder, PolicyEvents};
+use crate::connectivity::ConnectivityState;
+use crate::picker::{FailPicker, QueuePicker};
+use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
+
+/// How long a removed backend's subchannel is kept in case it returns.
+pub const KEEP_REMOVED: Duration = Duration::from_secs(10);
+/// The default initial fallback timeout.
+pub const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+const FALLBACK_TIMER: u64 = 1;
+const CLEANUP_TIMER: u64 = 2;
+
+pub(super) struct GrpclbBuilder;
+
+#[derive(Debug, Clone, PartialEq)]
+struct GrpclbConfig {
+    pick_first: bool,
+    service_name: Option<String>,
+    fallback_timeout: Duration,
+    balancers: Vec<SocketAddr>,
+}
+
+fn parse_config(config: &Value) -> Result<GrpclbConfig, String> {
+    let mut parsed =
+        GrpclbConfig { pick_first: false, service_name: None, fallback_timeout: FALLBACK_TIMEOUT, balancers: Vec::new() };
+    if let Some(children) = config.get("childPolicy") {
+        let children = children.as_array().ok_or("grpclb: childPolicy must be a list")?;
+        let known = children.iter().filter_map(|c| c.as_object()?.keys().next().cloned()).find(|n| n == "round_robin" || n == "pick_first");
+        parsed.pick_first = known.as_deref() == Some("pick_first");
+    }
+    match config.get("serviceName") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => parsed.service_name = Some(name.clone()).filter(|n| !n.is_empty()),
+        Some(_) => return Err("grpclb: serviceName must be a string".into()),
+    }
+    match config.get("initialFallbackTimeout") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => {
+            parsed.fallback_timeout = crate::service_config::parse_duration(text)
+                .ok_or_else(|| format!("grpclb: initialFallbackTimeout {text:?} is not a duration like \"10s\""))?;
+        }
+        Some(_) => return Err("grpclb: initialFallbackTimeout must be a duration string".into()),
+    }
+    if let Some(list) = config.get("balancerAddresses") {
+        for item in list.as_array().ok_or("grpclb: balancerAddresses must be a list")? {
+            let text = item.as_str().ok_or("grpclb: balancerAddresses must hold strings")?;
+            parsed.balancers.push(text.parse().map_err(|_| format!("grpclb: {text:?} is not ip:port"))?);
+        }
+    }
+    Ok(parsed)
+}
+
+impl PolicyBuilder for GrpclbBuilder {
+    fn name(&self) -> &str {
+        "grpclb"
+    }
+
+    fn validate(&self, config: &Value) -> Result<(), String> {
+        parse_config(config).map(|_| ())
+    }
+
+    fn build(&self) -> Box<dyn Policy> {
+        Box::new(Grpclb::default())
+    }
+}
+
+struct Sub {
+    handle: SubchannelHandle,
+    state: SubchannelState,
+    unused_since: Option<Instant>,
+}
+
+/// Aborts the stream task when the policy goes.
+struct StreamTask(JoinHandle<()>);
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The `grpclb` policy.
+#[derive(Default)]
+pub struct Grpclb {
+    config: Option<GrpclbConfig>,
+    balancers: Vec<BalancerAddress>,
+    stream: Option<StreamTask>,
+    resolver_backends: Vec<Address>,
+    list: Option<Vec<Server>>,
+    got_list: bool,
+    fallback: bool,
+    subchannels: HashMap<Address, Sub>,
+    by_id: HashMap<SubchannelId, Address>,
+    stats: Arc<GrpclbStats>,
+    events: Option<PolicyEvents>,
+}
+
+fn server_address(server: &Server) -> Option<SocketAddr> {
+    let ip = match server.ip_address.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(server.ip_address.as_slice()).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(server.ip_address.as_slice()).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::try_from(server.port).ok()?))
+}
+
+impl Grpclb {
+    fn start_stream(&mut self, helper: &mut dyn Helper) {
+        let config = self.config.clone().unwrap_or_else(|| parse_config(&Value::Null).expect("defaults"));
+        let name = config.service_name.clone().unwrap_or_else(|| helper.authority());
+        let events = self.events.get_or_insert_with(|| helper.events()).clone();
+        let backoff = BackoffConfig::default();
+        let task = tokio::spawn(stream::run(self.balancers.clone(), name, events, self.stats.clone(), backoff));
+        self.stream = Some(StreamTask(task));
+    }
+
+    /// The entries to use now: the balancer's list, or the fallback backends.
+    fn wanted(&self) -> Vec<(Option<Address>, Option<String>, bool)> {
+        if self.fallback || self.list.is_none() && self.balancers.is_empty() {
+            return self.resolver_backends.iter().map(|a| (Some(a.clone()), None, false)).collect();
+        }
+        match &self.list {
+            Some(list) => list
+                .iter()
+                .filter_map(|s| {
+                    let token = Some(s.load_balance_token.clone()).filter(|t| !t.is_empty());
+                    if s.drop {
+                        return Some((None, token, true));
+                    }
+                    server_address(s).map(|addr| (Some(Address::Tcp(addr)), token, false))
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Brings the subchannels in line with the wanted entries and publishes
+    /// a picker.
+    fn rebuild(&mut self, helper: &mut dyn Helper) {
+        let wanted = self.wanted();
+        let now = Instant::now();
+        for sub in self.subchannels.values_mut() {
+            sub.unused_since.get_or_insert(now);
+        }
+        for (address, _, _) in &wanted {
+            let Some(address) = address else { continue };
+            match self.subchannels.get_mut(address) {
+                Some(sub) => sub.unused_since = None,
+                None => {
+                    let handle = helper.new_subchannel(std::slice::from_ref(address));
+                    handle.connect();
+                    self.by_id.insert(handle.id(), address.clone());
+                    self.subchannels.insert(address.clone(), Sub { state: handle.state(), handle, unused_since: None });
+                }
+            }
+        }
+        if self.subchannels.values().any(|s| s.unused_since.is_some()) {
+            helper.set_timer(KEEP_REMOVED, CLEANUP_TIMER);
+        }
+        self.publish(helper, wanted);
+    }
+
+    fn publish(&self, helper: &mut dyn Helper, wanted: Vec<(Option<Address>, Option<String>, bool)>) {
+        let entries: Vec<Entry> = wanted
+            .into_iter()
+            .map(|(address, token, drop)| {
+                if drop {
+                    return Entry::Drop(token.unwrap_or_default().into());
+                }
+                let connection = address.and_then(|a| self.subchannels.get(&a)).and_then(|s| s.state.connection.clone());
+                let token = token.and_then(|t| http::HeaderValue::from_str(&t).ok());
+                Entry::Backend { connection, token }
+            })
+            .collect();
+        let ready = entries.iter().any(|e| matches!(e, Entry::Backend { connection: Some(_), .. }));
+        let only_drops = !entries.is_empty() && entries.iter().all(|e| matches!(e, Entry::Drop(_)));
+        let pick_first = self.config.as_ref().is_some_and(|c| c.pick_first);
+        if ready || only_drops {
+            let state = if ready { ConnectivityState::Ready } else { ConnectivityState::TransientFailure };
+            let picker = GrpclbPicker { entries: entries.into(), stats: self.stats.clone(), pick_first, drop_message: DROP_MESSAGE.into() };
+            helper.update_picker(state, Arc::new(picker));
+            return;
+        }
+        let backends: Vec<&Sub> = self.subchannels.values().filter(|s| s.unused_since.is_none()).collect();
+        if !backends.is_empty() && backends.iter().all(|s| s.state.connectivity == ConnectivityState::TransientFailure) {
+            let reason = backends.iter().find_map(|s| s.state.last_error.clone()).unwrap_or_else(|| "grpclb: no backend is reachable".into());
+            helper.update_picker(ConnectivityState::TransientFailure, Arc::new(FailPicker(reason)));
+        } else {
+            helper.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+        }
+    }
+}
+
+impl Policy for Grpclb {
+    fn resolver_update(&mut self, state: &ResolverState, config: &Value, helper: &mut dyn Helper) {
+        let first = self.config.is_none();
+        let config = parse_config(config).unwrap_or_else(|_| parse_config(&Value::Null).expect("defaults"));
+        let mut balancers = state.balancer_addresses.clone();
+        balancers.extend(config.balancers.iter().map(|addr| BalancerAddress { addr: *addr, server_name: String::new() }));
+        self.resolver_backends = state.addresses().cloned().collect();
+        let restart = self.config.as_ref() != Some(&config) || balancers != self.balancers;
+        self.config = Some(config.clone());
+        if restart {
+            self.balancers = balancers;
+            self.stream = None;
+            if !self.balancers.is_empty() {
+                self.start_stream(helper);
+            }
+        }
+        if first {
+            helper.set_timer(config.fallback_timeout, FALLBACK_TIMER);
+        }
+        self.rebuild(helper);
+    }
+
+    fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
+        if self.config.is_none() {
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(format!("name resolution failed: {error}").into())),
+            );
+        }
+    }
+
+    fn subchannel_update(&mut self, id: SubchannelId, state: &SubchannelState, helper: &mut dyn Helper) {
+        let Some(address) = self.by_id.get(&id).cloned() else { return };
+        let Some(sub) = self.subchannels.get_mut(&address) else { return };
+        sub.state = state.clone();
+        if state.connectivity == ConnectivityState::Idle && sub.unused_since.is_none() {
+            sub.handle.connect();
+        }
+        let wanted = self.wanted();
+        self.publish(helper, wanted);
+    }
+
+    fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
+        match token {
+            FALLBACK_TIMER if !self.got_list && !self.fallback => {
+                tracing::info!("grpclb: no server list in time; using the resolver's backends");
+                self.fallback = true;
+                self.rebuild(helper);
+            }
+            CLEANUP_TIMER => {
+                let now = Instant::now();
+                let expired: Vec<Address> = self
+                    .subchannels
+                    .iter()
+                    .filter(|(_, s)| s.unused_since.is_some_and(|t| now.duration_since(t) >= KEEP_REMOVED))
+                    .map(|(a, _)| a.clone())
+                    .collect();
+                for address in expired {
+                    if let Some(sub) = self.subchannels.remove(&address) {
+                        self.by_id.remove(&sub.handle.id());
+                        helper.remove_subchannel(sub.handle.id());
+                    }
+                }
+                if self.subchannels.values().any(|s| s.unused_since.is_some()) {
+                    helper.set_timer(KEEP_REMOVED, CLEANUP_TIMER);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn event(&mut self, event: Box<dyn std::any::Any + Send>, helper: &mut dyn Helper) {
+        let Ok(event) = event.downcast::<StreamEvent>() else { return };
+        match *event {
+            StreamEvent::List(servers) => {
+                self.list = Some(servers);
+                self.got_list = true;
+                self.fallback = false;
+                self.rebuild(helper);
+            }
+            StreamEvent::Fallback => {
+                self.fallback = true;
+                self.rebuild(helper);
+            }
+            // A balancer unreachable from the start is the fallback timer's
+            // business; a working stream that breaks while nothing is READY
+            // means fallback now.
+            StreamEvent::Lost { established: false } => {}
+            StreamEvent::Lost { established: true } => {
+                let ready = self.subchannels.values().any(|s| s.unused_since.is_none() && s.state.connection.is_some());
+                if !ready && !self.fallback {
+                    self.fallback = true;
+                    self.rebuild(helper);
+                }
+            }
+        }
+    }
+}
