@@ -55,30 +55,53 @@ struct GrpclbConfig {
 }
 
 fn parse_config(config: &Value) -> Result<GrpclbConfig, String> {
-    let mut parsed =
-        GrpclbConfig { pick_first: false, service_name: None, fallback_timeout: FALLBACK_TIMEOUT, balancers: Vec::new() };
+    let mut parsed = GrpclbConfig {
+        pick_first: false,
+        service_name: None,
+        fallback_timeout: FALLBACK_TIMEOUT,
+        balancers: Vec::new(),
+    };
     if let Some(children) = config.get("childPolicy") {
-        let children = children.as_array().ok_or("grpclb: childPolicy must be a list")?;
-        let known = children.iter().filter_map(|c| c.as_object()?.keys().next().cloned()).find(|n| n == "round_robin" || n == "pick_first");
+        let children = children
+            .as_array()
+            .ok_or("grpclb: childPolicy must be a list")?;
+        let known = children
+            .iter()
+            .filter_map(|c| c.as_object()?.keys().next().cloned())
+            .find(|n| n == "round_robin" || n == "pick_first");
         parsed.pick_first = known.as_deref() == Some("pick_first");
     }
     match config.get("serviceName") {
         None | Some(Value::Null) => {}
-        Some(Value::String(name)) => parsed.service_name = Some(name.clone()).filter(|n| !n.is_empty()),
+        Some(Value::String(name)) => {
+            parsed.service_name = Some(name.clone()).filter(|n| !n.is_empty())
+        }
         Some(_) => return Err("grpclb: serviceName must be a string".into()),
     }
     match config.get("initialFallbackTimeout") {
         None | Some(Value::Null) => {}
         Some(Value::String(text)) => {
-            parsed.fallback_timeout = crate::service_config::parse_duration(text)
-                .ok_or_else(|| format!("grpclb: initialFallbackTimeout {text:?} is not a duration like \"10s\""))?;
+            parsed.fallback_timeout =
+                crate::service_config::parse_duration(text).ok_or_else(|| {
+                    format!(
+                        "grpclb: initialFallbackTimeout {text:?} is not a duration like \"10s\""
+                    )
+                })?;
         }
         Some(_) => return Err("grpclb: initialFallbackTimeout must be a duration string".into()),
     }
     if let Some(list) = config.get("balancerAddresses") {
-        for item in list.as_array().ok_or("grpclb: balancerAddresses must be a list")? {
-            let text = item.as_str().ok_or("grpclb: balancerAddresses must hold strings")?;
-            parsed.balancers.push(text.parse().map_err(|_| format!("grpclb: {text:?} is not ip:port"))?);
+        for item in list
+            .as_array()
+            .ok_or("grpclb: balancerAddresses must be a list")?
+        {
+            let text = item
+                .as_str()
+                .ok_or("grpclb: balancerAddresses must hold strings")?;
+            parsed.balancers.push(
+                text.parse()
+                    .map_err(|_| format!("grpclb: {text:?} is not ip:port"))?,
+            );
         }
     }
     Ok(parsed)
@@ -131,8 +154,12 @@ pub struct Grpclb {
 
 fn server_address(server: &Server) -> Option<SocketAddr> {
     let ip = match server.ip_address.len() {
-        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(server.ip_address.as_slice()).ok()?)),
-        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(server.ip_address.as_slice()).ok()?)),
+        4 => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(server.ip_address.as_slice()).ok()?,
+        )),
+        16 => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(server.ip_address.as_slice()).ok()?,
+        )),
         _ => return None,
     };
     Some(SocketAddr::new(ip, u16::try_from(server.port).ok()?))
@@ -140,18 +167,34 @@ fn server_address(server: &Server) -> Option<SocketAddr> {
 
 impl Grpclb {
     fn start_stream(&mut self, helper: &mut dyn Helper) {
-        let config = self.config.clone().unwrap_or_else(|| parse_config(&Value::Null).expect("defaults"));
-        let name = config.service_name.clone().unwrap_or_else(|| helper.authority());
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|| parse_config(&Value::Null).expect("defaults"));
+        let name = config
+            .service_name
+            .clone()
+            .unwrap_or_else(|| helper.authority());
         let events = self.events.get_or_insert_with(|| helper.events()).clone();
         let backoff = BackoffConfig::default();
-        let task = tokio::spawn(stream::run(self.balancers.clone(), name, events, self.stats.clone(), backoff));
+        let task = tokio::spawn(stream::run(
+            self.balancers.clone(),
+            name,
+            events,
+            self.stats.clone(),
+            backoff,
+        ));
         self.stream = Some(StreamTask(task));
     }
 
     /// The entries to use now: the balancer's list, or the fallback backends.
     fn wanted(&self) -> Vec<(Option<Address>, Option<String>, bool)> {
         if self.fallback || self.list.is_none() && self.balancers.is_empty() {
-            return self.resolver_backends.iter().map(|a| (Some(a.clone()), None, false)).collect();
+            return self
+                .resolver_backends
+                .iter()
+                .map(|a| (Some(a.clone()), None, false))
+                .collect();
         }
         match &self.list {
             Some(list) => list
@@ -184,7 +227,14 @@ impl Grpclb {
                     let handle = helper.new_subchannel(std::slice::from_ref(address));
                     handle.connect();
                     self.by_id.insert(handle.id(), address.clone());
-                    self.subchannels.insert(address.clone(), Sub { state: handle.state(), handle, unused_since: None });
+                    self.subchannels.insert(
+                        address.clone(),
+                        Sub {
+                            state: handle.state(),
+                            handle,
+                            unused_since: None,
+                        },
+                    );
                 }
             }
         }
@@ -194,31 +244,68 @@ impl Grpclb {
         self.publish(helper, wanted);
     }
 
-    fn publish(&self, helper: &mut dyn Helper, wanted: Vec<(Option<Address>, Option<String>, bool)>) {
+    fn publish(
+        &self,
+        helper: &mut dyn Helper,
+        wanted: Vec<(Option<Address>, Option<String>, bool)>,
+    ) {
         let entries: Vec<Entry> = wanted
             .into_iter()
             .map(|(address, token, drop)| {
                 if drop {
                     return Entry::Drop(token.unwrap_or_default().into());
                 }
-                let connection = address.and_then(|a| self.subchannels.get(&a)).and_then(|s| s.state.connection.clone());
+                let connection = address
+                    .and_then(|a| self.subchannels.get(&a))
+                    .and_then(|s| s.state.connection.clone());
                 let token = token.and_then(|t| http::HeaderValue::from_str(&t).ok());
                 Entry::Backend { connection, token }
             })
             .collect();
-        let ready = entries.iter().any(|e| matches!(e, Entry::Backend { connection: Some(_), .. }));
+        let ready = entries.iter().any(|e| {
+            matches!(
+                e,
+                Entry::Backend {
+                    connection: Some(_),
+                    ..
+                }
+            )
+        });
         let only_drops = !entries.is_empty() && entries.iter().all(|e| matches!(e, Entry::Drop(_)));
         let pick_first = self.config.as_ref().is_some_and(|c| c.pick_first);
         if ready || only_drops {
-            let state = if ready { ConnectivityState::Ready } else { ConnectivityState::TransientFailure };
-            let picker = GrpclbPicker { entries: entries.into(), stats: self.stats.clone(), pick_first, drop_message: DROP_MESSAGE.into() };
+            let state = if ready {
+                ConnectivityState::Ready
+            } else {
+                ConnectivityState::TransientFailure
+            };
+            let picker = GrpclbPicker {
+                entries: entries.into(),
+                stats: self.stats.clone(),
+                pick_first,
+                drop_message: DROP_MESSAGE.into(),
+            };
             helper.update_picker(state, Arc::new(picker));
             return;
         }
-        let backends: Vec<&Sub> = self.subchannels.values().filter(|s| s.unused_since.is_none()).collect();
-        if !backends.is_empty() && backends.iter().all(|s| s.state.connectivity == ConnectivityState::TransientFailure) {
-            let reason = backends.iter().find_map(|s| s.state.last_error.clone()).unwrap_or_else(|| "grpclb: no backend is reachable".into());
-            helper.update_picker(ConnectivityState::TransientFailure, Arc::new(FailPicker(reason)));
+        let backends: Vec<&Sub> = self
+            .subchannels
+            .values()
+            .filter(|s| s.unused_since.is_none())
+            .collect();
+        if !backends.is_empty()
+            && backends
+                .iter()
+                .all(|s| s.state.connectivity == ConnectivityState::TransientFailure)
+        {
+            let reason = backends
+                .iter()
+                .find_map(|s| s.state.last_error.clone())
+                .unwrap_or_else(|| "grpclb: no backend is reachable".into());
+            helper.update_picker(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(reason)),
+            );
         } else {
             helper.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
         }
@@ -228,9 +315,13 @@ impl Grpclb {
 impl Policy for Grpclb {
     fn resolver_update(&mut self, state: &ResolverState, config: &Value, helper: &mut dyn Helper) {
         let first = self.config.is_none();
-        let config = parse_config(config).unwrap_or_else(|_| parse_config(&Value::Null).expect("defaults"));
+        let config =
+            parse_config(config).unwrap_or_else(|_| parse_config(&Value::Null).expect("defaults"));
         let mut balancers = state.balancer_addresses.clone();
-        balancers.extend(config.balancers.iter().map(|addr| BalancerAddress { addr: *addr, server_name: String::new() }));
+        balancers.extend(config.balancers.iter().map(|addr| BalancerAddress {
+            addr: *addr,
+            server_name: String::new(),
+        }));
         self.resolver_backends = state.addresses().cloned().collect();
         let restart = self.config.as_ref() != Some(&config) || balancers != self.balancers;
         self.config = Some(config.clone());
@@ -251,14 +342,25 @@ impl Policy for Grpclb {
         if self.config.is_none() {
             helper.update_picker(
                 ConnectivityState::TransientFailure,
-                Arc::new(FailPicker(format!("name resolution failed: {error}").into())),
+                Arc::new(FailPicker(
+                    format!("name resolution failed: {error}").into(),
+                )),
             );
         }
     }
 
-    fn subchannel_update(&mut self, id: SubchannelId, state: &SubchannelState, helper: &mut dyn Helper) {
-        let Some(address) = self.by_id.get(&id).cloned() else { return };
-        let Some(sub) = self.subchannels.get_mut(&address) else { return };
+    fn subchannel_update(
+        &mut self,
+        id: SubchannelId,
+        state: &SubchannelState,
+        helper: &mut dyn Helper,
+    ) {
+        let Some(address) = self.by_id.get(&id).cloned() else {
+            return;
+        };
+        let Some(sub) = self.subchannels.get_mut(&address) else {
+            return;
+        };
         sub.state = state.clone();
         if state.connectivity == ConnectivityState::Idle && sub.unused_since.is_none() {
             sub.handle.connect();
@@ -279,7 +381,10 @@ impl Policy for Grpclb {
                 let expired: Vec<Address> = self
                     .subchannels
                     .iter()
-                    .filter(|(_, s)| s.unused_since.is_some_and(|t| now.duration_since(t) >= KEEP_REMOVED))
+                    .filter(|(_, s)| {
+                        s.unused_since
+                            .is_some_and(|t| now.duration_since(t) >= KEEP_REMOVED)
+                    })
                     .map(|(a, _)| a.clone())
                     .collect();
                 for address in expired {
@@ -297,7 +402,9 @@ impl Policy for Grpclb {
     }
 
     fn event(&mut self, event: Box<dyn std::any::Any + Send>, helper: &mut dyn Helper) {
-        let Ok(event) = event.downcast::<StreamEvent>() else { return };
+        let Ok(event) = event.downcast::<StreamEvent>() else {
+            return;
+        };
         match *event {
             StreamEvent::List(servers) => {
                 self.list = Some(servers);
@@ -314,7 +421,10 @@ impl Policy for Grpclb {
             // means fallback now.
             StreamEvent::Lost { established: false } => {}
             StreamEvent::Lost { established: true } => {
-                let ready = self.subchannels.values().any(|s| s.unused_since.is_none() && s.state.connection.is_some());
+                let ready = self
+                    .subchannels
+                    .values()
+                    .any(|s| s.unused_since.is_none() && s.state.connection.is_some());
                 if !ready && !self.fallback {
                     self.fallback = true;
                     self.rebuild(helper);

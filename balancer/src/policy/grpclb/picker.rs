@@ -19,7 +19,10 @@ pub(crate) enum Entry {
     /// Drop the call; count it under this token.
     Drop(Arc<str>),
     /// A backend: its connection if READY, and its `lb-token` header.
-    Backend { connection: Option<Connection>, token: Option<http::HeaderValue> },
+    Backend {
+        connection: Option<Connection>,
+        token: Option<http::HeaderValue>,
+    },
 }
 
 pub(crate) struct GrpclbPicker {
@@ -33,7 +36,9 @@ impl GrpclbPicker {
     fn route(&self, connection: &Connection, token: &Option<http::HeaderValue>) -> Pick {
         Pick::Routed(Routed {
             connection: connection.clone(),
-            header: token.clone().map(|t| (http::HeaderName::from_static("lb-token"), t)),
+            header: token
+                .clone()
+                .map(|t| (http::HeaderName::from_static("lb-token"), t)),
             tracker: Some(self.stats.clone()),
         })
     }
@@ -46,7 +51,10 @@ impl Picker for GrpclbPicker {
                 .entries
                 .iter()
                 .find_map(|e| match e {
-                    Entry::Backend { connection: Some(c), token } => Some(self.route(c, token)),
+                    Entry::Backend {
+                        connection: Some(c),
+                        token,
+                    } => Some(self.route(c, token)),
                     _ => None,
                 })
                 .unwrap_or(Pick::Queue);
@@ -58,8 +66,13 @@ impl Picker for GrpclbPicker {
                     self.stats.dropped(token);
                     return Pick::Drop(self.drop_message.clone());
                 }
-                Entry::Backend { connection: Some(c), token } => return self.route(c, token),
-                Entry::Backend { connection: None, .. } => {}
+                Entry::Backend {
+                    connection: Some(c),
+                    token,
+                } => return self.route(c, token),
+                Entry::Backend {
+                    connection: None, ..
+                } => {}
             }
         }
         Pick::Queue

@@ -30,17 +30,27 @@ impl GrpclbStats {
 
     /// The counts since the last call, reset to zero.
     pub fn take(&self) -> ClientStats {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let mut drops: Vec<ClientStatsPerToken> = std::mem::take(&mut *self.drops.lock())
             .into_iter()
-            .map(|(load_balance_token, num_calls)| ClientStatsPerToken { load_balance_token, num_calls })
+            .map(|(load_balance_token, num_calls)| ClientStatsPerToken {
+                load_balance_token,
+                num_calls,
+            })
             .collect();
         drops.sort_by(|a, b| a.load_balance_token.cmp(&b.load_balance_token));
         ClientStats {
-            timestamp: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+            }),
             num_calls_started: self.started.swap(0, Ordering::Relaxed),
             num_calls_finished: self.finished.swap(0, Ordering::Relaxed),
-            num_calls_finished_with_client_failed_to_send: self.failed_to_send.swap(0, Ordering::Relaxed),
+            num_calls_finished_with_client_failed_to_send: self
+                .failed_to_send
+                .swap(0, Ordering::Relaxed),
             num_calls_finished_known_received: self.known_received.swap(0, Ordering::Relaxed),
             calls_finished_with_drop: drops,
         }
@@ -54,7 +64,10 @@ pub(crate) fn is_zero(stats: &ClientStats) -> bool {
         && stats.num_calls_finished == 0
         && stats.num_calls_finished_with_client_failed_to_send == 0
         && stats.num_calls_finished_known_received == 0
-        && stats.calls_finished_with_drop.iter().all(|d| d.num_calls == 0)
+        && stats
+            .calls_finished_with_drop
+            .iter()
+            .all(|d| d.num_calls == 0)
 }
 
 impl CallTracker for GrpclbStats {
@@ -86,8 +99,20 @@ mod tests {
         s.dropped("d");
         let r = s.take();
         assert_eq!((r.num_calls_started, r.num_calls_finished), (3, 3));
-        assert_eq!((r.num_calls_finished_known_received, r.num_calls_finished_with_client_failed_to_send), (1, 1));
-        assert_eq!(r.calls_finished_with_drop, vec![ClientStatsPerToken { load_balance_token: "d".into(), num_calls: 1 }]);
+        assert_eq!(
+            (
+                r.num_calls_finished_known_received,
+                r.num_calls_finished_with_client_failed_to_send
+            ),
+            (1, 1)
+        );
+        assert_eq!(
+            r.calls_finished_with_drop,
+            vec![ClientStatsPerToken {
+                load_balance_token: "d".into(),
+                num_calls: 1
+            }]
+        );
         assert!(!is_zero(&r));
         assert!(is_zero(&s.take()), "counters reset after a report");
     }

@@ -17,7 +17,9 @@ use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::grpc::lb::v1::load_balancer_client::LoadBalancerClient;
 use waypost_proto::grpc::lb::v1::{InitialLoadBalanceRequest, LoadBalanceRequest, Server};
 use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
-use waypost_resolver::{BalancerAddress, Endpoint, ManualResolver, ResolverRegistry, ResolverState};
+use waypost_resolver::{
+    BalancerAddress, Endpoint, ManualResolver, ResolverRegistry, ResolverState,
+};
 
 use super::stats::{GrpclbStats, is_zero};
 use crate::policy::PolicyEvents;
@@ -53,10 +55,16 @@ pub(crate) async fn run(
     backoff: BackoffConfig,
 ) {
     let resolver = ManualResolver::new("grpclb-balancers");
-    resolver.update(ResolverState::from_endpoints(balancers.iter().map(|b| Endpoint::new(b.addr))));
+    resolver.update(ResolverState::from_endpoints(
+        balancers.iter().map(|b| Endpoint::new(b.addr)),
+    ));
     let registry = ResolverRegistry::new();
     registry.register(resolver);
-    let authority = balancers.first().map(|b| b.server_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
+    let authority = balancers
+        .first()
+        .map(|b| b.server_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| name.clone());
     let channel = match crate::Channel::builder("grpclb-balancers:///balancers")
         .resolvers(registry)
         .authority(authority)
@@ -74,7 +82,9 @@ pub(crate) async fn run(
     loop {
         let (tx, rx) = mpsc::channel(4);
         let initial = LoadBalanceRequest {
-            load_balance_request_type: Some(LoadBalanceRequestType::InitialRequest(InitialLoadBalanceRequest { name: name.clone() })),
+            load_balance_request_type: Some(LoadBalanceRequestType::InitialRequest(
+                InitialLoadBalanceRequest { name: name.clone() },
+            )),
         };
         let _ = tx.send(initial).await;
         let mut completed_initial = false;
@@ -131,7 +141,9 @@ pub(crate) async fn run(
             }
             Err(status) => tracing::debug!(%status, "grpclb: BalanceLoad failed"),
         }
-        if !events.send(StreamEvent::Lost { established: completed_initial }) {
+        if !events.send(StreamEvent::Lost {
+            established: completed_initial,
+        }) {
             return;
         }
         if completed_initial {
