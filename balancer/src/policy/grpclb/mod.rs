@@ -5,7 +5,8 @@
 //! Balancer addresses come from the resolver (DNS SRV `_grpclb._tcp.<host>`)
 //! or from the config's `balancerAddresses` (a waypost extension). The
 //! stream asks for `serviceName`, else the channel's authority. Calls walk
-//! the balancer's list in order (see [`GrpclbPicker`](picker)); each carries
+//! the balancer's list in order (drop entries fail the call; backends are
+//! used when READY); each carries
 //! `lb-token`. Removed backends' subchannels are kept for 10 s in case they
 //! return. Fallback to the resolver's own addresses happens when no list
 //! arrives within `initialFallbackTimeout` (10 s), when the stream breaks
