@@ -25,3 +25,49 @@ async fn the_quickstart_spreads_calls_and_avoids_the_unhealthy_backend() {
     );
     assert_eq!(observed.after.values().sum::<usize>(), 30);
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/balancer_demo.rs"]
+mod balancer_demo;
+
+#[tokio::test]
+async fn the_balancer_demo_spreads_calls_and_honours_a_drain() {
+    // The demo's ports, but free ones, and `waypost serve`'s library form.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}\"\nhealth_service = \"movies.v1.MoviesService\"\nclient_stats_interval = \"1s\"\n",
+        ports[0], ports[1], ports[2]
+    );
+    let config = waypost_lbserver::config::Config::parse(&text, "test.toml").unwrap();
+    let mut options = waypost_lbserver::server::ServeOptions::default();
+    options.probe.backoff.base = std::time::Duration::from_millis(100);
+    options.probe.backoff.max = std::time::Duration::from_millis(500);
+    let lb = waypost_lbserver::server::start(config, options)
+        .await
+        .unwrap();
+    let setup = balancer_demo::Setup {
+        balancer: lb.listen,
+        admin: lb.admin.unwrap(),
+        backend_ports: [ports[0], ports[1], ports[2]],
+    };
+    let observed = balancer_demo::run(setup).await.expect("the demo runs");
+    assert_eq!(observed.all.len(), 3, "{:?}", observed.all);
+    assert!(
+        observed.all.values().all(|n| (8..=12).contains(n)),
+        "{:?}",
+        observed.all
+    );
+    assert!(
+        !observed.drained.contains_key("backend-2"),
+        "{:?}",
+        observed.drained
+    );
+}
