@@ -313,3 +313,35 @@ async fn child_policies_round_robin_and_pick_first_behave_as_configured() {
         assert_eq!(seen.len(), 1, "pick_first uses one backend: {seen:?}");
     }
 }
+
+#[tokio::test]
+async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_returns() {
+    let backends = start_backends(2).await.unwrap();
+    // The balancer lists b1, with fallback allowed; b0 is the fallback
+    // backend (the target's A record and port).
+    let lb = lbserver(
+        "127.0.0.1:0".parse().unwrap(),
+        &[&backends[1]],
+        "fallback = true\n",
+    )
+    .await;
+    let dns = dns(lb.listen.port()).await;
+    let mut client = MoviesServiceClient::new(channel(&dns, backends[0].addr().port(), json!({})));
+    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b1"]).await;
+
+    // b1 becomes unhealthy: no healthy backend, so the balancer sends
+    // fallback_response and the client uses its own backend, b0.
+    backends[1].set_serving(false);
+    let service = lb.registry.find(SERVICE).unwrap();
+    // Health here is the balancer's probe of the whole server ("").
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while service.current().backends != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "b1 never left the list");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b0"]).await;
+
+    // A new list ends fallback.
+    backends[1].set_serving(true);
+    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b1"]).await;
+}
