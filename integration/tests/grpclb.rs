@@ -327,7 +327,10 @@ async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_re
     .await;
     let dns = dns(lb.listen.port()).await;
     let mut client = MoviesServiceClient::new(channel(&dns, backends[0].addr().port(), json!({})));
-    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b1"]).await;
+    until(&mut client, |seen| {
+        seen.keys().collect::<Vec<_>>() == vec!["b1"]
+    })
+    .await;
 
     // b1 becomes unhealthy: no healthy backend, so the balancer sends
     // fallback_response and the client uses its own backend, b0.
@@ -336,12 +339,21 @@ async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_re
     // Health here is the balancer's probe of the whole server ("").
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while service.current().backends != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "b1 never left the list");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b1 never left the list"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b0"]).await;
+    until(&mut client, |seen| {
+        seen.keys().collect::<Vec<_>>() == vec!["b0"]
+    })
+    .await;
 
     // A new list ends fallback.
     backends[1].set_serving(true);
-    until(&mut client, |seen| seen.keys().collect::<Vec<_>>() == vec!["b1"]).await;
+    until(&mut client, |seen| {
+        seen.keys().collect::<Vec<_>>() == vec!["b1"]
+    })
+    .await;
 }

@@ -4,6 +4,8 @@
 //! Backends that are unhealthy or draining are left out. The rest appear in
 //! a stable order (by address), so every replica of the balancer hands out
 //! the same list. `weighted` repeats a backend in proportion to its weight.
+//! `subset` gives each client its own `k` backends by deterministic
+//! subsetting ([`subset`]).
 //! A drop fraction `f` adds drop entries so that `f` of all entries are
 //! drops, spread evenly through the list. Tokens are stable: derived from
 //! the service and the address.
@@ -68,7 +70,9 @@ pub fn assign(
     usable.sort_by_key(|b| b.addr);
     let mut list: Vec<Server> = Vec::new();
     match policy {
-        ListPolicy::RoundRobin => list.extend(usable.iter().map(|b| server(service, b.addr))),
+        ListPolicy::RoundRobin | ListPolicy::Subset => {
+            list.extend(usable.iter().map(|b| server(service, b.addr)))
+        }
         ListPolicy::Weighted => {
             // Interleave by rounds so heavy backends are spread, not clumped.
             let max = usable
@@ -85,6 +89,12 @@ pub fn assign(
             }
         }
     }
+    with_drops(list, drop_fraction)
+}
+
+/// Adds drop entries so that `drop_fraction` of all entries are drops,
+/// spread evenly.
+pub fn with_drops(mut list: Vec<Server>, drop_fraction: f64) -> Vec<Server> {
     let fraction = drop_fraction.clamp(0.0, 0.99);
     if fraction > 0.0 {
         let backends = list.len().max(1);
@@ -116,6 +126,41 @@ pub fn assign(
         list = spread;
     }
     list
+}
+
+/// SplitMix64: a tiny seeded generator, stable across versions and
+/// processes, so every replica computes the same subsets.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Deterministic subsetting: the `k` backends of client number `client`
+/// (numbered from 0 per service). Clients come in rounds of `n / k`; each
+/// round shuffles the backends with its own seed and hands out disjoint
+/// slices, so within a round every backend serves exactly one client, and
+/// over many clients load stays even. With `k >= n` every client gets all.
+pub fn subset(backends: &[Server], k: usize, client: u64) -> Vec<Server> {
+    let n = backends.len();
+    if k == 0 || k >= n {
+        return backends.to_vec();
+    }
+    let per_round = (n / k) as u64;
+    let round = client / per_round;
+    let slot = (client % per_round) as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = round;
+    for i in (1..n).rev() {
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order[slot * k..slot * k + k]
+        .iter()
+        .map(|&i| backends[i].clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -200,6 +245,28 @@ mod tests {
         // Shedding everything a service has: a drop entry even with no backend.
         let all = assign("s", &[], ListPolicy::RoundRobin, 0.5);
         assert!(all.iter().all(|s| s.drop) && !all.is_empty());
+    }
+
+    #[test]
+    fn subsets_are_disjoint_within_a_round_and_even_over_many_clients() {
+        let backends: Vec<_> = (1..=6).map(|p| b(p, true, false, 1)).collect();
+        let list = assign("s", &backends, ListPolicy::Subset, 0.0);
+        let ports = |v: &[Server]| -> Vec<i32> { v.iter().map(|s| s.port).collect() };
+        // One round (clients 0, 1, 2): every backend exactly once.
+        let mut seen: Vec<i32> = (0..3).flat_map(|c| ports(&subset(&list, 2, c))).collect();
+        seen.sort();
+        assert_eq!(seen, vec![1, 2, 3, 4, 5, 6]);
+        // Many clients: each backend serves the same number.
+        let mut counts = std::collections::BTreeMap::new();
+        for c in 0..300 {
+            for p in ports(&subset(&list, 2, c)) {
+                *counts.entry(p).or_insert(0) += 1;
+            }
+        }
+        assert!(counts.values().all(|n| *n == 100), "{counts:?}");
+        // Deterministic, and k >= n means everything.
+        assert_eq!(subset(&list, 2, 7), subset(&list, 2, 7));
+        assert_eq!(subset(&list, 6, 3).len(), 6);
     }
 
     #[test]

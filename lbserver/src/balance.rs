@@ -26,9 +26,10 @@ use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
 use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancer;
 use waypost_proto::grpc::lb::v1::{
-    ClientStats, InitialLoadBalanceResponse, LoadBalanceRequest, LoadBalanceResponse,
+    ClientStats, InitialLoadBalanceResponse, LoadBalanceRequest, LoadBalanceResponse, ServerList,
 };
 
+use crate::config::ListPolicy;
 use crate::registry::{Registry, Service};
 
 /// The longest name an initial request may carry, exclusive.
@@ -169,11 +170,13 @@ async fn serve_stream(
     }
     let mut lists = service.subscribe();
     let mut sent_version = None;
+    let client = service.next_client.fetch_add(1, Ordering::Relaxed);
     let mut next_read = Instant::now();
     loop {
         let current = lists.borrow_and_update().clone();
         if sent_version != Some(current.version) {
-            if tx.send(Ok(current.response.clone())).await.is_err() {
+            let response = for_client(&service, &current.response, client);
+            if tx.send(Ok(response)).await.is_err() {
                 return;
             }
             service.lists_sent.fetch_add(1, Ordering::Relaxed);
@@ -207,6 +210,30 @@ async fn serve_stream(
                 return;
             }
         }
+    }
+}
+
+/// The response for one client: the service's list, narrowed to the
+/// client's subset (with drops added) under the `subset` policy.
+fn for_client(
+    service: &Service,
+    response: &LoadBalanceResponse,
+    client: u64,
+) -> LoadBalanceResponse {
+    if service.config.policy != ListPolicy::Subset {
+        return response.clone();
+    }
+    match &response.load_balance_response_type {
+        Some(LoadBalanceResponseType::ServerList(list)) => {
+            let mine = crate::assign::subset(&list.servers, service.config.subset_size, client);
+            let servers = crate::assign::with_drops(mine, service.config.drop_fraction);
+            LoadBalanceResponse {
+                load_balance_response_type: Some(LoadBalanceResponseType::ServerList(ServerList {
+                    servers,
+                })),
+            }
+        }
+        _ => response.clone(),
     }
 }
 

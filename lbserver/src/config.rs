@@ -9,7 +9,8 @@
 //! [[service]]
 //! name = "movies"                     # matched with or without ":port"
 //! source = "127.0.0.1:50061,127.0.0.1:50062"   # or "dns:///…", "etcd:///…"
-//! policy = "round_robin"              # the order of the list (see `assign`)
+//! policy = "round_robin"              # or "weighted", or "subset" (see `assign`)
+//! subset_size = 10                    # backends per client with "subset"
 //! drop_fraction = 0.0                 # share of picks clients drop (overload shedding)
 //! health_service = "movies.v1.MoviesService"  # grpc.health.v1 name; "" = whole server; omit = no probe
 //! client_stats_interval = "10s"
@@ -48,6 +49,9 @@ pub enum ListPolicy {
     RoundRobin,
     /// Backends repeated in proportion to their `weight` metadata.
     Weighted,
+    /// Each client gets its own `subset_size` backends (deterministic
+    /// subsetting), so connection counts stay bounded as fleets grow.
+    Subset,
 }
 
 /// One balanced service.
@@ -59,6 +63,8 @@ pub struct ServiceConfig {
     pub source: String,
     /// List policy.
     pub policy: ListPolicy,
+    /// Backends per client with [`ListPolicy::Subset`].
+    pub subset_size: usize,
     /// The fraction of list entries that are drops, in `[0, 1)`.
     pub drop_fraction: f64,
     /// The grpc.health.v1 service name to probe, or `None` for no probing.
@@ -99,6 +105,7 @@ struct RawService {
     name: String,
     source: String,
     policy: Option<ListPolicy>,
+    subset_size: Option<usize>,
     drop_fraction: Option<f64>,
     health_service: Option<String>,
     client_stats_interval: Option<String>,
@@ -206,6 +213,17 @@ impl Config {
                 name: s.name,
                 source: s.source,
                 policy: s.policy.unwrap_or(ListPolicy::RoundRobin),
+                subset_size: match s.subset_size {
+                    Some(0) => {
+                        return Err(at(
+                            &field("subset_size"),
+                            "subset_size",
+                            "must be at least 1".into(),
+                        ));
+                    }
+                    Some(k) => k,
+                    None => 10,
+                },
                 drop_fraction,
                 health_service: s.health_service,
                 client_stats_interval,

@@ -18,7 +18,7 @@ use waypost_proto::grpc::lb::v1::{
 };
 
 use crate::assign::{BackendView, DROP_TOKEN, assign, token};
-use crate::config::{ServiceConfig, find_service};
+use crate::config::{ListPolicy, ServiceConfig, find_service};
 
 /// One published list.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +79,8 @@ pub struct Service {
     pub streams: AtomicU64,
     /// Server lists sent to its clients.
     pub lists_sent: AtomicU64,
+    /// Numbers the clients of a `subset` service.
+    pub(crate) next_client: AtomicU64,
 }
 
 impl Service {
@@ -96,6 +98,7 @@ impl Service {
             stats: ClientStatsTotals::default(),
             streams: AtomicU64::new(0),
             lists_sent: AtomicU64::new(0),
+            next_client: AtomicU64::new(0),
         };
         service.republish();
         service
@@ -191,12 +194,14 @@ impl Service {
     /// Recomputes the list and publishes it if it changed.
     fn republish(&self) {
         let views = self.views();
-        let servers = assign(
-            &self.config.name,
-            &views,
-            self.config.policy,
-            self.config.drop_fraction,
-        );
+        // A subset service publishes the whole list without drops; each
+        // stream narrows it to its client's subset and adds the drops.
+        let drop_fraction = if self.config.policy == ListPolicy::Subset {
+            0.0
+        } else {
+            self.config.drop_fraction
+        };
+        let servers = assign(&self.config.name, &views, self.config.policy, drop_fraction);
         let backends = servers.iter().filter(|s| !s.drop).count();
         let response = if backends == 0 && self.config.fallback {
             LoadBalanceResponse {

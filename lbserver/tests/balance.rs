@@ -436,3 +436,24 @@ async fn a_restarted_balancer_serves_new_streams_on_the_same_port() {
     next(&mut stream).await;
     list_where(&mut stream, |s| s.len() == 1).await;
 }
+
+#[tokio::test]
+async fn subset_gives_each_client_its_own_backends() {
+    let lb = serve(
+        "[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4\"\npolicy = \"subset\"\nsubset_size = 2\n",
+    )
+    .await;
+    let mut lists = Vec::new();
+    for _ in 0..2 {
+        let mut stream = open(lb.listen, initial("movies")).await.unwrap();
+        next(&mut stream).await;
+        lists.push(ports(&list_where(&mut stream, |s| s.len() == 2).await));
+    }
+    let mut all: Vec<u16> = lists.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![1, 2, 3, 4],
+        "two clients of one round share no backend: {lists:?}"
+    );
+}

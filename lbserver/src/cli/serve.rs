@@ -56,6 +56,7 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
                     name: name.to_owned(),
                     source: source.to_owned(),
                     policy: ListPolicy::RoundRobin,
+                    subset_size: 10,
                     drop_fraction: 0.0,
                     health_service: Some(String::new()),
                     client_stats_interval: std::time::Duration::from_secs(10),
