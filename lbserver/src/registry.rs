@@ -18,7 +18,7 @@ use waypost_proto::grpc::lb::v1::{
 };
 
 use crate::assign::{BackendView, DROP_TOKEN, assign, token};
-use crate::config::{ListPolicy, ServiceConfig, find_service};
+use crate::config::{ListPolicy, ServiceConfig, strip_port};
 
 /// One published list.
 #[derive(Debug, Clone, PartialEq)]
