@@ -254,12 +254,16 @@ impl Config {
 /// Matches `name` with or without a `:port` suffix.
 pub fn find_service<'a>(services: &'a [ServiceConfig], name: &str) -> Option<&'a ServiceConfig> {
     services.iter().find(|s| s.name == name).or_else(|| {
-        let bare = name
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(host, _)| host)?;
+        let bare = strip_port(name)?;
         services.iter().find(|s| s.name == bare)
     })
+}
+
+/// `host` of `host:port` (digits only after the last colon), or `None`.
+pub fn strip_port(name: &str) -> Option<&str> {
+    name.rsplit_once(':')
+        .filter(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(host, _)| host)
 }
 
 /// `"10s"`, `"500ms"`, `"1m"`.
