@@ -267,12 +267,13 @@ impl Registry {
 
     /// The service a client's name refers to (with or without `:port`).
     pub fn find(&self, name: &str) -> Option<Arc<Service>> {
-        let configs: Vec<ServiceConfig> = self.services.iter().map(|s| s.config.clone()).collect();
-        let found = find_service(&configs, name)?;
-        self.services
-            .iter()
-            .find(|s| s.config.name == found.name)
-            .cloned()
+        let by_name = |wanted: &str| {
+            self.services
+                .iter()
+                .find(|s| s.config.name == wanted)
+                .cloned()
+        };
+        by_name(name).or_else(|| by_name(strip_port(name)?))
     }
 
     /// Every service.
