@@ -5,9 +5,11 @@
 //! ```text
 //! cargo run --release -p waypost-bench -- etcd --changes 1000
 //! cargo run --release -p waypost-bench -- rpc
+//! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
 
 mod etcd;
+mod lbserver;
 mod rpc;
 mod stats;
 
@@ -26,6 +28,8 @@ enum Command {
     Etcd(etcd::EtcdArgs),
     /// Client CPU per call and throughput: waypost vs tonic vs bare hyper.
     Rpc(rpc::RpcArgs),
+    /// BalanceLoad streams one `waypost serve` holds, its RSS, and fan-out time.
+    Lbserver(lbserver::LbArgs),
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
     RpcBackends,
@@ -36,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Etcd(args) => etcd::run(args).await,
         Command::Rpc(args) => rpc::run(args).await,
+        Command::Lbserver(args) => lbserver::run(args).await,
         Command::RpcBackends => rpc::backends().await,
     }
 }

@@ -127,14 +127,7 @@ impl LoadBalancer for Balancer {
         })?;
 
         let (tx, rx) = mpsc::channel(2);
-        let debounce = self.options.debounce;
-        tokio::spawn(serve_stream(
-            service,
-            inbound,
-            tx,
-            debounce,
-            self.stopping.clone(),
-        ));
+        tokio::spawn(serve_stream(service, inbound, tx, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -152,7 +145,6 @@ async fn serve_stream(
     service: Arc<Service>,
     mut inbound: Streaming<LoadBalanceRequest>,
     tx: mpsc::Sender<Result<LoadBalanceResponse, Status>>,
-    debounce: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     service.streams.fetch_add(1, Ordering::Relaxed);
@@ -187,8 +179,6 @@ async fn serve_stream(
                 if changed.is_err() {
                     return;
                 }
-                // Coalesce a burst of changes into one list.
-                tokio::time::sleep(debounce).await;
             }
             () = tokio::time::sleep_until(next_read), if Instant::now() < next_read => {}
             message = inbound.message(), if Instant::now() >= next_read => match message {

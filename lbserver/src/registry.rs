@@ -81,6 +81,9 @@ pub struct Service {
     pub lists_sent: AtomicU64,
     /// Numbers the clients of a `subset` service.
     pub(crate) next_client: AtomicU64,
+    /// Set while a debounce task coalesces changes (see [`Service::debounce`]).
+    debouncing: std::sync::atomic::AtomicBool,
+    pending: tokio::sync::Notify,
 }
 
 impl Service {
@@ -99,6 +102,8 @@ impl Service {
             streams: AtomicU64::new(0),
             lists_sent: AtomicU64::new(0),
             next_client: AtomicU64::new(0),
+            debouncing: std::sync::atomic::AtomicBool::new(false),
+            pending: tokio::sync::Notify::new(),
         };
         service.republish();
         service
@@ -142,7 +147,7 @@ impl Service {
                 }
             }
         }
-        self.republish();
+        self.changed();
     }
 
     /// Records a probe's verdict.
@@ -155,7 +160,7 @@ impl Service {
             _ => false,
         };
         if changed {
-            self.republish();
+            self.changed();
         }
     }
 
@@ -172,7 +177,7 @@ impl Service {
                 drained.remove(&addr);
             }
         }
-        self.republish();
+        self.changed();
         true
     }
 
@@ -189,6 +194,27 @@ impl Service {
                 weight: b.weight,
             })
             .collect()
+    }
+
+    /// Coalesces changes: while this runs, a burst of changes within
+    /// `window` becomes one new list, computed once for every stream.
+    pub async fn debounce(self: Arc<Self>, window: std::time::Duration) {
+        self.debouncing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        loop {
+            self.pending.notified().await;
+            tokio::time::sleep(window).await;
+            self.republish();
+        }
+    }
+
+    /// Something changed: publish now, or let the debounce task do it.
+    fn changed(&self) {
+        if self.debouncing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.pending.notify_one();
+        } else {
+            self.republish();
+        }
     }
 
     /// Recomputes the list and publishes it if it changed.

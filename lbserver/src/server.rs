@@ -108,6 +108,11 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
     }
     let mut helpers = Vec::new();
     for service in registry.services() {
+        helpers.push(tokio::spawn(
+            service.clone().debounce(options.balance.debounce),
+        ));
+    }
+    for service in registry.services() {
         helpers.push(crate::source::follow(
             service.clone(),
             resolvers.clone(),

@@ -19,6 +19,7 @@
 //! assert_eq!(MovieId { mid: movie.mid }.mid, 7);
 //! ```
 
+pub mod codec;
 pub mod health;
 
 /// The `grpc.*` packages.

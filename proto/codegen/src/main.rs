@@ -6,14 +6,19 @@
 //! cargo run -p waypost-codegen -- --check # fail on drift
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-/// The protos we compile, relative to `proto/proto/`.
-const PROTOS: &[&str] = &[
-    "grpc/lb/v1/load_balancer.proto",
-    "grpc/health/v1/health.proto",
-    "movies/v1/movies.proto",
+/// The protos we compile, relative to `proto/proto/`, with the codec their
+/// services use (`None`: tonic-prost's default).
+const PROTOS: &[(&str, Option<&str>)] = &[
+    // A balancer holds one BalanceLoad stream per client: small buffers.
+    (
+        "grpc/lb/v1/load_balancer.proto",
+        Some("crate::codec::SmallMessageCodec"),
+    ),
+    ("grpc/health/v1/health.proto", None),
+    ("movies/v1/movies.proto", None),
 ];
 
 fn main() -> ExitCode {
@@ -44,17 +49,19 @@ fn run(check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let proto_dir = crate_dir.join("proto");
     let generated_dir = crate_dir.join("src/generated");
 
-    let files: Vec<PathBuf> = PROTOS.iter().map(|p| proto_dir.join(p)).collect();
-    let fds = protox::compile(&files, [&proto_dir])?;
-
     let scratch = std::env::temp_dir().join(format!("waypost-codegen-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .build_transport(false)
-        .out_dir(&scratch)
-        .compile_fds(fds)?;
+    for (file, codec) in PROTOS {
+        let fds = protox::compile([proto_dir.join(file)], [&proto_dir])?;
+        let mut builder = tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .build_transport(false);
+        if let Some(codec) = codec {
+            builder = builder.codec_path(*codec);
+        }
+        builder.out_dir(&scratch).compile_fds(fds)?;
+    }
 
     let mut fresh: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in std::fs::read_dir(&scratch)? {

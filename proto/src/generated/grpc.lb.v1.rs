@@ -220,7 +220,7 @@ pub mod load_balancer_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::SmallMessageCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/grpc.lb.v1.LoadBalancer/BalanceLoad",
             );
@@ -371,7 +371,7 @@ pub mod load_balancer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = BalanceLoadSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::SmallMessageCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
