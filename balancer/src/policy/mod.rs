@@ -92,6 +92,17 @@ pub trait Policy: Send + 'static {
     }
 }
 
+/// Fails calls with the resolver's error: what a policy does when
+/// resolution fails before it has any address to try.
+pub fn fail_resolution(error: &ResolveError, helper: &mut dyn Helper) {
+    helper.update_picker(
+        ConnectivityState::TransientFailure,
+        Arc::new(crate::picker::FailPicker(
+            format!("name resolution failed: {error}").into(),
+        )),
+    );
+}
+
 /// Builds a policy by name, as selected by the service config's
 /// `loadBalancingConfig`.
 pub trait PolicyBuilder: Send + Sync + 'static {

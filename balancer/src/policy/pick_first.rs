@@ -140,12 +140,7 @@ impl Policy for PickFirst {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.selected.is_none() && self.attempts.is_empty() {
-            helper.update_picker(
-                ConnectivityState::TransientFailure,
-                Arc::new(FailPicker(
-                    format!("name resolution failed: {error}").into(),
-                )),
-            );
+            super::fail_resolution(error, helper);
         }
     }
 

@@ -128,12 +128,7 @@ impl Policy for RoundRobin {
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.subchannels.is_empty() {
             self.published = Some(ConnectivityState::TransientFailure);
-            helper.update_picker(
-                ConnectivityState::TransientFailure,
-                Arc::new(FailPicker(
-                    format!("name resolution failed: {error}").into(),
-                )),
-            );
+            super::fail_resolution(error, helper);
         }
     }
 

@@ -341,12 +341,7 @@ impl Policy for Grpclb {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.config.is_none() {
-            helper.update_picker(
-                ConnectivityState::TransientFailure,
-                Arc::new(FailPicker(
-                    format!("name resolution failed: {error}").into(),
-                )),
-            );
+            super::fail_resolution(error, helper);
         }
     }
 
