@@ -1,6 +1,10 @@
 //! The `dns` resolver against a real DNS server (the harness's in-process
 //! hickory server on 127.0.0.1).
 
+mod support;
+
+use support::{addrs, wait_for};
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -9,7 +13,7 @@ use serde_json::json;
 use waypost_integration::dns::{DnsServer, SrvTarget};
 use waypost_resolver::backoff::BackoffConfig;
 use waypost_resolver::dns::{DnsOptions, DnsResolverBuilder};
-use waypost_resolver::{DnsErrorKind, Resolution, ResolveError, ResolverRegistry, ResolverUpdate};
+use waypost_resolver::{DnsErrorKind, Resolution, ResolveError, ResolverRegistry};
 
 /// Short TTL floors and fast backoff so the tests run in seconds.
 fn options() -> DnsOptions {
@@ -31,40 +35,6 @@ fn resolve(dns: &DnsServer, host_port: &str, options: DnsOptions) -> Resolution 
     registry
         .resolve(&format!("dns://{}/{host_port}", dns.addr()))
         .unwrap()
-}
-
-/// Waits (at most 15 s) for an update that satisfies `pred`.
-async fn wait_for(
-    resolution: &mut Resolution,
-    pred: impl Fn(&ResolverUpdate) -> bool,
-) -> ResolverUpdate {
-    let current = resolution.current();
-    if pred(&current) {
-        return current;
-    }
-    tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let update = resolution
-                .changed()
-                .await
-                .expect("the resolver keeps running");
-            if pred(&update) {
-                return update;
-            }
-        }
-    })
-    .await
-    .expect("the expected update arrived within 15 s")
-}
-
-fn addrs(update: &ResolverUpdate) -> Vec<String> {
-    let mut v: Vec<String> = update
-        .state
-        .as_ref()
-        .map(|s| s.addresses().map(ToString::to_string).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 #[tokio::test]

@@ -1,5 +1,9 @@
 //! The `etcd` resolver and registrar against a real etcd server.
 
+mod support;
+
+use support::{addrs, wait_for};
+
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
@@ -7,7 +11,7 @@ use serde_json::{Value, json};
 use waypost_integration::etcd::EtcdServer;
 use waypost_resolver::backoff::BackoffConfig;
 use waypost_resolver::etcd::{EtcdResolverBuilder, Registration, RegistrationOptions};
-use waypost_resolver::{Resolution, ResolveError, ResolverRegistry, ResolverUpdate};
+use waypost_resolver::{Resolution, ResolveError, ResolverRegistry};
 
 fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
@@ -29,37 +33,6 @@ fn resolve(client: &Client, target: &str) -> (Resolution, EtcdResolverBuilder) {
     let registry = ResolverRegistry::new();
     registry.register(builder.clone());
     (registry.resolve(target).unwrap(), builder)
-}
-
-async fn wait_for(
-    resolution: &mut Resolution,
-    pred: impl Fn(&ResolverUpdate) -> bool,
-) -> ResolverUpdate {
-    let current = resolution.current();
-    if pred(&current) {
-        return current;
-    }
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let update = resolution
-                .changed()
-                .await
-                .expect("the resolver keeps running");
-            if pred(&update) {
-                return update;
-            }
-        }
-    })
-    .await
-    .expect("the expected update arrived within 20 s")
-}
-
-fn addrs(update: &ResolverUpdate) -> Vec<String> {
-    update
-        .state
-        .as_ref()
-        .map(|s| s.addresses().map(ToString::to_string).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
