@@ -30,5 +30,6 @@ pub use channel::{Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelSta
 pub use connectivity::{ConnectivityState, aggregate};
 pub use policy::{Helper, Policy, PolicyBuilder, PolicyRegistry};
 pub use subchannel::{
-    Connection, KeepaliveConfig, SubchannelHandle, SubchannelId, SubchannelState,
+    BoxedIo, ConnectOptions, Connection, DialFuture, DialedIo, Dialer, KeepaliveConfig,
+    SubchannelHandle, SubchannelId, SubchannelState, dial,
 };

@@ -69,6 +69,51 @@ pub struct ConnectOptions {
     pub min_connect_timeout: Duration,
     /// Keepalive PINGs.
     pub keepalive: KeepaliveConfig,
+    /// Opens the byte stream HTTP/2 runs on (default: plain TCP or unix).
+    pub dialer: Option<Arc<dyn Dialer>>,
+}
+
+/// A byte stream a subchannel can run HTTP/2 on.
+pub trait DialedIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> DialedIo for T {}
+
+/// A boxed [`DialedIo`].
+pub type BoxedIo = Pin<Box<dyn DialedIo>>;
+
+/// The future a [`Dialer`] returns.
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<BoxedIo>> + Send>>;
+
+/// Opens the byte stream for a subchannel: the seam for transports that do
+/// more than connect a socket (TLS, or waypost-rpc's handshake and mux
+/// label). The channel bounds each call with its connect timeout.
+///
+/// ```
+/// use std::sync::Arc;
+/// use waypost_balancer::{BoxedIo, DialFuture, Dialer};
+/// use waypost_resolver::Address;
+///
+/// #[derive(Debug)]
+/// struct TcpOnly;
+///
+/// impl Dialer for TcpOnly {
+///     fn dial(&self, address: &Address) -> DialFuture {
+///         let address = address.clone();
+///         Box::pin(async move {
+///             match address {
+///                 Address::Tcp(addr) => {
+///                     let io: BoxedIo = Box::pin(tokio::net::TcpStream::connect(addr).await?);
+///                     Ok(io)
+///                 }
+///                 other => Err(std::io::Error::other(format!("not TCP: {other}"))),
+///             }
+///         })
+///     }
+/// }
+/// let _dialer: Arc<dyn Dialer> = Arc::new(TcpOnly);
+/// ```
+pub trait Dialer: std::fmt::Debug + Send + Sync + 'static {
+    /// Opens a byte stream to `address`.
+    fn dial(&self, address: &Address) -> DialFuture;
 }
 
 impl Default for ConnectOptions {
@@ -77,6 +122,7 @@ impl Default for ConnectOptions {
             backoff: BackoffConfig::default(),
             min_connect_timeout: Duration::from_secs(20),
             keepalive: KeepaliveConfig::default(),
+            dialer: None,
         }
     }
 }
@@ -281,8 +327,6 @@ pub fn state_index(state: ConnectivityState) -> usize {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 struct Driver {
     id: SubchannelId,
@@ -529,7 +573,10 @@ impl Driver {
         &self,
         address: &Address,
     ) -> Result<(SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
-        let io = dial(address).await?;
+        let io = match &self.options.dialer {
+            Some(dialer) => dialer.dial(address).await?,
+            None => dial(address).await?,
+        };
         let keepalive = self.options.keepalive;
         let time = (*self.counters.keepalive_time.lock()).or(keepalive.time);
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -568,8 +615,10 @@ impl Driver {
     }
 }
 
-/// Opens a byte stream to `address`.
-async fn dial(address: &Address) -> io::Result<Pin<Box<dyn Io>>> {
+/// Opens a plain byte stream to `address` (TCP with `TCP_NODELAY`, unix or
+/// abstract unix): what a subchannel does without a [`Dialer`], and what a
+/// custom dialer can build on.
+pub async fn dial(address: &Address) -> io::Result<BoxedIo> {
     match address {
         Address::Tcp(addr) => {
             let stream = tokio::net::TcpStream::connect(addr).await?;

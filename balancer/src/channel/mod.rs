@@ -373,6 +373,12 @@ impl ChannelBuilder {
         self
     }
 
+    /// How subchannels open their byte streams (default: plain TCP or unix).
+    pub fn dialer(mut self, dialer: std::sync::Arc<dyn crate::Dialer>) -> Self {
+        self.connect.dialer = Some(dialer);
+        self
+    }
+
     /// The `:authority` of calls (default: the target's endpoint).
     pub fn authority(mut self, authority: impl Into<String>) -> Self {
         self.authority = Some(authority.into());

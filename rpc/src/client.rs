@@ -1,0 +1,417 @@
+//! The client: a waypost [`Channel`] for control calls (its subchannels
+//! dial through the handshake with the `control` label) and pooled data
+//! connections to the backend that channel's policy picks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use waypost_balancer::{Channel, ChannelBuilder, ChannelError, DialFuture, Dialer};
+use waypost_resolver::Address;
+
+use crate::body::{self, Body, Source};
+use crate::conn::{Conn, ConnSettings};
+use crate::error::Error;
+use crate::frame::{ErrorAssembler, FLAG_BODY, Frame, FrameType, RequestHead};
+use crate::handshake::{self, Agreed, HandshakeConfig};
+use crate::transport::ClientTls;
+use crate::{CHECKSUM_EXTENSION, LABEL_CONTROL, LABEL_DATA};
+
+/// The path data calls are picked for (policies may route on it).
+pub const DATA_PICK_PATH: &str = "/waypost.rpc.Data/Call";
+
+/// Opens handshaken connections.
+#[derive(Debug)]
+struct Connector {
+    handshake: HandshakeConfig,
+    conn: ConnSettings,
+    tls: Option<ClientTls>,
+}
+
+impl Connector {
+    async fn open(
+        &self,
+        address: &Address,
+        label: &str,
+    ) -> Result<(waypost_balancer::BoxedIo, Agreed), Error> {
+        let run = async {
+            let io = waypost_balancer::dial(address).await?;
+            let mut io = match &self.tls {
+                Some(tls) => tls.connect(io).await?,
+                None => io,
+            };
+            let agreed = handshake::client(&mut io, &self.handshake, label).await?;
+            Ok::<_, Error>((io, agreed))
+        };
+        tokio::time::timeout(self.handshake.timeout, run)
+            .await
+            .map_err(|_| Error::Handshake(format!("{address}: timed out")))?
+    }
+
+    async fn open_data(&self, address: &Address) -> Result<Conn, Error> {
+        let (io, agreed) = self.open(address, LABEL_DATA).await?;
+        let checksums = agreed.extensions.iter().any(|e| e == CHECKSUM_EXTENSION);
+        Ok(Conn::start(io, agreed.max_frame, checksums, self.conn.clone()))
+    }
+}
+
+/// The [`Dialer`] that makes a waypost channel's subchannels speak
+/// waypost-rpc's `control` label.
+#[derive(Debug, Clone)]
+struct ControlDialer(Arc<Connector>);
+
+impl Dialer for ControlDialer {
+    fn dial(&self, address: &Address) -> DialFuture {
+        let connector = self.0.clone();
+        let address = address.clone();
+        Box::pin(async move {
+            connector
+                .open(&address, LABEL_CONTROL)
+                .await
+                .map(|(io, _)| io)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
+/// Idle data connections per address.
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<HashMap<Address, Vec<(Instant, Conn)>>>,
+    max_per_address: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    fn take(&self, address: &Address) -> Option<Conn> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(address)?;
+        while let Some((since, conn)) = list.pop() {
+            if since.elapsed() < self.idle_timeout && conn.shared.failure().is_none() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, address: Address, conn: Conn) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(address).or_default();
+        list.retain(|(since, conn)| {
+            since.elapsed() < self.idle_timeout && conn.shared.failure().is_none()
+        });
+        if list.len() < self.max_per_address {
+            list.push((Instant::now(), conn));
+        }
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    target: String,
+    handshake: HandshakeConfig,
+    conn: ConnSettings,
+    tls: Option<ClientTls>,
+    checksums: bool,
+    pick_timeout: Duration,
+    pool_per_address: usize,
+    pool_idle_timeout: Duration,
+    channel: Box<dyn FnOnce(ChannelBuilder) -> ChannelBuilder + Send>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("target", &self.target)
+            .field("handshake", &self.handshake)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Versions, frame limit and handshake timeout.
+    pub fn handshake(mut self, config: HandshakeConfig) -> Self {
+        self.handshake = config;
+        self
+    }
+
+    /// Heartbeat, idle timeout and queue sizes of data connections.
+    pub fn conn_settings(mut self, settings: ConnSettings) -> Self {
+        self.conn = settings;
+        self
+    }
+
+    /// TLS on every connection.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Offers CRC-32 checksums of bodies.
+    pub fn checksums(mut self, on: bool) -> Self {
+        self.checksums = on;
+        self
+    }
+
+    /// How long a data call waits for a READY backend (default 20 s).
+    pub fn pick_timeout(mut self, timeout: Duration) -> Self {
+        self.pick_timeout = timeout;
+        self
+    }
+
+    /// Idle data connections kept per backend (default 4) and for how long
+    /// (default 60 s).
+    pub fn pool(mut self, per_address: usize, idle_timeout: Duration) -> Self {
+        self.pool_per_address = per_address;
+        self.pool_idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Adjusts the control [`Channel`] (service config, resolvers, …).
+    pub fn channel(
+        mut self,
+        configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder + Send + 'static,
+    ) -> Self {
+        self.channel = Box::new(configure);
+        self
+    }
+
+    /// Starts resolving and connecting. Must be called inside a tokio
+    /// runtime.
+    pub fn build(mut self) -> Result<Client, ChannelError> {
+        if self.checksums && !self.handshake.extensions.iter().any(|e| e == CHECKSUM_EXTENSION) {
+            self.handshake.extensions.push(CHECKSUM_EXTENSION.to_owned());
+        }
+        let connector = Arc::new(Connector {
+            handshake: self.handshake,
+            conn: self.conn,
+            tls: self.tls,
+        });
+        let builder = Channel::builder(self.target).dialer(Arc::new(ControlDialer(connector.clone())));
+        let channel = (self.channel)(builder).build()?;
+        Ok(Client {
+            channel,
+            connector,
+            pool: Arc::new(Pool {
+                idle: Mutex::new(HashMap::new()),
+                max_per_address: self.pool_per_address,
+                idle_timeout: self.pool_idle_timeout,
+            }),
+            pick_timeout: self.pick_timeout,
+        })
+    }
+}
+
+/// A waypost-rpc client for one target.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use waypost_rpc::Client;
+///
+/// let client = Client::builder("dns:///files.internal:7000").build()?;
+/// // Control calls: any tonic client over `client.channel().clone()`.
+/// // Bulk data: upload a file, stream the answer back.
+/// let file = tokio::fs::File::open("/etc/hostname").await?;
+/// let response = client.call("echo", "", Some(Box::new(file))).await?;
+/// let bytes = response.body.collect(1 << 20).await?;
+/// # let _ = bytes; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    connector: Arc<Connector>,
+    pool: Arc<Pool>,
+    pick_timeout: Duration,
+}
+
+/// The answer to a data call.
+#[derive(Debug)]
+pub struct Response {
+    /// The handler's response message.
+    pub message: Bytes,
+    /// Its body (empty if it sent none).
+    pub body: Body,
+    upload: watch::Receiver<Option<Result<u64, Error>>>,
+}
+
+impl Response {
+    /// How the request body's upload ended: bytes sent, or why it stopped
+    /// (`CancelledByPeer` if the handler stopped reading it).
+    pub async fn upload_result(&mut self) -> Result<u64, Error> {
+        match self.upload.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().expect("waited for Some"),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+impl Client {
+    /// A builder for `target` (any resolver target: `dns:///`, `etcd:///`,
+    /// `ipv4:`, `unix:` …).
+    pub fn builder(target: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            target: target.into(),
+            handshake: HandshakeConfig::default(),
+            conn: ConnSettings::default(),
+            tls: None,
+            checksums: false,
+            pick_timeout: Duration::from_secs(20),
+            pool_per_address: 4,
+            pool_idle_timeout: Duration::from_secs(60),
+            channel: Box::new(|b| b),
+        }
+    }
+
+    /// The control channel: hand it to any generated tonic client.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Idle data connections in the pool.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// Picks a backend with the channel's policy (waiting up to the pick
+    /// timeout for one to be READY).
+    pub async fn pick(&self) -> Result<Address, Error> {
+        let deadline = Instant::now() + self.pick_timeout;
+        loop {
+            if let Some(connection) = self.channel.pick(DATA_PICK_PATH) {
+                return Ok(connection.address().clone());
+            }
+            let state = self.channel.state();
+            if tokio::time::timeout_at(deadline, self.channel.wait_for_state_change(state))
+                .await
+                .is_err()
+            {
+                return Err(Error::Unavailable(format!(
+                    "no READY backend within {:?} (channel is {state:?})",
+                    self.pick_timeout
+                )));
+            }
+        }
+    }
+
+    /// One bulk-data exchange with the picked backend: sends `endpoint`,
+    /// `message` and the optional request body (streamed from the source
+    /// while the response arrives), and returns once the handler answered.
+    pub async fn call(
+        &self,
+        endpoint: &str,
+        message: impl Into<Bytes>,
+        body: Option<Source>,
+    ) -> Result<Response, Error> {
+        let address = self.pick().await?;
+        self.call_at(&address, endpoint, message.into(), body).await
+    }
+
+    /// [`Client::call`] to a given backend address.
+    pub async fn call_at(
+        &self,
+        address: &Address,
+        endpoint: &str,
+        message: Bytes,
+        body: Option<Source>,
+    ) -> Result<Response, Error> {
+        let mut conn = match self.pool.take(address) {
+            Some(conn) => conn,
+            None => self.connector.open_data(address).await?,
+        };
+        let shared = conn.shared.clone();
+        let head = RequestHead {
+            endpoint: endpoint.to_owned(),
+            message,
+        };
+        if head.endpoint.is_empty() || head.endpoint.len() > crate::frame::MAX_ENDPOINT {
+            return Err(Error::Protocol("endpoint must be 1..=1024 bytes".into()));
+        }
+        let flags = if body.is_some() { FLAG_BODY } else { 0 };
+        body::push(
+            &conn.tx,
+            &shared,
+            Frame {
+                kind: FrameType::Request,
+                flags,
+                payload: head.encode(),
+            },
+        )
+        .await?;
+        let (upload_tx, upload_rx) = watch::channel(None);
+        match body {
+            Some(source) => {
+                let tx = conn.tx.clone();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let result = body::send(&tx, &shared, Some(source)).await;
+                    let _ = upload_tx.send(Some(result));
+                });
+            }
+            None => {
+                let _ = upload_tx.send(Some(Ok(0)));
+            }
+        }
+        let mut inbound = conn
+            .inbound
+            .take()
+            .ok_or_else(|| Error::Protocol("connection without its inbound half".into()))?;
+        let frame = inbound.next().await?;
+        match frame.kind {
+            FrameType::Response => {
+                let pool = self.pool.clone();
+                let address = address.clone();
+                let done = upload_rx.clone();
+                let give_back = move |inbound, mut conn: Conn| {
+                    conn.inbound = Some(inbound);
+                    let uploaded = matches!(*done.borrow(), Some(Ok(_)));
+                    if uploaded && conn.shared.reusable() {
+                        pool.put(address, conn);
+                    }
+                };
+                let body = if frame.flags & FLAG_BODY != 0 {
+                    Body::new(inbound, Box::new(move |inbound| give_back(inbound, conn)))
+                } else {
+                    give_back(inbound, conn);
+                    Body::empty()
+                };
+                Ok(Response {
+                    message: frame.payload,
+                    body,
+                    upload: upload_rx,
+                })
+            }
+            FrameType::Error => {
+                let mut assembler = ErrorAssembler::default();
+                let mut frame = frame;
+                loop {
+                    if frame.kind != FrameType::Error {
+                        return Err(Error::Protocol(format!(
+                            "{:?} inside an error trailer",
+                            frame.kind
+                        )));
+                    }
+                    if let Some((code, message)) = assembler.push(frame.flags, &frame.payload)? {
+                        return Err(Error::Status {
+                            code: tonic::Code::from_i32(code),
+                            message,
+                        });
+                    }
+                    frame = inbound.next().await?;
+                }
+            }
+            other => {
+                let error = Error::Protocol(format!("expected RESPONSE, got {other:?}"));
+                shared.fail(error.clone());
+                Err(error)
+            }
+        }
+    }
+}
