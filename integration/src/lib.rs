@@ -28,6 +28,7 @@ pub mod backend;
 pub mod dns;
 pub mod etcd;
 mod gate;
+pub mod proxy;
 
 /// Why a harness server could not be started or changed.
 #[derive(Debug, thiserror::Error)]

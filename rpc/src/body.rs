@@ -37,7 +37,11 @@ impl Inbound {
     }
 }
 
-type OnEnd = Box<dyn FnOnce(Inbound) + Send>;
+/// Called with the inbound half when the body ends: `true` after a clean
+/// END or trailer, `false` when it was dropped early (the peer was sent
+/// CANCEL and will end its body with a CANCELLED trailer, which the
+/// callee should drain before closing).
+type OnEnd = Box<dyn FnOnce(Inbound, bool) + Send>;
 
 /// A body arriving from the peer: a [`Stream`] of [`Bytes`] (no copies)
 /// and an [`AsyncRead`].
@@ -189,7 +193,7 @@ impl Body {
                 }
                 self.state = State::Done;
                 if let (Some(inbound), Some(on_end)) = (self.inbound.take(), self.on_end.take()) {
-                    on_end(inbound);
+                    on_end(inbound, true);
                 }
                 None
             }
@@ -205,7 +209,7 @@ impl Body {
                     if let (Some(inbound), Some(on_end)) =
                         (self.inbound.take(), self.on_end.take())
                     {
-                        on_end(inbound);
+                        on_end(inbound, true);
                     }
                     Some(Err(error))
                 }
@@ -231,6 +235,9 @@ impl Drop for Body {
         if matches!(self.state, State::Streaming) {
             if let Some(shared) = &self.shared {
                 shared.send_cancel();
+            }
+            if let (Some(inbound), Some(on_end)) = (self.inbound.take(), self.on_end.take()) {
+                on_end(inbound, false);
             }
         }
     }
@@ -285,8 +292,8 @@ pub(crate) async fn send(
             let mut limited = (&mut buf).limit(chunk);
             let read = tokio::select! {
                 biased;
-                _ = shared.peer_cancelled.cancelled() => return Err(cancelled(shared)),
-                _ = shared.closed() => return Err(shared.failure().unwrap_or(Error::Closed)),
+                _ = shared.peer_cancelled.cancelled() => return Err(stop(tx, shared).await),
+                _ = shared.closed() => return Err(cancelled(shared)),
                 read = source.read_buf(&mut limited) => read,
             };
             let n = match read {
@@ -336,7 +343,44 @@ pub(crate) async fn send(
     Ok(sent)
 }
 
+/// Ends a body the receiver cancelled with a CANCELLED trailer, so the
+/// receiver can drain up to it; returns why the sender stopped.
+async fn stop(tx: &mpsc::Sender<Frame>, shared: &Shared) -> Error {
+    let why = cancelled(shared);
+    if why == Error::CancelledByPeer {
+        let _ = send_error(tx, shared, tonic::Code::Cancelled, "cancelled by the receiver").await;
+    }
+    why
+}
+
+/// Drains a body this side dropped early, up to the peer's END or trailer
+/// (bounded by the idle timeout). Returns whether the connection is back
+/// at an exchange boundary.
+pub(crate) async fn drain(inbound: &mut Inbound) -> bool {
+    let bound = inbound.shared.settings.idle_timeout;
+    let run = async {
+        loop {
+            match inbound.next().await {
+                Ok(frame) if frame.kind == FrameType::Data => {}
+                Ok(frame) if frame.kind == FrameType::End => return true,
+                Ok(frame) if frame.kind == FrameType::Error => {
+                    if frame.flags & frame::FLAG_MORE == 0 {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    };
+    tokio::time::timeout(bound, run).await.unwrap_or(false)
+}
+
+/// Why a sender had to stop: the peer's CANCEL wins over the connection
+/// failure that usually follows it.
 fn cancelled(shared: &Shared) -> Error {
+    if shared.cancel_received.load(std::sync::atomic::Ordering::SeqCst) {
+        return Error::CancelledByPeer;
+    }
     shared.failure().unwrap_or(Error::CancelledByPeer)
 }
 
@@ -345,7 +389,7 @@ pub(crate) async fn push(tx: &mpsc::Sender<Frame>, shared: &Shared, frame: Frame
     tokio::select! {
         biased;
         _ = shared.peer_cancelled.cancelled() => Err(cancelled(shared)),
-        sent = tx.send(frame) => sent.map_err(|_| shared.failure().unwrap_or(Error::Closed)),
+        sent = tx.send(frame) => sent.map_err(|_| cancelled(shared)),
     }
 }
 

@@ -369,17 +369,46 @@ impl Client {
                 let pool = self.pool.clone();
                 let address = address.clone();
                 let done = upload_rx.clone();
-                let give_back = move |inbound, mut conn: Conn| {
+                // Back to the pool once both bodies ended cleanly. An upload
+                // still running keeps the connection open until it ends (the
+                // handler may have cancelled it: the CANCEL must be read).
+                let give_back = move |mut inbound: body::Inbound, clean: bool, mut conn: Conn| {
+                    if !clean {
+                        // We cancelled the response body: let the server's
+                        // trailer arrive before closing, off the caller's path.
+                        tokio::spawn(async move {
+                            body::drain(&mut inbound).await;
+                            drop(conn);
+                        });
+                        return;
+                    }
                     conn.inbound = Some(inbound);
-                    let uploaded = matches!(*done.borrow(), Some(Ok(_)));
-                    if uploaded && conn.shared.reusable() {
-                        pool.put(address, conn);
+                    let finish = move |uploaded: bool, conn: Conn| {
+                        if uploaded && conn.shared.reusable() {
+                            pool.put(address, conn);
+                        }
+                    };
+                    let state = done.borrow().clone();
+                    match state {
+                        Some(result) => finish(result.is_ok(), conn),
+                        None => {
+                            let mut done = done;
+                            let bound = conn.shared.settings.idle_timeout;
+                            tokio::spawn(async move {
+                                let uploaded = tokio::time::timeout(bound, done.wait_for(Option::is_some))
+                                    .await
+                                    .ok()
+                                    .and_then(|r| r.ok().map(|v| matches!(*v, Some(Ok(_)))))
+                                    .unwrap_or(false);
+                                finish(uploaded, conn);
+                            });
+                        }
                     }
                 };
                 let body = if frame.flags & FLAG_BODY != 0 {
-                    Body::new(inbound, Box::new(move |inbound| give_back(inbound, conn)))
+                    Body::new(inbound, Box::new(move |inbound, clean| give_back(inbound, clean, conn)))
                 } else {
-                    give_back(inbound, conn);
+                    give_back(inbound, true, conn);
                     Body::empty()
                 };
                 Ok(Response {

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     /// Fired when the peer sent CANCEL or RESET, or the connection failed:
     /// whoever sends a body on this connection stops.
     pub(crate) peer_cancelled: CancellationToken,
+    /// The peer sent CANCEL.
+    pub(crate) cancel_received: AtomicBool,
     /// We must send a CANCEL (the writer sends it ahead of queued frames).
     cancel_pending: AtomicBool,
     /// We sent or must send CANCEL: the connection is not reused.
@@ -185,6 +187,7 @@ impl Conn {
             failure: Mutex::new(None),
             peer_cancelled: CancellationToken::new(),
             cancel_pending: AtomicBool::new(false),
+            cancel_received: AtomicBool::new(false),
             we_cancelled: AtomicBool::new(false),
             wake_writer: Notify::new(),
             closing: CancellationToken::new(),
@@ -230,6 +233,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(Some(frame)) => match frame.kind {
                     FrameType::Heartbeat => continue,
                     FrameType::Cancel => {
+                        shared.cancel_received.store(true, Ordering::SeqCst);
                         shared.peer_cancelled.cancel();
                         continue;
                     }
@@ -254,10 +258,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     break Err(if buf.is_empty() {
                         Error::Closed
                     } else {
-                        Error::Protocol(format!(
-                            "connection closed inside a frame ({} of {wanted} bytes)",
-                            buf.len()
-                        ))
+                        Error::Io {
+                            kind: std::io::ErrorKind::UnexpectedEof,
+                            message: format!(
+                                "connection closed inside a frame ({} of {wanted} bytes)",
+                                buf.len()
+                            ),
+                        }
                     });
                 }
                 Ok(Ok(_)) => shared.received(),

@@ -45,6 +45,7 @@ pub use error::Error;
 pub use handshake::HandshakeConfig;
 pub use server::{
     DataHandler, DataRequest, DataResponse, HandlerFuture, Running, Server, ServerBuilder,
+    ServerStats,
 };
 pub use transport::{ClientTls, Listener, PeerIdentity, PeerInfo, ServerTls};
 

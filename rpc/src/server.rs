@@ -214,25 +214,21 @@ impl ServerBuilder {
             self.handshake.extensions.push(CHECKSUM_EXTENSION.to_owned());
         }
         let shutdown = CancellationToken::new();
-        let control = self.routes.take().map(|routes| {
-            let (tx, rx) = mpsc::channel::<Result<ServerIo, std::io::Error>>(16);
-            let signal = shutdown.clone();
-            let task = tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let result = tonic::transport::Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
-                    .await;
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "control server ended");
-                }
-            });
-            (tx, task)
+        // Without services, control calls answer UNIMPLEMENTED: every
+        // server speaks both labels, so clients can always pick it.
+        let routes = self.routes.take().unwrap_or_default();
+        let (control_tx, rx) = mpsc::channel::<Result<ServerIo, std::io::Error>>(16);
+        let signal = shutdown.clone();
+        let control_task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let result = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "control server ended");
+            }
         });
-        let (control_tx, control_task) = match control {
-            Some((tx, task)) => (Some(tx), Some(task)),
-            None => (None, None),
-        };
         let ctx = Arc::new(Ctx {
             data: self.data.take(),
             control: control_tx,
@@ -241,14 +237,56 @@ impl ServerBuilder {
             tls: self.tls,
             handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
             shutdown: shutdown.clone(),
+            stats: Arc::default(),
         });
+        let stats = ctx.stats.clone();
         let accept = tokio::spawn(accept_loop(listener, ctx));
         Ok(Running {
             address,
             shutdown,
             accept: Some(accept),
-            control: control_task,
+            control: Some(control_task),
+            stats,
         })
+    }
+}
+
+/// What a server has seen, for tests, metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Handshakes that failed, were refused or timed out.
+    pub handshake_failures: u64,
+    /// Connections handed to tonic.
+    pub control_connections: u64,
+    /// Data connections opened.
+    pub data_connections: u64,
+    /// Data requests handled.
+    pub data_requests: u64,
+    /// Data connections that ended with an error other than a clean close.
+    pub data_failures: u64,
+    /// The last handshake or data-connection error.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Stats(parking_lot::Mutex<ServerStats>);
+
+impl Stats {
+    fn update(&self, f: impl FnOnce(&mut ServerStats)) {
+        f(&mut self.0.lock());
+    }
+
+    fn error(&self, handshake: bool, error: String) {
+        self.update(|s| {
+            if handshake {
+                s.handshake_failures += 1;
+            } else {
+                s.data_failures += 1;
+            }
+            s.last_error = Some(error);
+        });
     }
 }
 
@@ -259,12 +297,18 @@ pub struct Running {
     shutdown: CancellationToken,
     accept: Option<tokio::task::JoinHandle<()>>,
     control: Option<tokio::task::JoinHandle<()>>,
+    stats: Arc<Stats>,
 }
 
 impl Running {
     /// The address it listens on.
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// What it has seen so far.
+    pub fn stats(&self) -> ServerStats {
+        self.stats.0.lock().clone()
     }
 
     /// Stops accepting, resets data connections and lets control
@@ -288,12 +332,13 @@ impl Drop for Running {
 
 struct Ctx {
     data: Option<Arc<dyn DataHandler>>,
-    control: Option<mpsc::Sender<Result<ServerIo, std::io::Error>>>,
+    control: mpsc::Sender<Result<ServerIo, std::io::Error>>,
     handshake: HandshakeConfig,
     conn: ConnSettings,
     tls: Option<ServerTls>,
     handshakes: Arc<Semaphore>,
     shutdown: CancellationToken,
+    stats: Arc<Stats>,
 }
 
 async fn accept_loop(listener: Listener, ctx: Arc<Ctx>) {
@@ -305,6 +350,7 @@ async fn accept_loop(listener: Listener, ctx: Arc<Ctx>) {
         match accepted {
             // Everything after accept runs in the connection's own task.
             Ok((io, remote)) => {
+                ctx.stats.update(|s| s.accepted += 1);
                 tokio::spawn(connection(io, remote, ctx.clone()));
             }
             Err(e) => {
@@ -324,6 +370,7 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
         tokio::time::timeout_at(deadline, ctx.handshakes.clone().acquire_owned()).await
     else {
         tracing::debug!(%remote, "no handshake slot within the timeout; closing");
+        ctx.stats.error(true, "no handshake slot within the timeout".into());
         return;
     };
     let setup = async {
@@ -336,12 +383,12 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
             ..ctx.handshake.clone()
         };
         let agreed = handshake::server(&mut io, &config, |label| match label {
-            LABEL_CONTROL if ctx.control.is_some() => None,
+            LABEL_CONTROL => None,
             LABEL_DATA if ctx.data.is_some() => None,
             other => Some(format!(
                 "unknown mux label {other:?}; this server accepts: {}",
                 [
-                    ctx.control.as_ref().map(|_| LABEL_CONTROL),
+                    Some(LABEL_CONTROL),
                     ctx.data.as_ref().map(|_| LABEL_DATA)
                 ]
                 .into_iter()
@@ -357,19 +404,20 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "handshake failed");
+            ctx.stats.error(true, e.to_string());
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timed out");
+            ctx.stats.error(true, "handshake timed out".into());
             return;
         }
     };
     drop(permit);
     let peer = PeerInfo { remote, identity };
     if agreed.label == LABEL_CONTROL {
-        if let Some(control) = &ctx.control {
-            let _ = control.send(Ok(ServerIo { io, peer })).await;
-        }
+        ctx.stats.update(|s| s.control_connections += 1);
+        let _ = ctx.control.send(Ok(ServerIo { io, peer })).await;
         return;
     }
     let Some(handler) = ctx.data.clone() else {
@@ -377,27 +425,34 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
     };
     let checksums = agreed.extensions.iter().any(|e| e == CHECKSUM_EXTENSION);
     let conn = Conn::start(io, agreed.max_frame, checksums, ctx.conn.clone());
+    ctx.stats.update(|s| s.data_connections += 1);
+    let shared = conn.shared.clone();
     tokio::select! {
-        _ = serve_data(conn, peer, handler) => {}
+        _ = serve_data(conn, peer, handler, &ctx.stats) => {}
         _ = ctx.shutdown.cancelled() => {}
+    }
+    match shared.failure() {
+        None | Some(Error::Closed | Error::Reset(_)) => {}
+        Some(e) => ctx.stats.error(false, e.to_string()),
     }
 }
 
 /// Serves exchanges on one data connection until it fails, is cancelled
 /// or the client closes it.
-async fn serve_data(mut conn: Conn, peer: PeerInfo, handler: Arc<dyn DataHandler>) {
+async fn serve_data(mut conn: Conn, peer: PeerInfo, handler: Arc<dyn DataHandler>, stats: &Stats) {
     while let Some(inbound) = conn.inbound.take() {
-        conn.inbound = exchange(inbound, &conn.tx, &peer, &handler).await;
+        conn.inbound = exchange(inbound, &conn.tx, &peer, &handler, stats).await;
     }
 }
 
 /// Serves one exchange; returns the inbound half if the connection can
 /// carry another.
-pub(crate) async fn exchange(
+async fn exchange(
     mut inbound: Inbound,
     tx: &mpsc::Sender<Frame>,
     peer: &PeerInfo,
     handler: &Arc<dyn DataHandler>,
+    stats: &Stats,
 ) -> Option<Inbound> {
     let shared = inbound.shared.clone();
     let frame = match inbound.next().await {
@@ -427,14 +482,15 @@ pub(crate) async fn exchange(
     let (body, mut kept) = if has_body {
         let body = Body::new(
             inbound,
-            Box::new(move |inbound| {
-                let _ = give_back.send(inbound);
+            Box::new(move |inbound, clean| {
+                let _ = give_back.send((inbound, clean));
             }),
         );
         (body, None)
     } else {
         (Body::empty(), Some(inbound))
     };
+    stats.update(|s| s.data_requests += 1);
     let request = DataRequest {
         endpoint: head.endpoint,
         message: head.message,
@@ -470,11 +526,16 @@ pub(crate) async fn exchange(
         }
     }
     if kept.is_none() {
-        // The request body hands the inbound half back at its clean end.
-        kept = tokio::time::timeout(shared.settings.idle_timeout, returned)
-            .await
-            .ok()
-            .and_then(Result::ok);
+        // The request body hands the inbound half back at its end; if the
+        // handler dropped it early, drain to the client's CANCELLED trailer
+        // so the close is orderly (the client reads our CANCEL, not a RST).
+        match tokio::time::timeout(shared.settings.idle_timeout, returned).await {
+            Ok(Ok((inbound, true))) => kept = Some(inbound),
+            Ok(Ok((mut inbound, false))) => {
+                body::drain(&mut inbound).await;
+            }
+            _ => {}
+        }
     }
     kept.filter(|_| shared.reusable())
 }
