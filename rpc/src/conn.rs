@@ -310,7 +310,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         last_write = Instant::now();
     }
     // Closing: what is queued goes out, then RESET, then FIN — bounded by
-    // the idle timeout.
+    // the idle timeout. A peer that broke the rules gets the reason in the
+    // RESET before we close.
+    if let Some(Error::Frame(_) | Error::Protocol(_) | Error::Integrity(_)) = shared.failure() {
+        let reason = shared.failure().map(|e| e.to_string()).unwrap_or_default();
+        let reason = bytes::Bytes::from(reason.into_bytes()).slice(..reason_len(&shared));
+        let reset = Frame {
+            kind: FrameType::Reset,
+            flags: 0,
+            payload: reason,
+        };
+        let _ = tokio::time::timeout(shared.settings.heartbeat_interval, async {
+            write_frame(&mut write, &reset, &shared).await?;
+            write.shutdown().await.map_err(|e| Error::io(&e))
+        })
+        .await;
+        return;
+    }
     if shared.failure().is_none() {
         let flush = async {
             while let Ok(frame) = rx.try_recv() {
@@ -321,6 +337,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let _ = tokio::time::timeout(shared.settings.idle_timeout, flush).await;
     }
+}
+
+/// How much of a failure reason fits in a RESET.
+fn reason_len(shared: &Shared) -> usize {
+    let len = shared.failure().map(|e| e.to_string().len()).unwrap_or(0);
+    len.min(1024).min(shared.max_frame as usize)
 }
 
 /// Writes one frame (header and payload in one vectored write where the
