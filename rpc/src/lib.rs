@@ -34,6 +34,8 @@ mod client;
 mod conn;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 mod server;
 mod transport;
