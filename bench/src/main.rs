@@ -5,9 +5,11 @@
 //! ```text
 //! cargo run --release -p waypost-bench -- etcd --changes 1000
 //! cargo run --release -p waypost-bench -- rpc
+//! cargo run --release -p waypost-bench -- dataconn
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
 
+mod dataconn;
 mod etcd;
 mod lbserver;
 mod rpc;
@@ -30,6 +32,11 @@ enum Command {
     Rpc(rpc::RpcArgs),
     /// BalanceLoad streams one `waypost serve` holds, its RSS, and fan-out time.
     Lbserver(lbserver::LbArgs),
+    /// One bulk stream: waypost-rpc data connection vs raw TCP vs tonic streaming.
+    Dataconn(dataconn::DataconnArgs),
+    /// (internal) One `dataconn` transfer in its own process.
+    #[command(hide = true)]
+    DataconnChild(dataconn::DataconnChildArgs),
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
     RpcBackends,
@@ -42,5 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Rpc(args) => rpc::run(args).await,
         Command::Lbserver(args) => lbserver::run(args).await,
         Command::RpcBackends => rpc::backends().await,
+        Command::Dataconn(args) => dataconn::run(args).await,
+        Command::DataconnChild(args) => dataconn::child(args).await,
     }
 }

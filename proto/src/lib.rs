@@ -42,6 +42,16 @@ pub mod grpc {
     }
 }
 
+/// The `bulk.*` packages.
+pub mod bulk {
+    /// `bulk.v1`: bytes over gRPC streaming (benchmark baseline) and the
+    /// file-transfer example's control service.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        include!("generated/bulk.v1.rs");
+    }
+}
+
 /// The `movies.*` packages.
 pub mod movies {
     /// `movies.v1`: the example service from the gRPC talk.

@@ -19,6 +19,7 @@ const PROTOS: &[(&str, Option<&str>)] = &[
     ),
     ("grpc/health/v1/health.proto", None),
     ("movies/v1/movies.proto", None),
+    ("bulk/v1/bulk.proto", None),
 ];
 
 fn main() -> ExitCode {
@@ -56,7 +57,9 @@ fn run(check: bool) -> Result<bool, Box<dyn std::error::Error>> {
         let mut builder = tonic_prost_build::configure()
             .build_client(true)
             .build_server(true)
-            .build_transport(false);
+            .build_transport(false)
+            // Bulk chunks decode without a copy.
+            .bytes(".bulk.v1");
         if let Some(codec) = codec {
             builder = builder.codec_path(*codec);
         }
