@@ -327,7 +327,6 @@ pub fn state_index(state: ConnectivityState) -> usize {
     }
 }
 
-
 struct Driver {
     id: SubchannelId,
     addresses: Arc<[Address]>,

@@ -67,7 +67,13 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
     for round in 0..args.runs {
         for (i, mode) in MODES.iter().enumerate() {
             let output = tokio::process::Command::new(std::env::current_exe()?)
-                .args(["dataconn-child", "--mode", mode, "--bytes", &bytes.to_string()])
+                .args([
+                    "dataconn-child",
+                    "--mode",
+                    mode,
+                    "--bytes",
+                    &bytes.to_string(),
+                ])
                 .kill_on_drop(true)
                 .output()
                 .await?;
@@ -97,7 +103,10 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    eprintln!("\n{:>12}  {:>8}  {:>10}  {:>9}", "", "GiB/s", "CPU-s/GiB", "RSS MiB");
+    eprintln!(
+        "\n{:>12}  {:>8}  {:>10}  {:>9}",
+        "", "GiB/s", "CPU-s/GiB", "RSS MiB"
+    );
     for (i, mode) in MODES.iter().enumerate() {
         eprintln!(
             "{mode:>12}  {:>8.2}  {:>10.3}  {:>9.0}",

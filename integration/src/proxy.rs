@@ -74,7 +74,12 @@ impl Drop for Proxy {
     }
 }
 
-async fn run(listener: TcpListener, upstream: SocketAddr, gate: Arc<Gate>, cut: Arc<tokio::sync::Notify>) {
+async fn run(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    gate: Arc<Gate>,
+    cut: Arc<tokio::sync::Notify>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

@@ -206,8 +206,7 @@ impl Body {
                         message,
                     };
                     self.state = State::Failed(error.clone());
-                    if let (Some(inbound), Some(on_end)) =
-                        (self.inbound.take(), self.on_end.take())
+                    if let (Some(inbound), Some(on_end)) = (self.inbound.take(), self.on_end.take())
                     {
                         on_end(inbound, true);
                     }
@@ -215,9 +214,9 @@ impl Body {
                 }
                 Err(e) => Some(Err(self.fail(e.into()))),
             },
-            other => Some(Err(self.fail(Error::Protocol(format!(
-                "{other:?} frame inside a body"
-            ))))),
+            other => Some(Err(
+                self.fail(Error::Protocol(format!("{other:?} frame inside a body")))
+            )),
         }
     }
 
@@ -285,7 +284,10 @@ pub(crate) async fn send(
     let mut sent = 0u64;
     let mut crc = shared.checksums.then(crc32fast::Hasher::new);
     if let Some(mut source) = source {
-        let chunk = shared.settings.chunk_size.clamp(1, shared.max_frame as usize);
+        let chunk = shared
+            .settings
+            .chunk_size
+            .clamp(1, shared.max_frame as usize);
         let mut buf = BytesMut::new();
         loop {
             buf.reserve(chunk);
@@ -348,7 +350,13 @@ pub(crate) async fn send(
 async fn stop(tx: &mpsc::Sender<Frame>, shared: &Shared) -> Error {
     let why = cancelled(shared);
     if why == Error::CancelledByPeer {
-        let _ = send_error(tx, shared, tonic::Code::Cancelled, "cancelled by the receiver").await;
+        let _ = send_error(
+            tx,
+            shared,
+            tonic::Code::Cancelled,
+            "cancelled by the receiver",
+        )
+        .await;
     }
     why
 }
@@ -378,14 +386,21 @@ pub(crate) async fn drain(inbound: &mut Inbound) -> bool {
 /// Why a sender had to stop: the peer's CANCEL wins over the connection
 /// failure that usually follows it.
 fn cancelled(shared: &Shared) -> Error {
-    if shared.cancel_received.load(std::sync::atomic::Ordering::SeqCst) {
+    if shared
+        .cancel_received
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
         return Error::CancelledByPeer;
     }
     shared.failure().unwrap_or(Error::CancelledByPeer)
 }
 
 /// Queues one frame for the writer.
-pub(crate) async fn push(tx: &mpsc::Sender<Frame>, shared: &Shared, frame: Frame) -> Result<(), Error> {
+pub(crate) async fn push(
+    tx: &mpsc::Sender<Frame>,
+    shared: &Shared,
+    frame: Frame,
+) -> Result<(), Error> {
     tokio::select! {
         biased;
         _ = shared.peer_cancelled.cancelled() => Err(cancelled(shared)),

@@ -55,7 +55,12 @@ impl Connector {
     async fn open_data(&self, address: &Address) -> Result<Conn, Error> {
         let (io, agreed) = self.open(address, LABEL_DATA).await?;
         let checksums = agreed.extensions.iter().any(|e| e == CHECKSUM_EXTENSION);
-        Ok(Conn::start(io, agreed.max_frame, checksums, self.conn.clone()))
+        Ok(Conn::start(
+            io,
+            agreed.max_frame,
+            checksums,
+            self.conn.clone(),
+        ))
     }
 }
 
@@ -187,15 +192,24 @@ impl ClientBuilder {
     /// Starts resolving and connecting. Must be called inside a tokio
     /// runtime.
     pub fn build(mut self) -> Result<Client, ChannelError> {
-        if self.checksums && !self.handshake.extensions.iter().any(|e| e == CHECKSUM_EXTENSION) {
-            self.handshake.extensions.push(CHECKSUM_EXTENSION.to_owned());
+        if self.checksums
+            && !self
+                .handshake
+                .extensions
+                .iter()
+                .any(|e| e == CHECKSUM_EXTENSION)
+        {
+            self.handshake
+                .extensions
+                .push(CHECKSUM_EXTENSION.to_owned());
         }
         let connector = Arc::new(Connector {
             handshake: self.handshake,
             conn: self.conn,
             tls: self.tls,
         });
-        let builder = Channel::builder(self.target).dialer(Arc::new(ControlDialer(connector.clone())));
+        let builder =
+            Channel::builder(self.target).dialer(Arc::new(ControlDialer(connector.clone())));
         let channel = (self.channel)(builder).build()?;
         Ok(Client {
             channel,
@@ -395,18 +409,22 @@ impl Client {
                             let mut done = done;
                             let bound = conn.shared.settings.idle_timeout;
                             tokio::spawn(async move {
-                                let uploaded = tokio::time::timeout(bound, done.wait_for(Option::is_some))
-                                    .await
-                                    .ok()
-                                    .and_then(|r| r.ok().map(|v| matches!(*v, Some(Ok(_)))))
-                                    .unwrap_or(false);
+                                let uploaded =
+                                    tokio::time::timeout(bound, done.wait_for(Option::is_some))
+                                        .await
+                                        .ok()
+                                        .and_then(|r| r.ok().map(|v| matches!(*v, Some(Ok(_)))))
+                                        .unwrap_or(false);
                                 finish(uploaded, conn);
                             });
                         }
                     }
                 };
                 let body = if frame.flags & FLAG_BODY != 0 {
-                    Body::new(inbound, Box::new(move |inbound, clean| give_back(inbound, clean, conn)))
+                    Body::new(
+                        inbound,
+                        Box::new(move |inbound, clean| give_back(inbound, clean, conn)),
+                    )
                 } else {
                     give_back(inbound, true, conn);
                     Body::empty()

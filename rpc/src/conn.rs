@@ -362,7 +362,10 @@ async fn write_frame<W: AsyncWrite + Unpin>(
         let slices = if done < HEADER_LEN {
             [IoSlice::new(&header[done..]), IoSlice::new(payload)]
         } else {
-            [IoSlice::new(&payload[done - HEADER_LEN..]), IoSlice::new(&[])]
+            [
+                IoSlice::new(&payload[done - HEADER_LEN..]),
+                IoSlice::new(&[]),
+            ]
         };
         let n = loop {
             match tokio::time::timeout(idle, write.write_vectored(&slices)).await {

@@ -33,10 +33,8 @@ pub fn frames(data: &[u8]) -> usize {
                         FrameType::End => {
                             let _ = End::decode(frame.flags, frame.payload);
                         }
-                        FrameType::Error => {
-                            if errors.push(frame.flags, &frame.payload).is_err() {
-                                return decoded;
-                            }
+                        FrameType::Error if errors.push(frame.flags, &frame.payload).is_err() => {
+                            return decoded;
                         }
                         _ => {}
                     }

@@ -86,7 +86,9 @@ fn get_text(buf: &[u8], at: usize, what: &'static str) -> Result<Parsed<String>,
     }
     let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
     if len > MAX_TEXT {
-        return Err(HandshakeError::Malformed("text field longer than 1024 bytes"));
+        return Err(HandshakeError::Malformed(
+            "text field longer than 1024 bytes",
+        ));
     }
     let end = at + 2 + len;
     if buf.len() < end {
@@ -246,7 +248,9 @@ pub fn parse_label(buf: &[u8]) -> Result<Parsed<String>, HandshakeError> {
     };
     let len = len as usize;
     if len == 0 || len > MAX_LABEL {
-        return Err(HandshakeError::Malformed("label empty or longer than 64 bytes"));
+        return Err(HandshakeError::Malformed(
+            "label empty or longer than 64 bytes",
+        ));
     }
     if buf.len() < 1 + len {
         return Ok(Parsed::Incomplete(1 + len));
@@ -282,9 +286,7 @@ pub fn parse_label_answer(buf: &[u8]) -> Result<Parsed<Option<String>>, Handshak
         return Err(HandshakeError::Malformed("unknown label answer status"));
     }
     Ok(match get_text(buf, 1, "reason not UTF-8")? {
-        Parsed::Complete(reason, used) => {
-            Parsed::Complete((status == 1).then_some(reason), used)
-        }
+        Parsed::Complete(reason, used) => Parsed::Complete((status == 1).then_some(reason), used),
         Parsed::Incomplete(n) => Parsed::Incomplete(n),
     })
 }
@@ -502,7 +504,10 @@ mod tests {
             extensions: vec!["crc32".into(), "zstd".into()],
         };
         let bytes = hello.encode();
-        assert_eq!(complete(ClientHello::parse(&bytes).unwrap()), (hello, bytes.len()));
+        assert_eq!(
+            complete(ClientHello::parse(&bytes).unwrap()),
+            (hello, bytes.len())
+        );
         for cut in 0..bytes.len() {
             assert!(matches!(
                 ClientHello::parse(&bytes[..cut]).unwrap(),
@@ -582,7 +587,10 @@ mod tests {
         let bytes = encode_label("data");
         assert_eq!(complete(parse_label(&bytes).unwrap()), ("data".into(), 5));
         assert!(parse_label(&[0]).is_err());
-        assert!(matches!(parse_label(&[4, b'd']).unwrap(), Parsed::Incomplete(5)));
+        assert!(matches!(
+            parse_label(&[4, b'd']).unwrap(),
+            Parsed::Incomplete(5)
+        ));
         let ok = encode_label_answer(None);
         assert_eq!(complete(parse_label_answer(&ok).unwrap()).0, None);
         let no = encode_label_answer(Some("unknown label \"x\""));

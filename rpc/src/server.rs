@@ -210,8 +210,16 @@ impl ServerBuilder {
     /// Starts serving on `listener` in the background.
     pub fn serve(mut self, listener: Listener) -> std::io::Result<Running> {
         let address = listener.address()?;
-        if self.checksums && !self.handshake.extensions.iter().any(|e| e == CHECKSUM_EXTENSION) {
-            self.handshake.extensions.push(CHECKSUM_EXTENSION.to_owned());
+        if self.checksums
+            && !self
+                .handshake
+                .extensions
+                .iter()
+                .any(|e| e == CHECKSUM_EXTENSION)
+        {
+            self.handshake
+                .extensions
+                .push(CHECKSUM_EXTENSION.to_owned());
         }
         let shutdown = CancellationToken::new();
         // Without services, control calls answer UNIMPLEMENTED: every
@@ -370,7 +378,8 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
         tokio::time::timeout_at(deadline, ctx.handshakes.clone().acquire_owned()).await
     else {
         tracing::debug!(%remote, "no handshake slot within the timeout; closing");
-        ctx.stats.error(true, "no handshake slot within the timeout".into());
+        ctx.stats
+            .error(true, "no handshake slot within the timeout".into());
         return;
     };
     let setup = async {
@@ -387,14 +396,11 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
             LABEL_DATA if ctx.data.is_some() => None,
             other => Some(format!(
                 "unknown mux label {other:?}; this server accepts: {}",
-                [
-                    Some(LABEL_CONTROL),
-                    ctx.data.as_ref().map(|_| LABEL_DATA)
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(", ")
+                [Some(LABEL_CONTROL), ctx.data.as_ref().map(|_| LABEL_DATA)]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         })
         .await?;
@@ -500,7 +506,11 @@ async fn exchange(
     };
     match handler.call(request).await {
         Ok(response) => {
-            let flags = if response.body.is_some() { FLAG_BODY } else { 0 };
+            let flags = if response.body.is_some() {
+                FLAG_BODY
+            } else {
+                0
+            };
             let head = Frame {
                 kind: FrameType::Response,
                 flags,

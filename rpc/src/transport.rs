@@ -236,10 +236,7 @@ impl ClientTls {
     }
 
     pub(crate) async fn connect(&self, io: BoxedIo) -> io::Result<BoxedIo> {
-        let stream = self
-            .connector
-            .connect(self.server_name.clone(), io)
-            .await?;
+        let stream = self.connector.connect(self.server_name.clone(), io).await?;
         Ok(Box::pin(stream))
     }
 }

@@ -39,8 +39,7 @@ impl MoviesService for WhoAmI {
         }))
     }
 
-    type QueryMoviesStream =
-        tokio_stream::wrappers::ReceiverStream<Result<Movie, tonic::Status>>;
+    type QueryMoviesStream = tokio_stream::wrappers::ReceiverStream<Result<Movie, tonic::Status>>;
 
     async fn query_movies(
         &self,
@@ -60,7 +59,9 @@ impl MoviesService for WhoAmI {
                 }
             }
         });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     }
 }
 
@@ -156,9 +157,9 @@ async fn tls_client_identity_reaches_grpc_and_data_handlers() {
 async fn tls_bulk_transfer_round_trips() {
     let (server_tls, client_tls) = tls_pair("bulk");
     let server = Server::builder()
-        .data(|request: DataRequest| async move {
-            Ok(DataResponse::new("").with_body(request.body))
-        })
+        .data(
+            |request: DataRequest| async move { Ok(DataResponse::new("").with_body(request.body)) },
+        )
         .tls(server_tls)
         .checksums(true)
         .serve(Listener::tcp("127.0.0.1:0").await.unwrap())
@@ -170,7 +171,11 @@ async fn tls_bulk_transfer_round_trips() {
         .unwrap();
     let data = pattern(5 << 20);
     let response = client
-        .call("echo", "", Some(Box::new(std::io::Cursor::new(data.clone()))))
+        .call(
+            "echo",
+            "",
+            Some(Box::new(std::io::Cursor::new(data.clone()))),
+        )
         .await
         .unwrap();
     assert!(response.body.collect(6 << 20).await.unwrap()[..] == data[..]);

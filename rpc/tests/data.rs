@@ -29,7 +29,11 @@ async fn round_trips_at_frame_boundaries_reuse_one_connection() {
     for len in [0, 1, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024 + 17] {
         let data = pattern(len);
         let response = client
-            .call("echo", format!("len={len}"), Some(Box::new(std::io::Cursor::new(data.clone()))))
+            .call(
+                "echo",
+                format!("len={len}"),
+                Some(Box::new(std::io::Cursor::new(data.clone()))),
+            )
             .await
             .unwrap();
         assert_eq!(response.message, Bytes::from(format!("len={len}")));
@@ -38,15 +42,15 @@ async fn round_trips_at_frame_boundaries_reuse_one_connection() {
         assert!(got[..] == data[..], "{len} bytes came back changed");
     }
     // Also an exchange with no request body and no response body.
-    let response = client
-        .call("ping", "", None)
-        .await
-        .unwrap();
+    let response = client.call("ping", "", None).await.unwrap();
     let mut body = response.body;
     assert!(body.chunk().await.is_none());
     assert_eq!(client.idle_connections(), 1);
     let stats = server.stats();
-    assert_eq!(stats.data_connections, 1, "one pooled connection: {stats:?}");
+    assert_eq!(
+        stats.data_connections, 1,
+        "one pooled connection: {stats:?}"
+    );
     assert_eq!(stats.data_requests, 6);
 }
 
@@ -65,7 +69,11 @@ async fn checksums_are_agreed_and_verified() {
         .unwrap();
     let data = pattern(1_000_003);
     let response = client
-        .call("echo", "", Some(Box::new(std::io::Cursor::new(data.clone()))))
+        .call(
+            "echo",
+            "",
+            Some(Box::new(std::io::Cursor::new(data.clone()))),
+        )
         .await
         .unwrap();
     assert!(response.body.collect(2 << 20).await.unwrap()[..] == data[..]);
@@ -172,7 +180,10 @@ async fn sender_error_mid_stream_reaches_the_receiver_as_a_trailer() {
         }
     };
     assert_eq!(got, 3 << 20);
-    assert!(matches!(&err, Error::Status { code: tonic::Code::Unknown, message } if message.contains("disk on fire")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Status { code: tonic::Code::Unknown, message } if message.contains("disk on fire")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -213,8 +224,15 @@ async fn receiver_cancelling_reaches_the_sender_and_its_handler() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(dropped.load(Ordering::SeqCst), "the sender stopped reading its source");
-    assert_eq!(client.idle_connections(), 0, "a cancelled connection is not reused");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the sender stopped reading its source"
+    );
+    assert_eq!(
+        client.idle_connections(),
+        0,
+        "a cancelled connection is not reused"
+    );
 
     // The handler stops reading an endless upload: the client's upload
     // ends with CancelledByPeer.
@@ -315,7 +333,10 @@ async fn a_silent_peer_fails_both_sides_within_the_idle_timeout() {
         .await
         .expect("the handler saw the failure");
     let handler_saw = handler_error.lock().clone().unwrap();
-    assert!(matches!(handler_saw, Error::Timeout(_)), "server: {handler_saw:?}");
+    assert!(
+        matches!(handler_saw, Error::Timeout(_)),
+        "server: {handler_saw:?}"
+    );
 }
 
 #[tokio::test]

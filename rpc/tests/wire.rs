@@ -58,7 +58,11 @@ async fn a_frame_above_the_limit_is_rejected_without_allocating() {
     assert!(server.stats().last_error.unwrap().contains("exceeds"));
     // The server still serves others.
     let client = client_of(&server, ConnSettings::default());
-    let body = client.call("echo", "", Some(Box::new(&b"ok"[..]))).await.unwrap().body;
+    let body = client
+        .call("echo", "", Some(Box::new(&b"ok"[..])))
+        .await
+        .unwrap()
+        .body;
     assert_eq!(&body.collect(16).await.unwrap()[..], b"ok");
 }
 
@@ -91,7 +95,9 @@ async fn a_truncated_frame_is_an_error_not_a_hang() {
 async fn garbage_after_the_handshake_is_rejected_with_a_reason() {
     let server = data_server(echo, ConnSettings::default()).await;
     let mut io = raw_data(&server).await;
-    io.write_all(b"\xde\xad\xbe\xef garbage garbage").await.unwrap();
+    io.write_all(b"\xde\xad\xbe\xef garbage garbage")
+        .await
+        .unwrap();
     let reason = reset_reason(&mut io).await;
     assert!(reason.contains("unknown frame type 0xde"), "{reason}");
 }
@@ -100,7 +106,9 @@ async fn garbage_after_the_handshake_is_rejected_with_a_reason() {
 async fn garbage_instead_of_a_handshake_gets_a_readable_answer() {
     let server = data_server(echo, ConnSettings::default()).await;
     let mut io = TcpStream::connect(socket_addr(&server)).await.unwrap();
-    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut answer))
         .await
@@ -205,6 +213,9 @@ async fn a_silent_server_times_the_client_handshake_out() {
     };
     let started = std::time::Instant::now();
     let result = handshake::client(&mut io, &config, "data").await;
-    assert!(matches!(result, Err(HandshakeError::Timeout(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(HandshakeError::Timeout(_))),
+        "{result:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }

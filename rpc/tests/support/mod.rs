@@ -56,7 +56,9 @@ pub fn client_of(running: &Running, settings: ConnSettings) -> Client {
 
 /// Deterministic bytes: byte `i` is `(i * 7 + i / 4093) as u8`.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(7) + i / 4093) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(7) + i / 4093) as u8)
+        .collect()
 }
 
 /// A reader that yields `ok` bytes of zeros and then fails.
@@ -136,7 +138,8 @@ pub fn tls_pair(client_cn: &str) -> (waypost_rpc::ServerTls, waypost_rpc::Client
         .signed_by(&server_key, &issuer)
         .unwrap();
     let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec![format!("{client_cn}.clients.test")]).unwrap();
+    let mut client_params =
+        CertificateParams::new(vec![format!("{client_cn}.clients.test")]).unwrap();
     client_params
         .distinguished_name
         .push(DnType::CommonName, client_cn);
