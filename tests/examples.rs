@@ -71,3 +71,46 @@ async fn the_balancer_demo_spreads_calls_and_honours_a_drain() {
         observed.drained
     );
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/movies_tour.rs"]
+mod movies_tour;
+
+#[tokio::test]
+async fn the_movies_tour_shows_every_grpc_feature_through_waypost() {
+    use waypost::proto::grpc::health::v1::health_check_response::ServingStatus;
+    use waypost::proto::movies::v1::MovieErrorCode;
+
+    let tour = movies_tour::run().await.expect("the tour runs");
+    assert_eq!(tour.unary, ("Alien".to_owned(), "front".to_owned()));
+    assert_eq!(tour.echoed, ("tour-1".to_owned(), vec![1, 2, 3, 250]));
+    assert_eq!(tour.streamed, 6);
+    assert_eq!(
+        tour.not_found,
+        (
+            Some(tonic::Code::NotFound),
+            Some(MovieErrorCode::MovieNotFound),
+            vec![0xde, 0xad, 0xbe, 0xef]
+        )
+    );
+    let (front, downstream) = tour.deadline_ms;
+    assert!(
+        (1000..=1500).contains(&front),
+        "the server saw the client's deadline: {front} ms"
+    );
+    assert!(
+        downstream > 0 && downstream + 100 <= front,
+        "the downstream got a shorter one: {downstream} ms vs {front} ms"
+    );
+    assert_eq!(tour.expired, (Some(tonic::Code::DeadlineExceeded), true));
+    assert!(tour.cancel_observed, "the server noticed the cancelled stream");
+    assert_eq!(tour.health, Some(ServingStatus::Serving));
+    assert_eq!(
+        tour.reflected,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "movies.v1.MoviesService"
+        ]
+    );
+}

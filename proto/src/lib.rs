@@ -30,6 +30,8 @@ pub mod grpc {
         #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
         pub mod v1 {
             include!("generated/grpc.lb.v1.rs");
+            /// Encoded descriptors of this package, for server reflection.
+            pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/grpc.lb.v1.bin");
         }
     }
     /// The `grpc.health.*` packages.
@@ -38,6 +40,8 @@ pub mod grpc {
         #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
         pub mod v1 {
             include!("generated/grpc.health.v1.rs");
+            /// Encoded descriptors of this package, for server reflection.
+            pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/grpc.health.v1.bin");
         }
     }
 }
@@ -49,6 +53,8 @@ pub mod bulk {
     #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     pub mod v1 {
         include!("generated/bulk.v1.rs");
+        /// Encoded descriptors of this package, for server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/bulk.v1.bin");
     }
 }
 
@@ -58,5 +64,7 @@ pub mod movies {
     #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     pub mod v1 {
         include!("generated/movies.v1.rs");
+        /// Encoded descriptors of this package, for server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/movies.v1.bin");
     }
 }

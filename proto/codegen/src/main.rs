@@ -54,6 +54,13 @@ fn run(check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&scratch)?;
     for (file, codec) in PROTOS {
         let fds = protox::compile([proto_dir.join(file)], [&proto_dir])?;
+        // The encoded descriptors too, for server reflection.
+        if let Some(package) = fds.file.last().and_then(|f| f.package.clone()) {
+            std::fs::write(
+                scratch.join(format!("{package}.bin")),
+                prost::Message::encode_to_vec(&fds),
+            )?;
+        }
         let mut builder = tonic_prost_build::configure()
             .build_client(true)
             .build_server(true)
