@@ -114,3 +114,24 @@ async fn the_movies_tour_shows_every_grpc_feature_through_waypost() {
         ]
     );
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/interceptors.rs"]
+mod interceptors;
+
+#[tokio::test]
+async fn the_interceptors_authenticate_rate_limit_and_retry() {
+    use tonic::Code;
+
+    let seen = interceptors::run().await.expect("the example runs");
+    assert_eq!(seen.without_token, Some(Code::Unauthenticated));
+    assert_eq!(seen.forged_token, Some(Code::Unauthenticated));
+    assert_eq!(seen.with_token.as_deref(), Some("Heat"));
+    assert!(seen.health_without_token, "auth skips grpc.health.v1");
+    let (ok, exhausted) = seen.burst;
+    assert_eq!(ok + exhausted, 30);
+    assert!(ok >= 4, "the burst allowance is served: {ok}");
+    assert!(exhausted >= 20, "the rest is refused: {exhausted}");
+    assert_eq!(seen.retried, (Some("Amélie".to_owned()), 3));
+    assert_eq!(seen.not_retried, Some(Code::Unavailable));
+}

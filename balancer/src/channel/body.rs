@@ -9,14 +9,18 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 /// The body of a response received through a waypost channel.
-#[derive(Debug)]
+///
+/// `ChannelBody::default()` is an empty body (what tonic's interceptors
+/// answer with when an interceptor rejects a call before it is sent).
+#[derive(Debug, Default)]
 pub struct ChannelBody {
-    inner: hyper::body::Incoming,
+    /// `None` for the empty body.
+    inner: Option<hyper::body::Incoming>,
 }
 
 impl ChannelBody {
     pub(crate) fn new(inner: hyper::body::Incoming) -> Self {
-        ChannelBody { inner }
+        ChannelBody { inner: Some(inner) }
     }
 }
 
@@ -28,7 +32,10 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(super::call::transport_status(&e)))),
             other => {
                 other.map(|frame| frame.map(|r| r.map_err(|e| super::call::transport_status(&e))))
@@ -37,10 +44,12 @@ impl Body for ChannelBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
