@@ -135,3 +135,41 @@ async fn the_interceptors_authenticate_rate_limit_and_retry() {
     assert_eq!(seen.retried, (Some("Amélie".to_owned()), 3));
     assert_eq!(seen.not_retried, Some(Code::Unavailable));
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/etcd_registration.rs"]
+mod etcd_registration;
+
+/// The built `etcd_registration` example (cargo builds examples with the
+/// tests; built here if it is missing).
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building example {name}");
+    }
+    path
+}
+
+#[tokio::test]
+async fn the_etcd_registration_backend_comes_and_goes_with_its_lease() {
+    let program = example_binary("etcd_registration");
+    let seen = etcd_registration::run(&program).await.expect("the demo runs");
+    assert!(seen.served_by.starts_with("backend-"), "{seen:?}");
+    assert!(
+        seen.gone_after_sigterm < std::time::Duration::from_secs(2),
+        "SIGTERM deregisters at once: {seen:?}"
+    );
+    let ttl = etcd_registration::TTL;
+    assert!(
+        seen.gone_after_sigkill >= ttl - std::time::Duration::from_millis(500)
+            && seen.gone_after_sigkill < ttl + std::time::Duration::from_secs(5),
+        "SIGKILL: gone after the lease TTL: {seen:?}"
+    );
+}
