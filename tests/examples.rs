@@ -173,3 +173,19 @@ async fn the_etcd_registration_backend_comes_and_goes_with_its_lease() {
         "SIGKILL: gone after the lease TTL: {seen:?}"
     );
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/file_transfer.rs"]
+mod file_transfer;
+
+#[tokio::test]
+async fn the_file_transfer_arrives_intact_with_matching_checksums() {
+    let seen = file_transfer::run().await.expect("the transfer runs");
+    assert_eq!(seen.bytes, file_transfer::FILE_SIZE as u64);
+    assert_eq!(seen.local_sha256.len(), 64);
+    assert_eq!(seen.data_sha256, seen.local_sha256);
+    assert_eq!(seen.result.sha256, seen.local_sha256);
+    assert_eq!(seen.result.bytes, seen.bytes);
+    assert!(seen.identical, "the written file equals the source");
+    assert_eq!(seen.bad_ticket, Some(tonic::Code::PermissionDenied));
+}
