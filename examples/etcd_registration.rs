@@ -84,8 +84,8 @@ async fn start_backend(
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await?
-        ?.ok_or("the backend exited before registering")?;
+        .await??
+        .ok_or("the backend exited before registering")?;
     println!("backend: {line}");
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -103,7 +103,11 @@ async fn wait_for_endpoints(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let current = resolution.current();
-        if current.state.as_ref().is_some_and(|s| s.endpoints.len() == n) {
+        if current
+            .state
+            .as_ref()
+            .is_some_and(|s| s.endpoints.len() == n)
+        {
             return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -144,8 +148,15 @@ pub async fn run(program: &std::path::Path) -> Result<Observed, Box<dyn std::err
     let mut request = tonic::Request::new(MovieId { mid: 1 });
     request.set_timeout(Duration::from_secs(10));
     request.extensions_mut().insert(waypost::WaitForReady(true));
-    observed.served_by = movies_client.get_movie(request).await?.into_inner().served_by;
-    println!("GetMovie through etcd:///movies → served by {}", observed.served_by);
+    observed.served_by = movies_client
+        .get_movie(request)
+        .await?
+        .into_inner()
+        .served_by;
+    println!(
+        "GetMovie through etcd:///movies → served by {}",
+        observed.served_by
+    );
 
     // 2. SIGTERM: the backend deregisters before exiting.
     let mut first = first;
@@ -154,7 +165,10 @@ pub async fn run(program: &std::path::Path) -> Result<Observed, Box<dyn std::err
     wait_for_endpoints(&mut resolution, 0).await?;
     observed.gone_after_sigterm = started.elapsed();
     first.wait().await?;
-    println!("SIGTERM → gone from etcd after {:?}", observed.gone_after_sigterm);
+    println!(
+        "SIGTERM → gone from etcd after {:?}",
+        observed.gone_after_sigterm
+    );
 
     // 3. SIGKILL: nothing deregisters; the lease expires after its TTL.
     let mut second = start_backend(program, &etcd.addr()).await?;

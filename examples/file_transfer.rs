@@ -153,7 +153,9 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
     let dir = incoming.path().to_path_buf();
     let t = transfers.clone();
     let server = Server::builder()
-        .control(tonic::service::Routes::new(BulkServer::new(Control(transfers.clone()))))
+        .control(tonic::service::Routes::new(BulkServer::new(Control(
+            transfers.clone(),
+        ))))
         .data(move |request: DataRequest| receive(t.clone(), dir.clone(), request))
         .checksums(true)
         .serve(Listener::tcp("127.0.0.1:0").await?)?;

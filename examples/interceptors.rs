@@ -87,31 +87,37 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
         },
         &jsonwebtoken::EncodingKey::from_secret(b"not the server's key"),
     )?;
-    let mut forger = MoviesServiceClient::with_interceptor(channel.clone(), move |mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {forged}").parse().expect("ascii"));
-        Ok(r)
-    });
+    let mut forger =
+        MoviesServiceClient::with_interceptor(channel.clone(), move |mut r: Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {forged}").parse().expect("ascii"),
+            );
+            Ok(r)
+        });
     seen.forged_token = forger.get_movie(get(1)).await.err().map(|s| s.code());
     println!("forged token → {:?}", seen.forged_token);
 
     // A valid token, attached by a client interceptor.
     let token = movies::token_for("alice");
-    let mut alice = MoviesServiceClient::with_interceptor(channel.clone(), move |mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
-        Ok(r)
-    });
+    let mut alice =
+        MoviesServiceClient::with_interceptor(channel.clone(), move |mut r: Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+            Ok(r)
+        });
     seen.with_token = Some(alice.get_movie(get(3)).await?.into_inner().movie_name);
     println!("valid token → {:?}", seen.with_token);
 
     // Health needs no token: the auth layer skips it.
     let mut health = HealthClient::new(channel.clone());
-    seen.health_without_token = health
-        .check(HealthCheckRequest::default())
-        .await
-        .is_ok();
-    println!("health check without a token → ok: {}", seen.health_without_token);
+    seen.health_without_token = health.check(HealthCheckRequest::default()).await.is_ok();
+    println!(
+        "health check without a token → ok: {}",
+        seen.health_without_token
+    );
 
     // A burst of 30 calls against 20/s with a burst of 5.
     for _ in 0..30 {
@@ -121,7 +127,10 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
             Err(s) => return Err(s.into()),
         }
     }
-    println!("30 calls at once → {} ok, {} RESOURCE_EXHAUSTED", seen.burst.0, seen.burst.1);
+    println!(
+        "30 calls at once → {} ok, {} RESOURCE_EXHAUSTED",
+        seen.burst.0, seen.burst.1
+    );
 
     // Retries from the service config: the server fails the first two
     // attempts of a request id with UNAVAILABLE.
@@ -142,17 +151,30 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
         .build()?;
     let mut client = MoviesServiceClient::new(retrying);
     let mut request = get(4);
-    request.metadata_mut().insert("x-request-id", "retry-me".parse()?);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "retry-me".parse()?);
     request.metadata_mut().insert("x-fail-first", "2".parse()?);
     let result = client.get_movie(request).await;
-    let attempts = open.seen.attempts.lock().get("retry-me").copied().unwrap_or(0);
+    let attempts = open
+        .seen
+        .attempts
+        .lock()
+        .get("retry-me")
+        .copied()
+        .unwrap_or(0);
     seen.retried = (result.ok().map(|r| r.into_inner().movie_name), attempts);
-    println!("flaky call with retryPolicy → {:?} after {attempts} attempts", seen.retried.0);
+    println!(
+        "flaky call with retryPolicy → {:?} after {attempts} attempts",
+        seen.retried.0
+    );
 
     let plain = Channel::builder(format!("ipv4:{}", open.addr)).build()?;
     let mut client = MoviesServiceClient::new(plain);
     let mut request = get(4);
-    request.metadata_mut().insert("x-request-id", "no-retry".parse()?);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "no-retry".parse()?);
     request.metadata_mut().insert("x-fail-first", "1".parse()?);
     seen.not_retried = client.get_movie(request).await.err().map(|s| s.code());
     println!("flaky call without retryPolicy → {:?}", seen.not_retried);

@@ -66,10 +66,10 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<(), S
 
 /// Lists services through `grpc.reflection.v1`, as grpcurl does.
 async fn reflect(channel: Channel) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
@@ -102,16 +102,23 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
 
     // DNS: movies.demo → 127.0.0.1; the client only knows the name.
     let dns = DnsServer::start("demo.").await?;
-    dns.set_a("movies.demo.", &[Ipv4Addr::LOCALHOST], 30).await?;
+    dns.set_a("movies.demo.", &[Ipv4Addr::LOCALHOST], 30)
+        .await?;
     let target = format!("dns://{}/movies.demo:{}", dns.addr(), front.addr.port());
     let channel = Channel::builder(target).build()?;
     let mut client = MoviesServiceClient::new(channel.clone());
-    println!("client channel: dns://{}/movies.demo:{}", dns.addr(), front.addr.port());
+    println!(
+        "client channel: dns://{}/movies.demo:{}",
+        dns.addr(),
+        front.addr.port()
+    );
 
     // 1. Unary with metadata both ways, including a binary value.
     let mut request = Request::new(MovieId { mid: 1 });
     request.set_timeout(Duration::from_secs(5));
-    request.metadata_mut().insert("x-request-id", "tour-1".parse()?);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "tour-1".parse()?);
     request
         .metadata_mut()
         .insert_bin("trace-bin", MetadataValue::from_bytes(&[1, 2, 3, 250]));
@@ -130,7 +137,10 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
         .map(|b| b.to_vec())
         .unwrap_or_default();
     let movie = response.into_inner();
-    println!("1. GetMovie(1) → {:?} from {}; headers echoed x-request-id={echoed_id:?} trace-bin={echoed_trace:?}", movie.movie_name, movie.served_by);
+    println!(
+        "1. GetMovie(1) → {:?} from {}; headers echoed x-request-id={echoed_id:?} trace-bin={echoed_trace:?}",
+        movie.movie_name, movie.served_by
+    );
     tour.unary = (movie.movie_name, movie.served_by);
     tour.echoed = (echoed_id, echoed_trace);
 
@@ -175,7 +185,9 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
     //    passes on what is left minus its own 100 ms share.
     let mut request = Request::new(MovieId { mid: 2 });
     request.set_timeout(Duration::from_millis(1500));
-    request.metadata_mut().insert("x-downstream", "yes".parse()?);
+    request
+        .metadata_mut()
+        .insert("x-downstream", "yes".parse()?);
     let response = client.get_movie(request).await?;
     let ms = |name: &str| {
         response
@@ -203,7 +215,9 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
     })
     .await
     .is_ok();
-    println!("5. deadline 200 ms on slow work → client {code:?}; server gave up too: {server_gave_up}");
+    println!(
+        "5. deadline 200 ms on slow work → client {code:?}; server gave up too: {server_gave_up}"
+    );
     tour.expired = (code, server_gave_up);
 
     // 6. Cancellation: read three movies of an endless stream, then drop it.
@@ -223,7 +237,10 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
     })
     .await
     .is_ok();
-    println!("6. dropped an endless stream after 3 movies; the server stopped: {}", tour.cancel_observed);
+    println!(
+        "6. dropped an endless stream after 3 movies; the server stopped: {}",
+        tour.cancel_observed
+    );
 
     // 7. Health and reflection, as grpc_health_probe and grpcurl use them.
     let mut health = HealthClient::new(channel.clone());
@@ -236,7 +253,10 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
         .status;
     tour.health = ServingStatus::try_from(status).ok();
     tour.reflected = reflect(channel).await?;
-    println!("7. health: {:?}; reflection lists {:?}", tour.health, tour.reflected);
+    println!(
+        "7. health: {:?}; reflection lists {:?}",
+        tour.health, tour.reflected
+    );
     Ok(tour)
 }
 

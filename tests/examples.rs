@@ -1,4 +1,7 @@
 //! Runs the examples' scenarios, so the README's first command stays true.
+// Each example includes the shared example server (`examples/support/`)
+// as its own module, exactly as it does when built alone.
+#![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../examples/quickstart.rs"]
@@ -103,7 +106,10 @@ async fn the_movies_tour_shows_every_grpc_feature_through_waypost() {
         "the downstream got a shorter one: {downstream} ms vs {front} ms"
     );
     assert_eq!(tour.expired, (Some(tonic::Code::DeadlineExceeded), true));
-    assert!(tour.cancel_observed, "the server noticed the cancelled stream");
+    assert!(
+        tour.cancel_observed,
+        "the server noticed the cancelled stream"
+    );
     assert_eq!(tour.health, Some(ServingStatus::Serving));
     assert_eq!(
         tour.reflected,
@@ -160,7 +166,9 @@ fn example_binary(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn the_etcd_registration_backend_comes_and_goes_with_its_lease() {
     let program = example_binary("etcd_registration");
-    let seen = etcd_registration::run(&program).await.expect("the demo runs");
+    let seen = etcd_registration::run(&program)
+        .await
+        .expect("the demo runs");
     assert!(seen.served_by.starts_with("backend-"), "{seen:?}");
     assert!(
         seen.gone_after_sigterm < std::time::Duration::from_secs(2),

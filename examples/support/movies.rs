@@ -43,8 +43,18 @@ pub fn catalog() -> Vec<Movie> {
         movie(1, "Alien", "a crew meets a creature in space", "horror"),
         movie(2, "Arrival", "linguists meet visitors from space", "drama"),
         movie(3, "Heat", "a detective chases a crew of thieves", "crime"),
-        movie(4, "Amélie", "a shy waitress changes lives in Paris", "comedy"),
-        movie(5, "Solaris", "a psychologist visits a space station", "drama"),
+        movie(
+            4,
+            "Amélie",
+            "a shy waitress changes lives in Paris",
+            "comedy",
+        ),
+        movie(
+            5,
+            "Solaris",
+            "a psychologist visits a space station",
+            "drama",
+        ),
     ]
 }
 
@@ -221,7 +231,10 @@ impl MoviesService for Movies {
             }
         }
         if let Some(left) = left {
-            headers.insert("x-time-left-ms", left.as_millis().to_string().parse().expect("digits"));
+            headers.insert(
+                "x-time-left-ms",
+                left.as_millis().to_string().parse().expect("digits"),
+            );
         }
 
         let movie = catalog()
@@ -256,9 +269,8 @@ impl MoviesService for Movies {
             if matching.is_empty() {
                 return;
             }
-            let mut sent = 0u32;
-            for movie in matching.iter().cycle() {
-                if query.limit != 0 && sent >= query.limit {
+            for (sent, movie) in matching.iter().cycle().enumerate() {
+                if query.limit != 0 && sent >= query.limit as usize {
                     return;
                 }
                 let movie = Movie {
@@ -276,11 +288,12 @@ impl MoviesService for Movies {
                         return;
                     }
                 }
-                sent += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }
 
