@@ -42,7 +42,9 @@ pub fn status(registry: &Registry) -> serde_json::Value {
                 .map(|b| {
                     json!({
                         "addr": b.addr.to_string(), "healthy": b.healthy, "draining": b.draining,
-                        "weight": b.weight, "token": token(&s.config.name, b.addr),
+                        "weight": b.weight, "load": b.load,
+                        "effective_weight": crate::assign::effective_weight(b.weight, b.load),
+                        "token": token(&s.config.name, b.addr),
                     })
                 })
                 .collect();
@@ -50,6 +52,7 @@ pub fn status(registry: &Registry) -> serde_json::Value {
                 "name": s.config.name, "source": s.config.source, "backends": backends,
                 "listed": list.backends, "list_version": list.version,
                 "clients": s.streams.load(Ordering::Relaxed),
+                "observed_call_rate": s.observed_rate(), "drop_fraction": s.drop_fraction(),
             })
         })
         .collect();
@@ -113,6 +116,18 @@ pub fn metrics(registry: &Registry) -> String {
         "counter",
         "ClientStats reports received.",
         per(&|s| s.stats.reports.load(Ordering::Relaxed)),
+    );
+    family(
+        "waypost_lb_observed_call_rate_milli",
+        "gauge",
+        "Calls per second clients report starting, times 1000.",
+        per(&|s| (s.observed_rate() * 1000.0) as u64),
+    );
+    family(
+        "waypost_lb_drop_fraction_percent",
+        "gauge",
+        "Share of list entries that are drops (configured or for overload), in percent.",
+        per(&|s| (s.drop_fraction() * 100.0).round() as u64),
     );
     let drops: Vec<(String, u64)> = registry
         .services()

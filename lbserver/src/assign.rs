@@ -3,7 +3,11 @@
 //!
 //! Backends that are unhealthy or draining are left out. The rest appear in
 //! a stable order (by address), so every replica of the balancer hands out
-//! the same list. `weighted` repeats a backend in proportion to its weight.
+//! the same list. `weighted` repeats a backend in proportion to its
+//! *spare* capacity: its weight (capacity) times one minus the load it
+//! reports ([`effective_weight`]); with a configured capacity per weight
+//! unit, the call rate clients report in ClientStats beyond the fleet's
+//! spare capacity becomes drops ([`overload_drop_fraction`]).
 //! `subset` gives each client its own `k` backends by deterministic
 //! subsetting ([`subset`]).
 //! A drop fraction `f` adds drop entries so that `f` of all entries are
@@ -28,8 +32,103 @@ pub struct BackendView {
     pub healthy: bool,
     /// Whether it is being drained (kept out of new lists).
     pub draining: bool,
-    /// Its weight for the `weighted` policy (at least 1).
+    /// Its weight (capacity) for the `weighted` policy (at least 1).
     pub weight: u32,
+    /// The load it reports, in `[0, 1]` (0 = idle).
+    pub load: f64,
+}
+
+/// A backend's entries in a `weighted` list: its capacity scaled by what
+/// is left of it (`weight × (1 − load)`, rounded), at least 1 — a busy
+/// backend gets less new work, never none (health decides that).
+pub fn effective_weight(weight: u32, load: f64) -> u32 {
+    let load = if load.is_finite() {
+        load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let spare = f64::from(weight.clamp(1, 100)) * (1.0 - load);
+    (spare.round() as u32).clamp(1, 100)
+}
+
+/// The share of calls to drop so the fleet is not overloaded: with
+/// `capacity_per_weight` calls/s per weight unit, the listed backends can
+/// take `Σ weight × capacity_per_weight × (1 − load)` more calls/s; when
+/// clients report starting `observed_rate` calls/s beyond that, the excess
+/// share is dropped (at most 90 %).
+pub fn overload_drop_fraction(
+    backends: &[BackendView],
+    capacity_per_weight: f64,
+    observed_rate: f64,
+) -> f64 {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(capacity_per_weight) || !positive(observed_rate) {
+        return 0.0;
+    }
+    let spare: f64 = backends
+        .iter()
+        .filter(|b| b.healthy && !b.draining)
+        .map(|b| {
+            let load = if b.load.is_finite() {
+                b.load.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            f64::from(b.weight.clamp(1, 100)) * capacity_per_weight * (1.0 - load)
+        })
+        .sum();
+    if observed_rate <= spare {
+        return 0.0;
+    }
+    (1.0 - spare / observed_rate).clamp(0.0, 0.9)
+}
+
+/// A call rate estimated from a growing counter (calls started, as clients
+/// report them): an exponentially weighted average over samples. Pure: the
+/// caller passes the time.
+#[derive(Debug, Clone)]
+pub struct RateEstimator {
+    last: Option<(u64, std::time::Instant)>,
+    rate: f64,
+}
+
+impl Default for RateEstimator {
+    fn default() -> Self {
+        RateEstimator::new()
+    }
+}
+
+impl RateEstimator {
+    /// No samples yet: rate 0.
+    pub fn new() -> RateEstimator {
+        RateEstimator {
+            last: None,
+            rate: 0.0,
+        }
+    }
+
+    /// Adds a sample of the counter at `now`; returns the new rate (per
+    /// second). Half the weight goes to the newest interval.
+    pub fn sample(&mut self, count: u64, now: std::time::Instant) -> f64 {
+        if let Some((last_count, last_time)) = self.last {
+            let dt = now.saturating_duration_since(last_time).as_secs_f64();
+            if dt > 0.0 {
+                let instant = count.saturating_sub(last_count) as f64 / dt;
+                self.rate = if self.rate == 0.0 {
+                    instant
+                } else {
+                    0.5 * self.rate + 0.5 * instant
+                };
+            }
+        }
+        self.last = Some((count, now));
+        self.rate
+    }
+
+    /// The current estimate.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
 }
 
 /// A stable load-balance token for `addr` in `service` (16 hex digits).
@@ -77,12 +176,12 @@ pub fn assign(
             // Interleave by rounds so heavy backends are spread, not clumped.
             let max = usable
                 .iter()
-                .map(|b| b.weight.clamp(1, 100))
+                .map(|b| effective_weight(b.weight, b.load))
                 .max()
                 .unwrap_or(0);
             for round in 0..max {
                 for b in &usable {
-                    if b.weight.clamp(1, 100) > round {
+                    if effective_weight(b.weight, b.load) > round {
                         list.push(server(service, b.addr));
                     }
                 }
@@ -173,6 +272,7 @@ mod tests {
             healthy,
             draining,
             weight,
+            load: 0.0,
         }
     }
 
@@ -208,6 +308,7 @@ mod tests {
             healthy: true,
             draining: false,
             weight: 1,
+            load: 0.0,
         };
         let list = assign("s", &[v6], ListPolicy::RoundRobin, 0.0);
         assert_eq!(list[0].ip_address.len(), 16);
@@ -279,5 +380,48 @@ mod tests {
         );
         let ports: Vec<i32> = list.iter().map(|s| s.port).collect();
         assert_eq!(ports, vec![1, 2, 1, 1]);
+    }
+
+    #[test]
+    fn reported_load_scales_weights_down_but_not_to_zero() {
+        assert_eq!(effective_weight(4, 0.0), 4);
+        assert_eq!(effective_weight(4, 0.5), 2);
+        assert_eq!(effective_weight(4, 0.9), 1);
+        assert_eq!(effective_weight(4, 1.0), 1);
+        assert_eq!(effective_weight(4, -3.0), 4);
+        assert_eq!(effective_weight(4, f64::NAN), 4);
+        let mut busy = b(1, true, false, 4);
+        busy.load = 0.75;
+        let idle = b(2, true, false, 4);
+        let list = assign("s", &[busy, idle], ListPolicy::Weighted, 0.0);
+        let count = |port: i32| list.iter().filter(|s| s.port == port).count();
+        assert_eq!((count(1), count(2)), (1, 4));
+    }
+
+    #[test]
+    fn reported_call_rate_beyond_spare_capacity_becomes_drops() {
+        let mut half = b(1, true, false, 2);
+        half.load = 0.5;
+        let views = [half, b(2, true, false, 1), b(3, false, false, 10)];
+        // Spare: 2×10×0.5 + 1×10 = 20 calls/s (the unhealthy one counts not).
+        assert_eq!(overload_drop_fraction(&views, 10.0, 15.0), 0.0);
+        assert_eq!(overload_drop_fraction(&views, 10.0, 20.0), 0.0);
+        assert!((overload_drop_fraction(&views, 10.0, 40.0) - 0.5).abs() < 1e-9);
+        assert_eq!(overload_drop_fraction(&views, 10.0, 1e9), 0.9);
+        assert_eq!(overload_drop_fraction(&views, 0.0, 40.0), 0.0);
+        assert_eq!(overload_drop_fraction(&views, 10.0, f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn rate_estimator_follows_a_counter() {
+        let t0 = std::time::Instant::now();
+        let mut r = RateEstimator::new();
+        assert_eq!(r.sample(0, t0), 0.0);
+        assert_eq!(r.sample(100, t0 + std::time::Duration::from_secs(1)), 100.0);
+        // Next second: 300 calls/s; the average moves halfway.
+        assert_eq!(r.sample(400, t0 + std::time::Duration::from_secs(2)), 200.0);
+        // A counter that goes backwards (a restart) counts as no calls.
+        assert_eq!(r.sample(10, t0 + std::time::Duration::from_secs(3)), 100.0);
+        assert_eq!(r.rate(), 100.0);
     }
 }

@@ -10,6 +10,7 @@
 //! name = "movies"                     # matched with or without ":port"
 //! source = "127.0.0.1:50061,127.0.0.1:50062"   # or "dns:///…", "etcd:///…"
 //! policy = "round_robin"              # or "weighted", or "subset" (see `assign`)
+//! capacity_per_weight = 100.0          # "weighted": calls/s per weight unit; excess reported load → drops
 //! subset_size = 10                    # backends per client with "subset"
 //! drop_fraction = 0.0                 # share of picks clients drop (overload shedding)
 //! health_service = "movies.v1.MoviesService"  # grpc.health.v1 name; "" = whole server; omit = no probe
@@ -67,6 +68,10 @@ pub struct ServiceConfig {
     pub subset_size: usize,
     /// The fraction of list entries that are drops, in `[0, 1)`.
     pub drop_fraction: f64,
+    /// With [`ListPolicy::Weighted`]: calls/s one unit of weight can take.
+    /// When set, the call rate clients report in ClientStats beyond the
+    /// backends' spare capacity is shed as drops.
+    pub capacity_per_weight: Option<f64>,
     /// The grpc.health.v1 service name to probe, or `None` for no probing.
     pub health_service: Option<String>,
     /// How often clients report ClientStats.
@@ -107,6 +112,7 @@ struct RawService {
     policy: Option<ListPolicy>,
     subset_size: Option<usize>,
     drop_fraction: Option<f64>,
+    capacity_per_weight: Option<f64>,
     health_service: Option<String>,
     client_stats_interval: Option<String>,
     fallback: Option<bool>,
@@ -209,10 +215,28 @@ impl Config {
                     )
                 })?,
             };
+            let policy = s.policy.unwrap_or(ListPolicy::RoundRobin);
+            if let Some(capacity) = s.capacity_per_weight {
+                if !(capacity > 0.0 && capacity.is_finite()) {
+                    return Err(at(
+                        &field("capacity_per_weight"),
+                        "capacity_per_weight",
+                        format!("{capacity} is not a positive number of calls per second"),
+                    ));
+                }
+                if policy != ListPolicy::Weighted {
+                    return Err(at(
+                        &field("capacity_per_weight"),
+                        "capacity_per_weight",
+                        "only applies with policy = \"weighted\"".into(),
+                    ));
+                }
+            }
             services.push(ServiceConfig {
                 name: s.name,
                 source: s.source,
-                policy: s.policy.unwrap_or(ListPolicy::RoundRobin),
+                policy,
+                capacity_per_weight: s.capacity_per_weight,
                 subset_size: match s.subset_size {
                     Some(0) => {
                         return Err(at(

@@ -45,6 +45,7 @@ impl Drop for Probe {
 struct Backend {
     healthy: bool,
     weight: u32,
+    load: f64,
     _probe: Option<Probe>,
 }
 
@@ -81,6 +82,8 @@ pub struct Service {
     pub lists_sent: AtomicU64,
     /// Numbers the clients of a `subset` service.
     pub(crate) next_client: AtomicU64,
+    /// The call rate clients report (calls started per second).
+    rate: Mutex<crate::assign::RateEstimator>,
     /// Set while a debounce task coalesces changes (see [`Service::debounce`]).
     debouncing: std::sync::atomic::AtomicBool,
     pending: tokio::sync::Notify,
@@ -102,6 +105,7 @@ impl Service {
             streams: AtomicU64::new(0),
             lists_sent: AtomicU64::new(0),
             next_client: AtomicU64::new(0),
+            rate: Mutex::new(crate::assign::RateEstimator::new()),
             debouncing: std::sync::atomic::AtomicBool::new(false),
             pending: tokio::sync::Notify::new(),
         };
@@ -123,15 +127,18 @@ impl Service {
     /// backend (it reports through [`Service::set_health`]).
     pub(crate) fn set_backends(
         self: &Arc<Self>,
-        wanted: Vec<(SocketAddr, u32)>,
+        wanted: Vec<(SocketAddr, u32, f64)>,
         probe: &dyn Fn(Arc<Service>, SocketAddr) -> Option<JoinHandle<()>>,
     ) {
         {
             let mut backends = self.backends.lock();
-            backends.retain(|addr, _| wanted.iter().any(|(a, _)| a == addr));
-            for (addr, weight) in wanted {
+            backends.retain(|addr, _| wanted.iter().any(|(a, _, _)| a == addr));
+            for (addr, weight, load) in wanted {
                 match backends.get_mut(&addr) {
-                    Some(existing) => existing.weight = weight,
+                    Some(existing) => {
+                        existing.weight = weight;
+                        existing.load = load;
+                    }
                     None => {
                         let task = probe(self.clone(), addr);
                         let healthy = task.is_none();
@@ -140,6 +147,7 @@ impl Service {
                             Backend {
                                 healthy,
                                 weight,
+                                load,
                                 _probe: task.map(Probe),
                             },
                         );
@@ -192,8 +200,47 @@ impl Service {
                 healthy: b.healthy,
                 draining: drained.contains(addr),
                 weight: b.weight,
+                load: b.load,
             })
             .collect()
+    }
+
+    /// The call rate (calls/s) clients of this service report starting.
+    pub fn observed_rate(&self) -> f64 {
+        self.rate.lock().rate()
+    }
+
+    /// The share of list entries dropped now: the configured fraction, or
+    /// more when the reported call rate exceeds the spare capacity.
+    pub fn drop_fraction(&self) -> f64 {
+        let configured = self.config.drop_fraction;
+        match self.config.capacity_per_weight {
+            Some(capacity) => {
+                let overload = crate::assign::overload_drop_fraction(
+                    &self.views(),
+                    capacity,
+                    self.observed_rate(),
+                );
+                // Whole percents, so a jittery rate does not churn lists.
+                configured.max((overload * 100.0).round() / 100.0)
+            }
+            None => configured,
+        }
+    }
+
+    /// Feeds ClientStats into the list: every `every`, samples the reported
+    /// calls-started counter and republishes (a no-op unless the drops
+    /// change). Runs for services with `capacity_per_weight`.
+    pub async fn track_load(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let started = self
+                .stats
+                .started
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.rate.lock().sample(started, std::time::Instant::now());
+            self.changed();
+        }
     }
 
     /// Coalesces changes: while this runs, a burst of changes within
@@ -225,7 +272,7 @@ impl Service {
         let drop_fraction = if self.config.policy == ListPolicy::Subset {
             0.0
         } else {
-            self.config.drop_fraction
+            self.drop_fraction()
         };
         let servers = assign(&self.config.name, &views, self.config.policy, drop_fraction);
         let backends = servers.iter().filter(|s| !s.drop).count();

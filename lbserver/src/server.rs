@@ -111,6 +111,13 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         helpers.push(tokio::spawn(
             service.clone().debounce(options.balance.debounce),
         ));
+        if service.config.capacity_per_weight.is_some() {
+            let every = service
+                .config
+                .client_stats_interval
+                .max(std::time::Duration::from_millis(100));
+            helpers.push(tokio::spawn(service.clone().track_load(every)));
+        }
     }
     for service in registry.services() {
         helpers.push(crate::source::follow(

@@ -1,6 +1,8 @@
 //! Where a service's backends come from: a static `ip:port,…` list, or any
 //! waypost resolver target (`dns:///…`, `etcd:///…`, …), followed as it
-//! changes. Endpoint metadata `{"weight": N}` sets a backend's weight.
+//! changes. Endpoint metadata `{"weight": N}` sets a backend's weight
+//! (capacity) and `{"load": X}` (0 to 1) the load it reports; backends
+//! refresh the latter by updating their registration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,19 +18,24 @@ pub fn static_list(source: &str) -> Option<Vec<SocketAddr>> {
     source.split(',').map(|s| s.trim().parse().ok()).collect()
 }
 
-fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32)> {
+fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32, f64)> {
     let mut out = Vec::new();
     for endpoint in &state.endpoints {
-        let weight = endpoint
-            .metadata
-            .as_ref()
+        let metadata = endpoint.metadata.as_ref();
+        let weight = metadata
             .and_then(|m| m.get("weight"))
             .and_then(|w| w.as_u64())
             .map(|w| w.clamp(1, 100) as u32)
             .unwrap_or(1);
+        let load = metadata
+            .and_then(|m| m.get("load"))
+            .and_then(|l| l.as_f64())
+            .filter(|l| l.is_finite())
+            .map(|l| l.clamp(0.0, 1.0))
+            .unwrap_or(0.0);
         for address in &endpoint.addresses {
             match address {
-                Address::Tcp(addr) => out.push((*addr, weight)),
+                Address::Tcp(addr) => out.push((*addr, weight, load)),
                 other => tracing::warn!(%other, "grpclb lists need IP addresses; skipping"),
             }
         }
@@ -46,7 +53,7 @@ pub fn follow(
         crate::probe::spawn(service, addr, probe.clone())
     };
     if let Some(list) = static_list(&service.config.source) {
-        service.set_backends(list.into_iter().map(|a| (a, 1)).collect(), &probe_fn);
+        service.set_backends(list.into_iter().map(|a| (a, 1, 0.0)).collect(), &probe_fn);
         // Nothing to follow; keep a task so every service has one.
         return tokio::spawn(std::future::pending());
     }

@@ -457,3 +457,87 @@ async fn subset_gives_each_client_its_own_backends() {
         "two clients of one round share no backend: {lists:?}"
     );
 }
+
+#[tokio::test]
+async fn reported_load_and_client_stats_steer_the_weighted_list() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let backends = start_backends(2).await.unwrap();
+    let mut client = waypost_resolver::etcd::connect(&[etcd.addr()])
+        .await
+        .unwrap();
+    let put = |addr: std::net::SocketAddr, load: f64| {
+        (
+            format!("movies/{addr}"),
+            format!(r#"{{"Op":0,"Addr":"{addr}","Metadata":{{"weight":4,"load":{load}}}}}"#),
+        )
+    };
+    let (busy, idle) = (backends[0].addr(), backends[1].addr());
+    for (key, value) in [put(busy, 0.75), put(idle, 0.0)] {
+        client.put(key, value, None).await.unwrap();
+    }
+    let lb = serve(&format!(
+        "etcd = [\"{}\"]\n[[service]]\nname = \"movies\"\nsource = \"etcd:///movies\"\npolicy = \"weighted\"\ncapacity_per_weight = 10.0\nhealth_service = \"\"\nclient_stats_interval = \"100ms\"\n",
+        etcd.addr()
+    ))
+    .await;
+    let mut stream = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut stream).await;
+    let count = |servers: &[Server], addr: std::net::SocketAddr| {
+        ports(servers).iter().filter(|p| **p == addr.port()).count()
+    };
+
+    // Reported load: the busy backend (75 % loaded) gets 1 entry, the idle 4.
+    let list = list_where(&mut stream, |s| s.len() == 5).await;
+    assert_eq!((count(&list, busy), count(&list, idle)), (1, 4));
+
+    // It reports being idle again: both get their full weight.
+    let (key, value) = put(busy, 0.0);
+    client.put(key, value, None).await.unwrap();
+    let list = list_where(&mut stream, |s| ports(s).len() == 8).await;
+    assert_eq!((count(&list, busy), count(&list, idle)), (4, 4));
+    assert!(list.iter().all(|s| !s.drop));
+
+    // Clients report 400 calls/s against a spare capacity of 80 calls/s
+    // (2 backends × weight 4 × 10 calls/s): the excess is dropped.
+    let report = || LoadBalanceRequest {
+        load_balance_request_type: Some(LoadBalanceRequestType::ClientStats(ClientStats {
+            num_calls_started: 40,
+            num_calls_finished: 40,
+            ..Default::default()
+        })),
+    };
+    let reporter = {
+        let tx = stream.tx.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if tx.send(report()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let list = list_where(&mut stream, |s| {
+        s.iter().filter(|e| e.drop).count() * 2 >= s.len()
+    })
+    .await;
+    let drops = list.iter().filter(|e| e.drop).count();
+    assert!(
+        drops * 10 >= list.len() * 6,
+        "about 80 % drops: {drops} of {}",
+        list.len()
+    );
+    let service = lb.registry.find("movies").unwrap();
+    assert!(
+        service.observed_rate() > 100.0,
+        "{}",
+        service.observed_rate()
+    );
+    let status = waypost_lbserver::admin::status(&lb.registry);
+    assert!(status["services"][0]["drop_fraction"].as_f64().unwrap() > 0.5);
+
+    // The clients calm down: the drops go away again.
+    reporter.abort();
+    let list = list_where(&mut stream, |s| s.iter().all(|e| !e.drop)).await;
+    assert_eq!(ports(&list).len(), 8);
+}

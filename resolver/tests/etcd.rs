@@ -390,3 +390,42 @@ async fn a_compacted_revision_makes_the_resolver_list_again() {
         "the compacted watch forced a second list"
     );
 }
+
+#[tokio::test]
+async fn a_registration_updates_its_metadata_under_the_same_lease() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    let options = RegistrationOptions::new("movies", "127.0.0.1:7002")
+        .metadata(json!({"weight": 4}))
+        .ttl(Duration::from_secs(5));
+    let registration = Registration::register(c.clone(), options).await.unwrap();
+    let (mut resolution, _) = resolve(&c, "etcd:///movies");
+    let metadata = |u: &waypost_resolver::ResolverUpdate| {
+        u.state
+            .as_ref()
+            .and_then(|s| s.endpoints.first())
+            .and_then(|e| e.metadata.clone())
+    };
+    wait_for(&mut resolution, |u| {
+        metadata(u) == Some(json!({"weight": 4}))
+    })
+    .await;
+
+    // The backend reports its load: the resolver sees the new metadata.
+    registration
+        .update_metadata(Some(json!({"weight": 4, "load": 0.5})))
+        .await
+        .unwrap();
+    wait_for(&mut resolution, |u| {
+        metadata(u) == Some(json!({"weight": 4, "load": 0.5}))
+    })
+    .await;
+    let got = c.get("movies/127.0.0.1:7002", None).await.unwrap();
+    assert_eq!(
+        got.kvs()[0].lease(),
+        registration.status().borrow().lease_id,
+        "still bound to the registration's lease"
+    );
+    registration.shutdown().await.unwrap();
+    wait_for(&mut resolution, |u| addrs(u).is_empty()).await;
+}

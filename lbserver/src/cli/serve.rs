@@ -58,6 +58,7 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
                     policy: ListPolicy::RoundRobin,
                     subset_size: 10,
                     drop_fraction: 0.0,
+                    capacity_per_weight: None,
                     health_service: Some(String::new()),
                     client_stats_interval: std::time::Duration::from_secs(10),
                     fallback: false,

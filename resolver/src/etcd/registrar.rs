@@ -96,7 +96,9 @@ pub struct RegistrationStatus {
 /// A live registration; see the module docs.
 pub struct Registration {
     key: String,
+    addr: String,
     client: Client,
+    metadata: std::sync::Arc<parking_lot::Mutex<Option<Value>>>,
     status: watch::Receiver<RegistrationStatus>,
     task: Option<JoinHandle<()>>,
 }
@@ -132,8 +134,10 @@ impl Registration {
                 options.ttl
             )));
         }
+        let metadata = std::sync::Arc::new(parking_lot::Mutex::new(options.metadata.clone()));
         let mut keeper = Keeper {
             client: client.clone(),
+            metadata: metadata.clone(),
             options,
             lease_id: 0,
         };
@@ -144,10 +148,13 @@ impl Registration {
             last_error: None,
         });
         let key = keeper.options.key();
+        let addr = keeper.options.addr.clone();
         let task = tokio::spawn(keeper.run(tx));
         Ok(Registration {
             key,
+            addr,
             client,
+            metadata,
             status,
             task: Some(task),
         })
@@ -156,6 +163,21 @@ impl Registration {
     /// The registered key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Replaces the registered metadata (e.g. the `load` a backend reports
+    /// to `waypost serve`'s weighted lists), under the current lease; kept
+    /// across re-registrations.
+    pub async fn update_metadata(&self, metadata: Option<Value>) -> Result<(), RegisterError> {
+        *self.metadata.lock() = metadata.clone();
+        let lease_id = self.status.borrow().lease_id;
+        let value = encode_value(&self.addr, metadata.as_ref());
+        let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+        self.client
+            .clone()
+            .put(self.key.as_str(), value, options)
+            .await?;
+        Ok(())
     }
 
     /// The registration's status, updated as it changes.
@@ -190,6 +212,7 @@ impl Drop for Registration {
 
 struct Keeper {
     client: Client,
+    metadata: std::sync::Arc<parking_lot::Mutex<Option<Value>>>,
     options: RegistrationOptions,
     lease_id: i64,
 }
@@ -199,7 +222,8 @@ impl Keeper {
     async fn put(&mut self) -> Result<(), etcd_client::Error> {
         let ttl = self.options.ttl.as_secs().max(2) as i64;
         let lease = self.client.lease_grant(ttl, None).await?;
-        let value = encode_value(&self.options.addr, self.options.metadata.as_ref());
+        let metadata = self.metadata.lock().clone();
+        let value = encode_value(&self.options.addr, metadata.as_ref());
         self.client
             .put(
                 self.options.key(),
