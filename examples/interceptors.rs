@@ -60,14 +60,14 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
     let mut seen = Observed::default();
     let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
 
-    // A server that requires tokens and allows 20 calls/s (burst of 5).
+    // A server that requires tokens and allows 5 calls/s (burst of 5).
     let guarded = movies::serve(
         "guarded",
         any,
         None,
         movies::Layers {
             auth: true,
-            rate_limit: Some((20.0, 5)),
+            rate_limit: Some((5.0, 5)),
         },
     )
     .await?;
@@ -119,7 +119,7 @@ pub async fn run() -> Result<Observed, Box<dyn std::error::Error>> {
         seen.health_without_token
     );
 
-    // A burst of 30 calls against 20/s with a burst of 5.
+    // A burst of 30 calls against 5/s with a burst of 5.
     for _ in 0..30 {
         match alice.get_movie(get(2)).await {
             Ok(_) => seen.burst.0 += 1,

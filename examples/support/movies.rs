@@ -77,6 +77,16 @@ pub struct Seen {
     pub authorized: Mutex<Vec<String>>,
 }
 
+/// Counts a call whose deadline expired, however the work ended (its own
+/// timer, or the call dropped when the client cancelled at the deadline).
+struct GiveUp(Arc<Seen>);
+
+impl Drop for GiveUp {
+    fn drop(&mut self) {
+        self.0.deadlines_expired.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// The service implementation.
 #[derive(Clone)]
 pub struct Movies {
@@ -205,8 +215,12 @@ impl MoviesService for Movies {
             let work = tokio::time::sleep(Duration::from_secs(2));
             match left {
                 Some(left) if left < Duration::from_secs(2) => {
-                    tokio::time::sleep(left).await;
-                    self.seen.deadlines_expired.fetch_add(1, Ordering::SeqCst);
+                    // Give up when the deadline passes: by our own timer
+                    // (a little early, for the answer's trip back), or when
+                    // the client's cancel at its deadline drops this call.
+                    let gave_up = GiveUp(self.seen.clone());
+                    tokio::time::sleep(left.saturating_sub(Duration::from_millis(20))).await;
+                    drop(gave_up);
                     return Err(Status::deadline_exceeded(
                         "the server gave up: the caller's deadline passed",
                     ));
