@@ -134,6 +134,9 @@ async fn until(
             tokio::time::Instant::now() < deadline,
             "last batch: {seen:?}"
         );
+        // Calls that fail at once never yield: let the rest of this
+        // runtime (the balancer's probes) run between batches.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -192,11 +192,13 @@ pub fn assign(
 }
 
 /// Adds drop entries so that `drop_fraction` of all entries are drops,
-/// spread evenly.
+/// spread evenly. An empty list stays empty.
 pub fn with_drops(mut list: Vec<Server>, drop_fraction: f64) -> Vec<Server> {
     let fraction = drop_fraction.clamp(0.0, 0.99);
-    if fraction > 0.0 {
-        let backends = list.len().max(1);
+    // No backends is an empty list ("no backends": clients wait or fail
+    // with UNAVAILABLE), not a drop-only one ("shed everything").
+    if fraction > 0.0 && !list.is_empty() {
+        let backends = list.len();
         let drops = ((fraction * backends as f64) / (1.0 - fraction))
             .round()
             .max(1.0) as usize;
@@ -343,9 +345,6 @@ mod tests {
                 .filter(|s| s.drop)
                 .all(|s| s.load_balance_token == DROP_TOKEN)
         );
-        // Shedding everything a service has: a drop entry even with no backend.
-        let all = assign("s", &[], ListPolicy::RoundRobin, 0.5);
-        assert!(all.iter().all(|s| s.drop) && !all.is_empty());
     }
 
     #[test]
@@ -423,5 +422,11 @@ mod tests {
         // A counter that goes backwards (a restart) counts as no calls.
         assert_eq!(r.sample(10, t0 + std::time::Duration::from_secs(3)), 100.0);
         assert_eq!(r.rate(), 100.0);
+    }
+
+    #[test]
+    fn no_backends_is_an_empty_list_even_with_drops() {
+        assert!(with_drops(Vec::new(), 0.25).is_empty());
+        assert!(assign("s", &[b(1, false, false, 1)], ListPolicy::RoundRobin, 0.5).is_empty());
     }
 }

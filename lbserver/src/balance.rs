@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::task::{Context, Poll};
+
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status, Streaming};
 use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
 use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
@@ -30,7 +30,7 @@ use waypost_proto::grpc::lb::v1::{
 };
 
 use crate::config::ListPolicy;
-use crate::registry::{Registry, Service};
+use crate::registry::{ListSnapshot, Registry, Service};
 
 /// The longest name an initial request may carry, exclusive.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -126,9 +126,11 @@ impl LoadBalancer for Balancer {
             Status::not_found(format!("no service {:?} is balanced here", initial.name))
         })?;
 
-        let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(serve_stream(service, inbound, tx, self.stopping.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(BalanceStream::new(
+            service,
+            inbound,
+            self.stopping.clone(),
+        ))))
     }
 }
 
@@ -141,63 +143,120 @@ impl Drop for OpenStream {
     }
 }
 
-async fn serve_stream(
+/// One client's response stream. It is also what reads the client's
+/// ClientStats: every poll first drains the inbound side (throttled), then
+/// looks for a new list. No task or channel of its own — the HTTP/2
+/// stream's own task polls it when either side has news — so a list change
+/// costs one wake-up per stream.
+struct BalanceStream {
     service: Arc<Service>,
-    mut inbound: Streaming<LoadBalanceRequest>,
-    tx: mpsc::Sender<Result<LoadBalanceResponse, Status>>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    service.streams.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenStream(service.clone());
-    let interval = service.config.client_stats_interval;
-    let initial = LoadBalanceResponse {
-        load_balance_response_type: Some(LoadBalanceResponseType::InitialResponse(
-            InitialLoadBalanceResponse {
-                client_stats_report_interval: Some(to_duration(interval)),
-            },
-        )),
-    };
-    if tx.send(Ok(initial)).await.is_err() {
-        return;
-    }
-    let mut lists = service.subscribe();
-    let mut sent_version = None;
-    let client = service.next_client.fetch_add(1, Ordering::Relaxed);
-    let mut next_read = Instant::now();
-    loop {
-        let current = lists.borrow_and_update().clone();
-        if sent_version != Some(current.version) {
-            let response = for_client(&service, &current.response, client);
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-            service.lists_sent.fetch_add(1, Ordering::Relaxed);
-            sent_version = Some(current.version);
+    _open: OpenStream,
+    initial: Option<LoadBalanceResponse>,
+    inbound: Streaming<LoadBalanceRequest>,
+    lists: WatchStream<Arc<ListSnapshot>>,
+    stopping: WatchStream<bool>,
+    /// While set, the next ClientStats report is not read yet.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
+    sent_version: Option<u64>,
+    client: u64,
+    ended: bool,
+}
+
+impl BalanceStream {
+    fn new(
+        service: Arc<Service>,
+        inbound: Streaming<LoadBalanceRequest>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> BalanceStream {
+        service.streams.fetch_add(1, Ordering::Relaxed);
+        let initial = LoadBalanceResponse {
+            load_balance_response_type: Some(LoadBalanceResponseType::InitialResponse(
+                InitialLoadBalanceResponse {
+                    client_stats_report_interval: Some(to_duration(
+                        service.config.client_stats_interval,
+                    )),
+                },
+            )),
+        };
+        BalanceStream {
+            _open: OpenStream(service.clone()),
+            initial: Some(initial),
+            inbound,
+            lists: WatchStream::new(service.subscribe()),
+            stopping: WatchStream::new(stopping),
+            throttle: None,
+            sent_version: None,
+            client: service.next_client.fetch_add(1, Ordering::Relaxed),
+            service,
+            ended: false,
         }
-        tokio::select! {
-            changed = lists.changed() => {
-                if changed.is_err() {
-                    return;
+    }
+
+    fn end(&mut self, last: Option<Status>) -> Poll<Option<Result<LoadBalanceResponse, Status>>> {
+        self.ended = true;
+        Poll::Ready(last.map(Err))
+    }
+}
+
+impl Stream for BalanceStream {
+    type Item = Result<LoadBalanceResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(initial) = this.initial.take() {
+            return Poll::Ready(Some(Ok(initial)));
+        }
+        while let Poll::Ready(next) = Pin::new(&mut this.stopping).poll_next(cx) {
+            match next {
+                Some(false) => {}
+                Some(true) => {
+                    return this.end(Some(Status::unavailable("the balancer is shutting down")));
                 }
+                None => return this.end(None),
             }
-            () = tokio::time::sleep_until(next_read), if Instant::now() < next_read => {}
-            message = inbound.message(), if Instant::now() >= next_read => match message {
-                Ok(Some(LoadBalanceRequest { load_balance_request_type: Some(LoadBalanceRequestType::ClientStats(stats)) })) => {
-                    let now = Instant::now();
-                    record(&service, &stats);
-                    // Throttle: the next report waits half an interval.
-                    next_read = now + interval / 2;
+        }
+        // ClientStats, at most one per half interval (HTTP/2 flow control
+        // holds the rest back at the client).
+        loop {
+            if let Some(sleep) = &mut this.throttle {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    break;
                 }
-                Ok(Some(_)) => {
-                    let _ = tx.send(Err(Status::invalid_argument("only client_stats may follow the initial request"))).await;
-                    return;
+                this.throttle = None;
+            }
+            match Pin::new(&mut this.inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(LoadBalanceRequest {
+                    load_balance_request_type: Some(LoadBalanceRequestType::ClientStats(stats)),
+                }))) => {
+                    record(&this.service, &stats);
+                    let half = this.service.config.client_stats_interval / 2;
+                    this.throttle = Some(Box::pin(tokio::time::sleep(half)));
                 }
-                Ok(None) | Err(_) => return,
-            },
-            () = tx.closed() => return,
-            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                let _ = tx.send(Err(Status::unavailable("the balancer is shutting down"))).await;
-                return;
+                Poll::Ready(Some(Ok(_))) => {
+                    return this.end(Some(Status::invalid_argument(
+                        "only client_stats may follow the initial request",
+                    )));
+                }
+                Poll::Ready(Some(Err(_)) | None) => return this.end(None),
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match Pin::new(&mut this.lists).poll_next(cx) {
+                Poll::Ready(Some(current)) => {
+                    if this.sent_version == Some(current.version) {
+                        continue;
+                    }
+                    this.sent_version = Some(current.version);
+                    this.service.lists_sent.fetch_add(1, Ordering::Relaxed);
+                    let response = for_client(&this.service, &current.response, this.client);
+                    return Poll::Ready(Some(Ok(response)));
+                }
+                Poll::Ready(None) => return this.end(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
