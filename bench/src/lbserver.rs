@@ -38,6 +38,16 @@ pub(crate) struct LbArgs {
     per_connection: usize,
 }
 
+/// User + system CPU seconds of a process, from its `/proc/<pid>/stat`.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
@@ -162,6 +172,7 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
     eprintln!("server RSS with all streams open: {rss} MiB");
 
     // A backend change: drain one backend; every stream gets a new list.
+    let (server_cpu0, client_cpu0) = (cpu_seconds(&format!("/proc/{pid}/stat")), cpu_seconds("/proc/self/stat"));
     let t0 = Instant::now();
     trigger_tx.send_replace(Some(t0));
     let mut stream = tokio::net::TcpStream::connect(&admin).await?;
@@ -181,6 +192,9 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
         }
     }
     let received = latencies.len();
+    let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu0;
+    let client_cpu = cpu_seconds("/proc/self/stat") - client_cpu0;
+    eprintln!("CPU during the fan-out: server {server_cpu:.2} s, bench client {client_cpu:.2} s");
     let (p50, p99, max) = (
         percentile(&mut latencies, 50.0),
         percentile(&mut latencies, 99.0),
@@ -194,7 +208,7 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{}",
-        json!({"streams": received, "rss_mib": rss, "fanout_p50_ms": ms(p50), "fanout_p99_ms": ms(p99), "fanout_max_ms": ms(max)})
+        json!({"streams": received, "rss_mib": rss, "fanout_p50_ms": ms(p50), "fanout_p99_ms": ms(p99), "fanout_max_ms": ms(max), "server_cpu_s": server_cpu, "client_cpu_s": client_cpu})
     );
     Ok(())
 }
