@@ -142,26 +142,12 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
     Ok(())
 }
 
-/// CPU time (user + system) of this process, from `/proc/self/stat`.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based); `after` starts at 3.
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
+    crate::stats::cpu_time("/proc/self/stat")
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
+    crate::stats::status_mib("/proc/self/status", "VmHWM:")
 }
 
 pub(crate) async fn child(args: DataconnChildArgs) -> Result<(), Box<dyn std::error::Error>> {

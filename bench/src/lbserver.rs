@@ -38,25 +38,14 @@ pub(crate) struct LbArgs {
     per_connection: usize,
 }
 
-/// User + system CPU seconds of a process, from its `/proc/<pid>/stat`.
+/// User + system CPU seconds of a process, from its `stat` file.
 fn cpu_seconds(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
+    crate::stats::cpu_time(stat_path).as_secs_f64()
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    (kib / 1024.0 * 10.0).round() / 10.0
+    let mib = crate::stats::status_mib(&format!("/proc/{pid}/status"), "VmRSS:");
+    (mib * 10.0).round() / 10.0
 }
 
 pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -172,7 +161,10 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
     eprintln!("server RSS with all streams open: {rss} MiB");
 
     // A backend change: drain one backend; every stream gets a new list.
-    let (server_cpu0, client_cpu0) = (cpu_seconds(&format!("/proc/{pid}/stat")), cpu_seconds("/proc/self/stat"));
+    let (server_cpu0, client_cpu0) = (
+        cpu_seconds(&format!("/proc/{pid}/stat")),
+        cpu_seconds("/proc/self/stat"),
+    );
     let t0 = Instant::now();
     trigger_tx.send_replace(Some(t0));
     let mut stream = tokio::net::TcpStream::connect(&admin).await?;

@@ -115,21 +115,8 @@ async fn bare(addr: &str) -> Result<Bare, Box<dyn std::error::Error>> {
     })
 }
 
-/// CPU time (user + system) of this process so far, from `/proc/self/stat`
-/// (in USER_HZ = 100 ticks per second on Linux).
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" that ends the command name: state is field 3, so
-    // utime (14) and stime (15) are at offsets 11 and 12.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    crate::stats::cpu_time("/proc/self/stat")
 }
 
 /// What one phase measured.

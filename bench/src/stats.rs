@@ -1,4 +1,5 @@
-//! Percentiles over measured samples.
+//! Percentiles over measured samples, and what `/proc` says about a
+//! process's CPU time and memory.
 
 use std::time::Duration;
 
@@ -15,6 +16,37 @@ pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 /// Milliseconds with three decimals.
 pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// CPU time (user + system) of the process whose `stat` file is
+/// `stat_path` (`/proc/self/stat`, `/proc/<pid>/stat`), in USER_HZ = 100
+/// ticks per second on Linux.
+pub(crate) fn cpu_time(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the ")" that ends the command name: state is field 3, so
+    // utime (14) and stime (15) are at offsets 11 and 12.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`, …) in MiB from a `status` file
+/// (`/proc/self/status`, `/proc/<pid>/status`).
+pub(crate) fn status_mib(status_path: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(status_path).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

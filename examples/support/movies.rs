@@ -30,32 +30,9 @@ pub const MOVIE_ERROR_TYPE: &str = "type.googleapis.com/movies.v1.MovieError";
 /// The signing key of the example's bearer tokens (HS256).
 pub const TOKEN_SECRET: &[u8] = b"waypost example secret: rotate me in production";
 
-/// The catalog every example server holds.
+/// The catalog every example server holds (the test harness's).
 pub fn catalog() -> Vec<Movie> {
-    let movie = |mid, name: &str, description: &str, style: &str| Movie {
-        mid,
-        movie_name: name.into(),
-        movie_description: description.into(),
-        movie_style: style.into(),
-        served_by: String::new(),
-    };
-    vec![
-        movie(1, "Alien", "a crew meets a creature in space", "horror"),
-        movie(2, "Arrival", "linguists meet visitors from space", "drama"),
-        movie(3, "Heat", "a detective chases a crew of thieves", "crime"),
-        movie(
-            4,
-            "Amélie",
-            "a shy waitress changes lives in Paris",
-            "comedy",
-        ),
-        movie(
-            5,
-            "Solaris",
-            "a psychologist visits a space station",
-            "drama",
-        ),
-    ]
+    waypost_integration::backend::catalog()
 }
 
 /// The movie id that makes `GetMovie` work slowly (two seconds), to show
@@ -345,39 +322,75 @@ pub fn skips_auth(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
-/// Verifies `authorization: Bearer <token>` (HS256, with expiry) on every
-/// call except health and reflection; answers UNAUTHENTICATED otherwise.
-#[derive(Debug, Clone)]
-pub struct AuthLayer {
-    seen: Arc<Seen>,
+/// A check a [`GuardLayer`] runs on each call's path and headers.
+type Check = Arc<dyn Fn(&str, &http::HeaderMap) -> Result<(), Status> + Send + Sync>;
+
+/// A server layer that checks each call before it reaches the services:
+/// `check(path, headers)` answers `Err(status)` to refuse it. The auth and
+/// rate-limit layers below are two checks.
+#[derive(Clone)]
+pub struct GuardLayer {
+    check: Check,
 }
 
-impl AuthLayer {
-    /// An auth layer recording what it let through into `seen`.
-    pub fn new(seen: Arc<Seen>) -> AuthLayer {
-        AuthLayer { seen }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            seen: self.seen.clone(),
+impl GuardLayer {
+    /// A layer running `check` on every call.
+    pub fn new(
+        check: impl Fn(&str, &http::HeaderMap) -> Result<(), Status> + Send + Sync + 'static,
+    ) -> GuardLayer {
+        GuardLayer {
+            check: Arc::new(check),
         }
     }
 }
 
-/// The service [`AuthLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct Auth<S> {
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// The service [`GuardLayer`] makes.
+#[derive(Clone)]
+pub struct Guard<S> {
     inner: S,
-    seen: Arc<Seen>,
+    check: Check,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Guard<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Err(status) = (self.check)(request.uri().path(), request.headers()) {
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let mut inner = self.inner.clone();
+        // The clone may not be ready: swap so the ready one serves.
+        std::mem::swap(&mut inner, &mut self.inner);
+        Box::pin(async move { inner.call(request).await })
+    }
+}
 
 /// Why a bearer token is refused.
 pub fn check_token(headers: &http::HeaderMap) -> Result<Claims, Status> {
@@ -397,36 +410,17 @@ pub fn check_token(headers: &http::HeaderMap) -> Result<Claims, Status> {
     Ok(data.claims)
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Auth<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        if !skips_auth(&path) {
-            if let Err(status) = check_token(request.headers()) {
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+/// Verifies `authorization: Bearer <token>` (HS256, with expiry) on every
+/// call except health and reflection; answers UNAUTHENTICATED otherwise.
+/// Records what it let through in `seen`.
+pub fn auth_layer(seen: Arc<Seen>) -> GuardLayer {
+    GuardLayer::new(move |path, headers| {
+        if !skips_auth(path) {
+            check_token(headers)?;
         }
-        self.seen.authorized.lock().push(path);
-        let mut inner = self.inner.clone();
-        // The clone may not be ready: swap so the ready one serves.
-        std::mem::swap(&mut inner, &mut self.inner);
-        Box::pin(async move { inner.call(request).await })
-    }
+        seen.authorized.lock().push(path.to_owned());
+        Ok(())
+    })
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved. Pure:
@@ -464,65 +458,17 @@ impl TokenBucket {
     }
 }
 
-/// Answers RESOURCE_EXHAUSTED past `rate` calls per second (with a burst).
-#[derive(Debug, Clone)]
-pub struct RateLimitLayer {
-    bucket: Arc<Mutex<TokenBucket>>,
-}
-
-impl RateLimitLayer {
-    /// `rate` calls per second, `burst` at once.
-    pub fn new(rate: f64, burst: u32) -> RateLimitLayer {
-        RateLimitLayer {
-            bucket: Arc::new(Mutex::new(TokenBucket::new(rate, burst, Instant::now()))),
+/// Answers RESOURCE_EXHAUSTED past `rate` calls per second (with a
+/// burst of `burst`); health and reflection are not counted.
+pub fn rate_limit_layer(rate: f64, burst: u32) -> GuardLayer {
+    let bucket = Mutex::new(TokenBucket::new(rate, burst, Instant::now()));
+    GuardLayer::new(move |path, _| {
+        if skips_auth(path) || bucket.lock().try_take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(Status::resource_exhausted("rate limit: try again later"))
         }
-    }
-}
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            bucket: self.bucket.clone(),
-        }
-    }
-}
-
-/// The service [`RateLimitLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    bucket: Arc<Mutex<TokenBucket>>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for RateLimit<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !skips_auth(request.uri().path()) && !self.bucket.lock().try_take(Instant::now()) {
-            let status = Status::resource_exhausted("rate limit: try again later");
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        let mut inner = self.inner.clone();
-        std::mem::swap(&mut inner, &mut self.inner);
-        Box::pin(async move { inner.call(request).await })
-    }
+    })
 }
 
 /// Which layers a server runs.
@@ -573,10 +519,10 @@ pub async fn serve(
         .build_v1()
         .map_err(std::io::Error::other)?;
     let movies = MoviesServiceServer::new(Movies::new(name, downstream, seen.clone()));
-    let auth = layers.auth.then(|| AuthLayer::new(seen.clone()));
+    let auth = layers.auth.then(|| auth_layer(seen.clone()));
     let limit = layers
         .rate_limit
-        .map(|(rate, burst)| RateLimitLayer::new(rate, burst));
+        .map(|(rate, burst)| rate_limit_layer(rate, burst));
     let router = tonic::transport::Server::builder()
         .layer(tower::util::option_layer(auth))
         .layer(tower::util::option_layer(limit))
