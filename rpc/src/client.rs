@@ -390,10 +390,13 @@ impl Client {
                     if !clean {
                         // We cancelled the response body: let the server's
                         // trailer arrive before closing, off the caller's path.
-                        tokio::spawn(async move {
-                            body::drain(&mut inbound).await;
-                            drop(conn);
-                        });
+                        // (A body dropped outside any runtime just closes.)
+                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                            runtime.spawn(async move {
+                                body::drain(&mut inbound).await;
+                                drop(conn);
+                            });
+                        }
                         return;
                     }
                     conn.inbound = Some(inbound);
