@@ -54,7 +54,7 @@ impl Connector {
 
     async fn open_data(&self, address: &Address) -> Result<Conn, Error> {
         let (io, agreed) = self.open(address, LABEL_DATA).await?;
-        let checksums = agreed.extensions.iter().any(|e| e == CHECKSUM_EXTENSION);
+        let checksums = agreed.has(CHECKSUM_EXTENSION);
         Ok(Conn::start(
             io,
             agreed.max_frame,
@@ -192,16 +192,8 @@ impl ClientBuilder {
     /// Starts resolving and connecting. Must be called inside a tokio
     /// runtime.
     pub fn build(mut self) -> Result<Client, ChannelError> {
-        if self.checksums
-            && !self
-                .handshake
-                .extensions
-                .iter()
-                .any(|e| e == CHECKSUM_EXTENSION)
-        {
-            self.handshake
-                .extensions
-                .push(CHECKSUM_EXTENSION.to_owned());
+        if self.checksums {
+            self.handshake.offer(CHECKSUM_EXTENSION);
         }
         let connector = Arc::new(Connector {
             handshake: self.handshake,

@@ -312,13 +312,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Closing: what is queued goes out, then RESET, then FIN — bounded by
     // the idle timeout. A peer that broke the rules gets the reason in the
     // RESET before we close.
-    if let Some(Error::Frame(_) | Error::Protocol(_) | Error::Integrity(_)) = shared.failure() {
-        let reason = shared.failure().map(|e| e.to_string()).unwrap_or_default();
-        let reason = bytes::Bytes::from(reason.into_bytes()).slice(..reason_len(&shared));
+    if let Some(e @ (Error::Frame(_) | Error::Protocol(_) | Error::Integrity(_))) = shared.failure()
+    {
+        let mut reason = e.to_string();
+        let mut cut = reason.len().min(1024).min(shared.max_frame as usize);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
         let reset = Frame {
             kind: FrameType::Reset,
             flags: 0,
-            payload: reason,
+            payload: bytes::Bytes::from(reason),
         };
         let _ = tokio::time::timeout(shared.settings.heartbeat_interval, async {
             write_frame(&mut write, &reset, &shared).await?;
@@ -337,12 +342,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let _ = tokio::time::timeout(shared.settings.idle_timeout, flush).await;
     }
-}
-
-/// How much of a failure reason fits in a RESET.
-fn reason_len(shared: &Shared) -> usize {
-    let len = shared.failure().map(|e| e.to_string().len()).unwrap_or(0);
-    len.min(1024).min(shared.max_frame as usize)
 }
 
 /// Writes one frame (header and payload in one vectored write where the

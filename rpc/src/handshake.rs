@@ -336,6 +336,15 @@ impl Default for HandshakeConfig {
     }
 }
 
+impl HandshakeConfig {
+    /// Adds `extension` to those offered, once.
+    pub fn offer(&mut self, extension: &str) {
+        if !self.extensions.iter().any(|e| e == extension) {
+            self.extensions.push(extension.to_owned());
+        }
+    }
+}
+
 /// What both sides agreed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agreed {
@@ -347,6 +356,13 @@ pub struct Agreed {
     pub extensions: Vec<String>,
     /// The mux label.
     pub label: String,
+}
+
+impl Agreed {
+    /// Whether both sides support `extension`.
+    pub fn has(&self, extension: &str) -> bool {
+        self.extensions.iter().any(|e| e == extension)
+    }
 }
 
 /// Decides a client's hello against our configuration: pure.

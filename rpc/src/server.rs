@@ -210,16 +210,8 @@ impl ServerBuilder {
     /// Starts serving on `listener` in the background.
     pub fn serve(mut self, listener: Listener) -> std::io::Result<Running> {
         let address = listener.address()?;
-        if self.checksums
-            && !self
-                .handshake
-                .extensions
-                .iter()
-                .any(|e| e == CHECKSUM_EXTENSION)
-        {
-            self.handshake
-                .extensions
-                .push(CHECKSUM_EXTENSION.to_owned());
+        if self.checksums {
+            self.handshake.offer(CHECKSUM_EXTENSION);
         }
         let shutdown = CancellationToken::new();
         // Without services, control calls answer UNIMPLEMENTED: every
@@ -279,11 +271,11 @@ pub struct ServerStats {
 }
 
 #[derive(Debug, Default)]
-struct Stats(parking_lot::Mutex<ServerStats>);
+struct Stats(tokio::sync::watch::Sender<ServerStats>);
 
 impl Stats {
     fn update(&self, f: impl FnOnce(&mut ServerStats)) {
-        f(&mut self.0.lock());
+        self.0.send_modify(f);
     }
 
     fn error(&self, handshake: bool, error: String) {
@@ -316,7 +308,18 @@ impl Running {
 
     /// What it has seen so far.
     pub fn stats(&self) -> ServerStats {
-        self.stats.0.lock().clone()
+        self.stats.0.borrow().clone()
+    }
+
+    /// Waits until its stats satisfy `pred` (for instance, a connection
+    /// failure was counted) and returns them.
+    pub async fn wait_for_stats(&self, pred: impl FnMut(&ServerStats) -> bool) -> ServerStats {
+        let mut stats = self.stats.0.subscribe();
+        let seen = stats
+            .wait_for(pred)
+            .await
+            .expect("the sender lives in self");
+        seen.clone()
     }
 
     /// Stops accepting, resets data connections and lets control
@@ -429,7 +432,7 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
     let Some(handler) = ctx.data.clone() else {
         return;
     };
-    let checksums = agreed.extensions.iter().any(|e| e == CHECKSUM_EXTENSION);
+    let checksums = agreed.has(CHECKSUM_EXTENSION);
     let conn = Conn::start(io, agreed.max_frame, checksums, ctx.conn.clone());
     ctx.stats.update(|s| s.data_connections += 1);
     let shared = conn.shared.clone();

@@ -4,7 +4,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -190,7 +190,7 @@ async fn sender_error_mid_stream_reaches_the_receiver_as_a_trailer() {
 async fn receiver_cancelling_reaches_the_sender_and_its_handler() {
     // The client stops reading an endless download: the handler sees the
     // cancellation and its source is dropped.
-    let dropped = Arc::new(AtomicBool::new(false));
+    let dropped = tokio_util::sync::CancellationToken::new();
     let observed = Arc::new(tokio::sync::Notify::new());
     let (d, o) = (dropped.clone(), observed.clone());
     let server = data_server(
@@ -218,16 +218,9 @@ async fn receiver_cancelling_reaches_the_sender_and_its_handler() {
     tokio::time::timeout(Duration::from_secs(5), observed.notified())
         .await
         .expect("the handler saw the cancel");
-    for _ in 0..100 {
-        if dropped.load(Ordering::SeqCst) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "the sender stopped reading its source"
-    );
+    tokio::time::timeout(Duration::from_secs(2), dropped.cancelled())
+        .await
+        .expect("the sender stopped reading its source");
     assert_eq!(
         client.idle_connections(),
         0,
@@ -249,15 +242,8 @@ async fn receiver_cancelling_reaches_the_sender_and_its_handler() {
     )
     .await;
     let client = client_of(&server, ConnSettings::default());
-    let upload_dropped = Arc::new(AtomicBool::new(false));
     let mut response = client
-        .call(
-            "sink",
-            "",
-            Some(Box::new(EndlessReader {
-                dropped: upload_dropped.clone(),
-            })),
-        )
+        .call("sink", "", Some(Box::new(EndlessReader::default())))
         .await
         .unwrap();
     assert_eq!(response.message, Bytes::from("enough"));
@@ -273,14 +259,15 @@ async fn a_silent_peer_fails_both_sides_within_the_idle_timeout() {
     let handler_error = Arc::new(parking_lot::Mutex::new(None::<Error>));
     let seen = handler_error.clone();
     let done = Arc::new(tokio::sync::Notify::new());
-    let done2 = done.clone();
+    let flowing = Arc::new(tokio::sync::Notify::new());
+    let (done2, flowing2) = (done.clone(), flowing.clone());
     let server = data_server(
         move |mut request: DataRequest| {
-            let (seen, done) = (seen.clone(), done2.clone());
+            let (seen, done, flowing) = (seen.clone(), done2.clone(), flowing2.clone());
             async move {
                 loop {
                     match request.body.chunk().await {
-                        Some(Ok(_)) => {}
+                        Some(Ok(_)) => flowing.notify_one(),
                         Some(Err(e)) => {
                             *seen.lock() = Some(e);
                             done.notify_one();
@@ -299,29 +286,16 @@ async fn a_silent_peer_fails_both_sides_within_the_idle_timeout() {
         .conn_settings(settings.clone())
         .build()
         .unwrap();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let call = client.call(
-        "up",
-        "",
-        Some(Box::new(EndlessReader {
-            dropped: dropped.clone(),
-        })),
-    );
+    let call = client.call("up", "", Some(Box::new(EndlessReader::default())));
     let started = tokio::time::Instant::now();
-    let freeze_after = tokio::spawn({
-        let proxy_addr = proxy.addr();
-        async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            proxy_addr
-        }
-    });
     let (result, _) = tokio::join!(
         async {
             // The call waits for a RESPONSE that never comes.
             tokio::time::timeout(Duration::from_secs(10), call).await
         },
         async {
-            freeze_after.await.unwrap();
+            // Mid-stream: once the handler has bytes.
+            flowing.notified().await;
             proxy.freeze();
         }
     );
@@ -344,9 +318,7 @@ async fn a_killed_peer_fails_both_sides() {
     let settings = fast_settings();
     let server = data_server(
         |_request: DataRequest| async move {
-            Ok(DataResponse::new("").with_body(EndlessReader {
-                dropped: Arc::default(),
-            }))
+            Ok(DataResponse::new("").with_body(EndlessReader::default()))
         },
         settings.clone(),
     )
@@ -375,13 +347,13 @@ async fn a_killed_peer_fails_both_sides() {
         "{err:?}"
     );
     // The server side saw its connection fail too.
-    for _ in 0..100 {
-        if server.stats().data_failures > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(server.stats().data_failures, 1, "{:?}", server.stats());
+    let stats = tokio::time::timeout(
+        Duration::from_secs(2),
+        server.wait_for_stats(|s| s.data_failures > 0),
+    )
+    .await
+    .expect("the server noticed");
+    assert_eq!(stats.data_failures, 1, "{stats:?}");
 }
 
 #[tokio::test]

@@ -80,13 +80,12 @@ async fn a_truncated_frame_is_an_error_not_a_hang() {
         .await
         .expect("the server closed")
         .unwrap();
-    for _ in 0..100 {
-        if server.stats().data_failures > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stats = server.stats();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(2),
+        server.wait_for_stats(|s| s.data_failures > 0),
+    )
+    .await
+    .expect("the server counted the failure");
     assert_eq!(stats.data_failures, 1);
     assert!(stats.last_error.unwrap().contains("inside a frame"));
 }
@@ -180,7 +179,8 @@ async fn with_one_handshake_slot_a_silent_client_only_delays_others_until_its_ti
         .serve(Listener::tcp("127.0.0.1:0").await.unwrap())
         .unwrap();
     let _silent = TcpStream::connect(socket_addr(&server)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The silent connection is accepted (and holds the one slot) first.
+    server.wait_for_stats(|s| s.accepted == 1).await;
     let client = client_of(&server, ConnSettings::default());
     let response = tokio::time::timeout(
         Duration::from_secs(5),

@@ -82,9 +82,10 @@ impl AsyncRead for FailingReader {
     }
 }
 
-/// A reader that never ends (zeros) and sets a flag when dropped.
+/// A reader that never ends (zeros) and fires `dropped` when dropped.
+#[derive(Default)]
 pub struct EndlessReader {
-    pub dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub dropped: tokio_util::sync::CancellationToken,
 }
 
 impl AsyncRead for EndlessReader {
@@ -101,8 +102,7 @@ impl AsyncRead for EndlessReader {
 
 impl Drop for EndlessReader {
     fn drop(&mut self) {
-        self.dropped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.dropped.cancel();
     }
 }
 
