@@ -54,16 +54,6 @@ pub struct Tour {
     pub reflected: Vec<String>,
 }
 
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<(), String> {
-    for _ in 0..500 {
-        if check() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(format!("timed out waiting until {what}"))
-}
-
 /// Lists services through `grpc.reflection.v1`, as grpcurl does.
 async fn reflect(channel: Channel) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -210,11 +200,12 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
     request.set_timeout(Duration::from_millis(200));
     let code = client.get_movie(request).await.err().map(|s| s.code());
     let seen = front.seen.clone();
-    let server_gave_up = wait_until("the server sees the deadline pass", || {
-        seen.deadlines_expired.load(Ordering::SeqCst) == 1
-    })
-    .await
-    .is_ok();
+    let server_gave_up = seen
+        .wait_until(
+            |s| s.deadlines_expired.load(Ordering::SeqCst) == 1,
+            Duration::from_secs(5),
+        )
+        .await;
     println!(
         "5. deadline 200 ms on slow work → client {code:?}; server gave up too: {server_gave_up}"
     );
@@ -232,11 +223,12 @@ pub async fn run() -> Result<Tour, Box<dyn std::error::Error>> {
         stream.message().await?;
     }
     drop(stream);
-    tour.cancel_observed = wait_until("the server notices the cancel", || {
-        seen.cancelled_streams.load(Ordering::SeqCst) == 1
-    })
-    .await
-    .is_ok();
+    tour.cancel_observed = seen
+        .wait_until(
+            |s| s.cancelled_streams.load(Ordering::SeqCst) == 1,
+            Duration::from_secs(5),
+        )
+        .await;
     println!(
         "6. dropped an endless stream after 3 movies; the server stopped: {}",
         tour.cancel_observed

@@ -26,7 +26,10 @@ pub mod service_config;
 mod settings_sniffer;
 pub mod subchannel;
 
-pub use channel::{Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, WaitForReady};
+pub use channel::{
+    Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, WaitForReady,
+    parse_grpc_timeout,
+};
 pub use connectivity::{ConnectivityState, aggregate};
 pub use policy::{Helper, Policy, PolicyBuilder, PolicyRegistry};
 pub use subchannel::{

@@ -52,6 +52,32 @@ pub struct Seen {
     pub attempts: Mutex<HashMap<String, u32>>,
     /// Calls that got through the auth layer, by path.
     pub authorized: Mutex<Vec<String>>,
+    /// Woken when a counter above changes.
+    changed: tokio::sync::Notify,
+}
+
+impl Seen {
+    /// Adds one to `counter` (one of the fields above) and wakes waiters.
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until `pred` holds; returns whether it did.
+    pub async fn wait_until(&self, pred: impl Fn(&Seen) -> bool, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if pred(self) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
 }
 
 /// Counts a call whose deadline expired, however the work ended (its own
@@ -60,7 +86,7 @@ struct GiveUp(Arc<Seen>);
 
 impl Drop for GiveUp {
     fn drop(&mut self) {
-        self.0.deadlines_expired.fetch_add(1, Ordering::SeqCst);
+        self.0.count(&self.0.deadlines_expired);
     }
 }
 
@@ -86,17 +112,7 @@ impl Movies {
 /// The time left before the caller's deadline, from `grpc-timeout`.
 pub fn time_left(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    waypost::balancer::parse_grpc_timeout(value)
 }
 
 /// A NOT_FOUND status carrying a `MovieError` detail (gRPC's rich error
@@ -270,12 +286,12 @@ impl MoviesService for Movies {
                 };
                 tokio::select! {
                     result = tx.send(Ok(movie)) => if result.is_err() {
-                        seen.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+                        seen.count(&seen.cancelled_streams);
                         return;
                     },
                     // The client dropped the call: tonic drops the stream.
                     _ = tx.closed() => {
-                        seen.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+                        seen.count(&seen.cancelled_streams);
                         return;
                     }
                 }

@@ -14,6 +14,7 @@ use waypost_integration::backend::Backend;
 use waypost_integration::dns::{DnsServer, SrvTarget};
 use waypost_integration::etcd::EtcdServer;
 use waypost_lbserver::config::Config;
+use waypost_lbserver::registry::ListSnapshot;
 use waypost_lbserver::server::{Running, ServeOptions, start};
 use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::movies::v1::MovieId;
@@ -185,9 +186,8 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
         "the DNS-sourced service is served too"
     );
 
-    // Both replicas hand out the same backends.
-    let listed = |lb: &Running| -> BTreeSet<String> {
-        let snapshot = lb.registry.find("movies").expect("configured").current();
+    // Both replicas hand out the same backends (once their probes agree).
+    let listed = |snapshot: &ListSnapshot| -> BTreeSet<String> {
         match &snapshot.response.load_balance_response_type {
             Some(LoadBalanceResponseType::ServerList(list)) => list
                 .servers
@@ -202,14 +202,16 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
         }
     };
     let want = BTreeSet::from([m1.addr().to_string(), m2.addr().to_string()]);
-    for _ in 0..200 {
-        if listed(&lb1) == want && listed(&lb2) == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for lb in [&lb1, &lb2] {
+        let mut lists = lb.registry.find("movies").expect("configured").subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            lists.wait_for(|snapshot| listed(snapshot) == want),
+        )
+        .await
+        .expect("both backends listed")
+        .unwrap();
     }
-    assert_eq!(listed(&lb1), want);
-    assert_eq!(listed(&lb2), want);
 
     // One replica goes away: clients keep being served through the other.
     lb1.shutdown().await;

@@ -213,14 +213,16 @@ impl Service {
     /// The share of list entries dropped now: the configured fraction, or
     /// more when the reported call rate exceeds the spare capacity.
     pub fn drop_fraction(&self) -> f64 {
+        self.drop_fraction_of(&self.views())
+    }
+
+    /// [`Service::drop_fraction`] for backends already read.
+    fn drop_fraction_of(&self, views: &[BackendView]) -> f64 {
         let configured = self.config.drop_fraction;
         match self.config.capacity_per_weight {
             Some(capacity) => {
-                let overload = crate::assign::overload_drop_fraction(
-                    &self.views(),
-                    capacity,
-                    self.observed_rate(),
-                );
+                let overload =
+                    crate::assign::overload_drop_fraction(views, capacity, self.observed_rate());
                 // Whole percents, so a jittery rate does not churn lists.
                 configured.max((overload * 100.0).round() / 100.0)
             }
@@ -272,7 +274,7 @@ impl Service {
         let drop_fraction = if self.config.policy == ListPolicy::Subset {
             0.0
         } else {
-            self.drop_fraction()
+            self.drop_fraction_of(&views)
         };
         let servers = assign(&self.config.name, &views, self.config.policy, drop_fraction);
         let backends = servers.iter().filter(|s| !s.drop).count();

@@ -36,9 +36,15 @@ pub(crate) fn transport_status(error: &hyper::Error) -> tonic::Status {
     tonic::Status::unavailable(format!("transport: {error}"))
 }
 
-/// Parses a `grpc-timeout` header value (`<1–8 digits><H|M|S|m|u|n>`).
-pub(crate) fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?;
+/// Parses a `grpc-timeout` header value (`<1–8 digits><H|M|S|m|u|n>`):
+/// the time a server has left before its caller's deadline.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(waypost_balancer::parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+/// assert_eq!(waypost_balancer::parse_grpc_timeout("soon"), None);
+/// ```
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     if text.len() < 2 || text.len() > 9 {
         return None;
     }
@@ -83,6 +89,7 @@ pub(crate) async fn call(
     let caller_timeout = request
         .headers()
         .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     let timeout = match (caller_timeout, method.as_ref().and_then(|m| m.timeout)) {
         (Some(a), Some(b)) if b < a => {
@@ -284,7 +291,7 @@ mod tests {
 
     #[test]
     fn grpc_timeouts_parse() {
-        let t = |s: &str| parse_grpc_timeout(&HeaderValue::from_str(s).unwrap());
+        let t = parse_grpc_timeout;
         assert_eq!(t("100m"), Some(Duration::from_millis(100)));
         assert_eq!(t("2S"), Some(Duration::from_secs(2)));
         assert_eq!(t("1H"), Some(Duration::from_secs(3600)));

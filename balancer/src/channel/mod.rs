@@ -33,7 +33,7 @@ use waypost_resolver::backoff::BackoffConfig;
 use waypost_resolver::{ResolveError, ResolverRegistry, Target};
 
 pub use self::body::ChannelBody;
-pub use self::call::WaitForReady;
+pub use self::call::{WaitForReady, parse_grpc_timeout};
 pub use self::retry::MAX_REPLAY_BYTES;
 use crate::connectivity::ConnectivityState;
 use crate::picker::{FailPicker, Picker, QueuePicker};
