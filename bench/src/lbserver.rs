@@ -1,29 +1,40 @@
 //! `waypost-bench lbserver`: how many BalanceLoad streams one `waypost
 //! serve` holds, in how much memory, and how fast a list change reaches
-//! all of them.
+//! all of them — beside a plain tonic server doing the same.
 //!
-//! Starts the release `waypost` binary (build it first) as a child with one
-//! service of two static backends (no probing, no traffic to them), opens
-//! `--streams` BalanceLoad streams over HTTP/2 connections of
-//! `--per-connection` streams each, waits until every stream has its first
-//! list, reads the server's RSS from `/proc/<pid>/status`, then drains one
-//! backend through the admin endpoint and measures, per stream, the time
-//! until the new list arrived. Last line: `{"streams":..,"rss_mib":..,
-//! "fanout_p50_ms":..,"fanout_p99_ms":..,"fanout_max_ms":..}`.
+//! Each server runs in its own process: the release `waypost` binary (build
+//! it first) with one service of two static backends (no probing, no
+//! traffic to them), and then — the competitor — a plain tonic
+//! `LoadBalancer` server in the idiomatic shape (a task and an mpsc
+//! channel per stream, each stream watching a shared list; hidden
+//! subcommand `lbserver-tonic`). The bench opens `--streams` BalanceLoad
+//! streams over HTTP/2 connections of `--per-connection` streams each,
+//! waits until every stream has its first list, reads the server's RSS
+//! from `/proc/<pid>/status`, then makes `--changes` backend changes one
+//! after another (drain one backend through the admin endpoint, undo it, …;
+//! the tonic server is told on its stdin) and measures, per stream, the
+//! time until the new list arrived. Last line: `{"streams":..,"rss_mib":..,
+//! "fanout_p50_ms":..,"fanout_p99_ms":..,"fanout_max_ms":..,"tonic":{..}}`
+//! (medians over the changes; `tonic` holds the same fields for the plain
+//! tonic server).
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
+use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::grpc::lb::v1::load_balancer_client::LoadBalancerClient;
-use waypost_proto::grpc::lb::v1::{InitialLoadBalanceRequest, LoadBalanceRequest};
+use waypost_proto::grpc::lb::v1::{
+    InitialLoadBalanceRequest, InitialLoadBalanceResponse, LoadBalanceRequest, LoadBalanceResponse,
+    Server, ServerList,
+};
 
 use crate::stats::{ms, percentile};
 
@@ -36,6 +47,13 @@ pub(crate) struct LbArgs {
     /// Streams per HTTP/2 connection.
     #[arg(long, default_value_t = 1_000)]
     per_connection: usize,
+    /// Backend changes to measure, one after another (the medians are
+    /// reported).
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// Skip the plain tonic server.
+    #[arg(long)]
+    no_tonic: bool,
 }
 
 /// User + system CPU seconds of a process, from its `stat` file.
@@ -49,99 +67,165 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let exe = std::env::current_exe()?;
-    let waypost = exe.parent().ok_or("no exe dir")?.join("waypost");
-    if !waypost.is_file() {
-        return Err(format!(
-            "{} not found: build it first with `cargo build --release -p waypost-lbserver --bin waypost`",
-            waypost.display()
-        )
-        .into());
+    let mut summary = measure(ServerUnderTest::waypost().await?, &args).await?;
+    if !args.no_tonic {
+        summary["tonic"] = measure(ServerUnderTest::tonic().await?, &args).await?;
     }
-    let dir = std::env::temp_dir().join(format!("waypost-bench-lb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("lb.toml");
-    std::fs::write(
-        &config,
-        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9,127.0.0.1:10\"\n",
-    )?;
-    let mut child = tokio::process::Command::new(&waypost)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or("no child pid")?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// A BalanceLoad server in a child process, and how to change its list.
+struct ServerUnderTest {
+    name: &'static str,
+    child: tokio::process::Child,
+    pid: u32,
+    listen: String,
+    change: Change,
+    /// Removed when the measurement ends.
+    dir: Option<std::path::PathBuf>,
+}
+
+enum Change {
+    /// `waypost serve`: drain and undrain a backend through this admin address.
+    Admin(String),
+    /// The plain tonic server: one line on its stdin.
+    Stdin(tokio::process::ChildStdin),
+}
+
+impl ServerUnderTest {
+    async fn waypost() -> Result<Self, Box<dyn std::error::Error>> {
+        let exe = std::env::current_exe()?;
+        let waypost = exe.parent().ok_or("no exe dir")?.join("waypost");
+        if !waypost.is_file() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release -p waypost-lbserver --bin waypost`",
+                waypost.display()
+            )
+            .into());
+        }
+        let dir = std::env::temp_dir().join(format!("waypost-bench-lb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("lb.toml");
+        std::fs::write(
+            &config,
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9,127.0.0.1:10\"\n",
+        )?;
+        let mut child = tokio::process::Command::new(&waypost)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let started = first_line(&mut child).await?;
+        let admin = started["admin"]
+            .as_str()
+            .ok_or("no admin address")?
+            .to_owned();
+        Ok(ServerUnderTest {
+            name: "waypost serve",
+            pid: child.id().ok_or("no child pid")?,
+            listen: listening(&started)?,
+            child,
+            change: Change::Admin(admin),
+            dir: Some(dir),
+        })
+    }
+
+    async fn tonic() -> Result<Self, Box<dyn std::error::Error>> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("lbserver-tonic")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let started = first_line(&mut child).await?;
+        Ok(ServerUnderTest {
+            name: "plain tonic server",
+            pid: child.id().ok_or("no child pid")?,
+            listen: listening(&started)?,
+            change: Change::Stdin(child.stdin.take().ok_or("no stdin")?),
+            child,
+            dir: None,
+        })
+    }
+
+    /// Makes change number `n`: every stream gets a new list.
+    async fn change(&mut self, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+        match &mut self.change {
+            Change::Admin(admin) => {
+                let undo = if n % 2 == 1 { "&undo=true" } else { "" };
+                admin_post(
+                    admin,
+                    &format!("/drain?service=movies&backend=127.0.0.1:10{undo}"),
+                )
+                .await
+            }
+            Change::Stdin(stdin) => Ok(stdin.write_all(b"change\n").await?),
+        }
+    }
+}
+
+impl Drop for ServerUnderTest {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The JSON line a server prints once it listens.
+async fn first_line(
+    child: &mut tokio::process::Child,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let started: serde_json::Value =
-        serde_json::from_str(&lines.next_line().await?.ok_or("waypost serve exited")?)?;
-    let listen = started["listening"]
+    let line = lines.next_line().await?.ok_or("the server exited")?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+fn listening(started: &serde_json::Value) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(started["listening"]
         .as_str()
         .ok_or("no listen address")?
-        .to_owned();
-    let admin = started["admin"]
-        .as_str()
-        .ok_or("no admin address")?
-        .to_owned();
+        .to_owned())
+}
+
+/// Opens the streams against `server`, reads its RSS and measures
+/// `args.changes` fan-outs; returns the summary JSON.
+async fn measure(
+    mut server: ServerUnderTest,
+    args: &LbArgs,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (pid, listen) = (server.pid, server.listen.clone());
     eprintln!(
-        "waypost serve pid {pid} on {listen}, admin {admin}; idle RSS {} MiB",
+        "{} pid {pid} on {listen}; idle RSS {} MiB",
+        server.name,
         rss_mib(pid)
     );
-
     let established = Arc::new(AtomicUsize::new(0));
     let all_established = Arc::new(Notify::new());
-    let (trigger_tx, trigger_rx) = watch::channel::<Option<Instant>>(None);
-    let (done_tx, mut done_rx) = mpsc::channel::<Duration>(args.streams.max(1));
+    let (triggers_tx, triggers) = watch::channel::<Vec<Instant>>(Vec::new());
+    let (results_tx, mut results) = mpsc::unbounded_channel::<Batch>();
     let connections = args.streams.div_ceil(args.per_connection);
     let setup = Instant::now();
-    let mut handles = Vec::with_capacity(args.streams);
+    let mut handles = Vec::with_capacity(connections);
     for c in 0..connections {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))?
-            .initial_stream_window_size(Some(16 * 1024))
-            .connect()
-            .await?;
         let count = args
             .per_connection
             .min(args.streams - c * args.per_connection);
-        for _ in 0..count {
-            let mut client = LoadBalancerClient::new(channel.clone());
-            let (established, all_established, total) =
-                (established.clone(), all_established.clone(), args.streams);
-            let mut trigger = trigger_rx.clone();
-            let done = done_tx.clone();
-            handles.push(tokio::spawn(async move {
-                let (tx, rx) = mpsc::channel(1);
-                let initial = LoadBalanceRequest {
-                    load_balance_request_type: Some(LoadBalanceRequestType::InitialRequest(
-                        InitialLoadBalanceRequest {
-                            name: "movies".into(),
-                        },
-                    )),
-                };
-                let _ = tx.send(initial).await;
-                let Ok(response) = client.balance_load(ReceiverStream::new(rx)).await else {
-                    return;
-                };
-                let mut inbound = response.into_inner();
-                // The initial response, then the first list.
-                for _ in 0..2 {
-                    if !matches!(inbound.message().await, Ok(Some(_))) {
-                        return;
-                    }
-                }
-                if established.fetch_add(1, Ordering::Relaxed) + 1 == total {
-                    all_established.notify_one();
-                }
-                if matches!(inbound.message().await, Ok(Some(_))) {
-                    let _ = trigger.wait_for(Option::is_some).await;
-                    let t0 = trigger.borrow().expect("set");
-                    let _ = done.send(t0.elapsed()).await;
-                }
-                drop(tx);
-            }));
-        }
+        let client = ConnectionClient {
+            listen: listen.clone(),
+            streams: count,
+            total: args.streams,
+            established: established.clone(),
+            all_established: all_established.clone(),
+            triggers: triggers.clone(),
+            results: results_tx.clone(),
+        };
+        handles.push(tokio::spawn(client.run()));
     }
-    drop(done_tx);
+    drop(results_tx);
     tokio::time::timeout(Duration::from_secs(300), all_established.notified())
         .await
         .map_err(|_| {
@@ -152,55 +236,289 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
             )
         })?;
     eprintln!(
-        "{} streams over {connections} connections established in {:.1} s",
+        "{}: {} streams over {connections} connections established in {:.1} s",
+        server.name,
         args.streams,
         setup.elapsed().as_secs_f64()
     );
+    // Let the setup's allocations settle before reading the RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rss_mib(pid);
     eprintln!("server RSS with all streams open: {rss} MiB");
 
-    // A backend change: drain one backend; every stream gets a new list.
-    let (server_cpu0, client_cpu0) = (
-        cpu_seconds(&format!("/proc/{pid}/stat")),
-        cpu_seconds("/proc/self/stat"),
-    );
-    let t0 = Instant::now();
-    trigger_tx.send_replace(Some(t0));
-    let mut stream = tokio::net::TcpStream::connect(&admin).await?;
+    // Backend changes, one at a time: drain one backend, then undo it, …;
+    // every change sends every stream a new list.
+    let mut per_change = Vec::with_capacity(args.changes);
+    for change in 0..args.changes {
+        let (server_cpu0, client_cpu0) = (
+            cpu_seconds(&format!("/proc/{pid}/stat")),
+            cpu_seconds("/proc/self/stat"),
+        );
+        triggers_tx.send_modify(|t| t.push(Instant::now()));
+        server.change(change).await?;
+        let mut latencies = Vec::with_capacity(args.streams);
+        while latencies.len() < args.streams {
+            match tokio::time::timeout(Duration::from_secs(60), results.recv()).await {
+                Ok(Some(Batch::Latencies(k, batch))) if k == change => latencies.extend(batch),
+                Ok(Some(Batch::Latencies(k, _))) => {
+                    return Err(
+                        format!("a list for change {k} arrived during change {change}").into(),
+                    );
+                }
+                Ok(Some(Batch::Failed(why))) => return Err(why.into()),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu0;
+        let client_cpu = cpu_seconds("/proc/self/stat") - client_cpu0;
+        let received = latencies.len();
+        let (p50, p99, max) = (
+            percentile(&mut latencies, 50.0),
+            percentile(&mut latencies, 99.0),
+            percentile(&mut latencies, 100.0),
+        );
+        eprintln!(
+            "change {change}: new list reached {received} streams: p50 {p50:?}, p99 {p99:?}, max {max:?}; CPU server {server_cpu:.2} s, bench client {client_cpu:.2} s"
+        );
+        if received < args.streams {
+            return Err(format!(
+                "only {received} of {} streams got change {change}",
+                args.streams
+            )
+            .into());
+        }
+        per_change.push(json!({"fanout_p50_ms": ms(p50), "fanout_p99_ms": ms(p99), "fanout_max_ms": ms(max), "server_cpu_s": server_cpu, "client_cpu_s": client_cpu}));
+    }
+    let median = |field: &str| {
+        let mut values: Vec<f64> = per_change
+            .iter()
+            .filter_map(|c| c[field].as_f64())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let summary = json!({
+        "streams": args.streams,
+        "rss_mib": rss,
+        "fanout_p50_ms": median("fanout_p50_ms"),
+        "fanout_p99_ms": median("fanout_p99_ms"),
+        "fanout_max_ms": median("fanout_max_ms"),
+        "server_cpu_s": median("server_cpu_s"),
+        "client_cpu_s": median("client_cpu_s"),
+        "changes": per_change,
+    });
+    for handle in &handles {
+        handle.abort();
+    }
+    eprintln!("{}: {summary}", server.name);
+    Ok(summary)
+}
+
+async fn admin_post(admin: &str, path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
     stream
-        .write_all("POST /drain?service=movies&backend=127.0.0.1:10 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".as_bytes())
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .await?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await?;
     if !answer.starts_with("HTTP/1.1 200") {
-        return Err(format!("drain failed: {answer}").into());
+        return Err(format!("POST {path} failed: {answer}").into());
     }
-    let mut latencies = Vec::with_capacity(args.streams);
-    while latencies.len() < args.streams {
-        match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
-            Ok(Some(latency)) => latencies.push(latency),
-            _ => break,
+    Ok(())
+}
+
+/// What a connection's task reports: every stream's latency for one change,
+/// or why it stopped.
+enum Batch {
+    Latencies(usize, Vec<Duration>),
+    Failed(String),
+}
+
+/// One HTTP/2 connection's streams, all read by one task (a
+/// `select_all`), so the measuring client costs little next to the server
+/// it measures: no task, channel or allocation per stream per message.
+struct ConnectionClient {
+    listen: String,
+    streams: usize,
+    total: usize,
+    established: Arc<AtomicUsize>,
+    all_established: Arc<Notify>,
+    /// When each change was requested, in order.
+    triggers: watch::Receiver<Vec<Instant>>,
+    results: mpsc::UnboundedSender<Batch>,
+}
+
+impl ConnectionClient {
+    async fn run(self) {
+        if let Err(why) = self.read_all().await {
+            let _ = self.results.send(Batch::Failed(why));
         }
     }
-    let received = latencies.len();
-    let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu0;
-    let client_cpu = cpu_seconds("/proc/self/stat") - client_cpu0;
-    eprintln!("CPU during the fan-out: server {server_cpu:.2} s, bench client {client_cpu:.2} s");
-    let (p50, p99, max) = (
-        percentile(&mut latencies, 50.0),
-        percentile(&mut latencies, 99.0),
-        percentile(&mut latencies, 100.0),
-    );
-    eprintln!("new list reached {received} streams: p50 {p50:?}, p99 {p99:?}, max {max:?}");
-    for handle in &handles {
-        handle.abort();
+
+    async fn read_all(&self) -> Result<(), String> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.listen))
+            .map_err(|e| e.to_string())?
+            .initial_stream_window_size(Some(16 * 1024))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let opened = futures_util::future::join_all((0..self.streams).map(|_| {
+            let mut client = LoadBalancerClient::new(channel.clone());
+            let initial = LoadBalanceRequest {
+                load_balance_request_type: Some(LoadBalanceRequestType::InitialRequest(
+                    InitialLoadBalanceRequest {
+                        name: "movies".into(),
+                    },
+                )),
+            };
+            // The request side stays open (ClientStats could follow).
+            let requests =
+                futures_util::stream::iter([initial]).chain(futures_util::stream::pending());
+            async move { client.balance_load(requests).await }
+        }))
+        .await;
+        let mut inbound = futures_util::stream::select_all(opened.into_iter().enumerate().map(
+            |(i, response)| match response {
+                Ok(response) => response.into_inner().map(move |m| (i, m)).left_stream(),
+                Err(status) => futures_util::stream::iter([(i, Err(status))]).right_stream(),
+            },
+        ));
+        let mut received = vec![0usize; self.streams];
+        let mut changes: Vec<Vec<Duration>> = Vec::new();
+        while let Some((i, message)) = inbound.next().await {
+            message.map_err(|status| format!("stream {i}: {status}"))?;
+            received[i] += 1;
+            // The initial response, then the first list: established.
+            if received[i] == 2 {
+                if self.established.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
+                    self.all_established.notify_one();
+                }
+            } else if received[i] > 2 {
+                let change = received[i] - 3;
+                let Some(t0) = self.triggers.borrow().get(change).copied() else {
+                    return Err(format!("stream {i} got a list no change asked for"));
+                };
+                if changes.len() <= change {
+                    changes.resize_with(change + 1, Vec::new);
+                }
+                changes[change].push(t0.elapsed());
+                if changes[change].len() == self.streams {
+                    let batch = std::mem::take(&mut changes[change]);
+                    let _ = self.results.send(Batch::Latencies(change, batch));
+                }
+            }
+        }
+        Err("the connection's streams ended".into())
     }
-    drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `waypost-bench lbserver-tonic`: the competitor, a plain tonic
+/// `LoadBalancer` server written the way tonic's examples write streaming
+/// servers (default server settings; a task and an mpsc channel per stream,
+/// each message encoded by tonic per stream). It serves one list and
+/// switches between two versions (two backends, then one) whenever a line
+/// arrives on stdin. First line on stdout: `{"listening":"ADDR"}`.
+pub(crate) async fn tonic_child() -> Result<(), Box<dyn std::error::Error>> {
+    use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancerServer;
+
+    let lists = [plain_list(&[9, 10]), plain_list(&[9])];
+    let (set_list, list) = watch::channel(lists[0].clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!(
         "{}",
-        json!({"streams": received, "rss_mib": rss, "fanout_p50_ms": ms(p50), "fanout_p99_ms": ms(p99), "fanout_max_ms": ms(max), "server_cpu_s": server_cpu, "client_cpu_s": client_cpu})
+        json!({"listening": listener.local_addr()?.to_string()})
     );
+    tokio::spawn(async move {
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        let mut n = 0;
+        while let Ok(Some(_)) = stdin.next_line().await {
+            n += 1;
+            set_list.send_replace(lists[n % 2].clone());
+        }
+        // The bench is gone: stop.
+        std::process::exit(0);
+    });
+    tonic::transport::Server::builder()
+        .add_service(LoadBalancerServer::new(PlainBalancer { list }))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
     Ok(())
+}
+
+fn plain_list(ports: &[u16]) -> LoadBalanceResponse {
+    LoadBalanceResponse {
+        load_balance_response_type: Some(LoadBalanceResponseType::ServerList(ServerList {
+            servers: ports
+                .iter()
+                .map(|&port| Server {
+                    ip_address: vec![127, 0, 0, 1],
+                    port: i32::from(port),
+                    load_balance_token: format!("token-{port}"),
+                    drop: false,
+                })
+                .collect(),
+        })),
+    }
+}
+
+struct PlainBalancer {
+    list: watch::Receiver<LoadBalanceResponse>,
+}
+
+#[tonic::async_trait]
+impl waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancer for PlainBalancer {
+    type BalanceLoadStream =
+        tokio_stream::wrappers::ReceiverStream<Result<LoadBalanceResponse, tonic::Status>>;
+
+    async fn balance_load(
+        &self,
+        request: tonic::Request<tonic::Streaming<LoadBalanceRequest>>,
+    ) -> Result<tonic::Response<Self::BalanceLoadStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        inbound
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("no initial request"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut list = self.list.clone();
+        tokio::spawn(async move {
+            let initial = LoadBalanceResponse {
+                load_balance_response_type: Some(LoadBalanceResponseType::InitialResponse(
+                    InitialLoadBalanceResponse {
+                        client_stats_report_interval: Some(prost_types::Duration {
+                            seconds: 10,
+                            nanos: 0,
+                        }),
+                    },
+                )),
+            };
+            let current = list.borrow_and_update().clone();
+            if tx.send(Ok(initial)).await.is_err() || tx.send(Ok(current)).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = list.changed() => {
+                        let current = list.borrow_and_update().clone();
+                        if changed.is_err() || tx.send(Ok(current)).await.is_err() {
+                            return;
+                        }
+                    }
+                    message = inbound.message() => {
+                        if !matches!(message, Ok(Some(_))) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
 }

@@ -37,6 +37,9 @@ enum Command {
     /// (internal) One `dataconn` transfer in its own process.
     #[command(hide = true)]
     DataconnChild(dataconn::DataconnChildArgs),
+    /// (internal) The plain tonic BalanceLoad server `lbserver` compares with.
+    #[command(hide = true)]
+    LbserverTonic,
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
     RpcBackends,
@@ -48,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Etcd(args) => etcd::run(args).await,
         Command::Rpc(args) => rpc::run(args).await,
         Command::Lbserver(args) => lbserver::run(args).await,
+        Command::LbserverTonic => lbserver::tonic_child().await,
         Command::RpcBackends => rpc::backends().await,
         Command::Dataconn(args) => dataconn::run(args).await,
         Command::DataconnChild(args) => dataconn::child(args).await,

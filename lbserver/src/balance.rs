@@ -2,8 +2,9 @@
 //!
 //! A client sends `initial_request{name}`; the balancer answers
 //! `initial_response{client_stats_report_interval}`, then the service's
-//! current server list, then a new one whenever it changes (changes within
-//! [`BalanceOptions::debounce`] are sent once). ClientStats reports are
+//! current server list, then a new one whenever it changes (a change is
+//! sent at once; the ones that follow within [`BalanceOptions::debounce`]
+//! are sent as one list when that window ends). ClientStats reports are
 //! added to the service's totals. A client that reports faster than half
 //! its interval is throttled, not dropped: the next report is read only
 //! once half an interval has passed, so HTTP/2 flow control pushes back on
@@ -40,7 +41,9 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub struct BalanceOptions {
     /// How long a new stream may take to send its initial request.
     pub initial_request_timeout: Duration,
-    /// List changes within this window are sent as one.
+    /// After a list is sent, further changes within this window are held
+    /// and sent as one list when it ends (a change after a quiet spell is
+    /// sent at once).
     pub debounce: Duration,
 }
 

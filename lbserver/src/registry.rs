@@ -245,15 +245,19 @@ impl Service {
         }
     }
 
-    /// Coalesces changes: while this runs, a burst of changes within
-    /// `window` becomes one new list, computed once for every stream.
+    /// Coalesces changes: while this runs, a change after a quiet spell is
+    /// published at once, and the changes that follow within `window` of a
+    /// publication become one new list at the window's end — at most one
+    /// list per `window`, each computed once for every stream.
     pub async fn debounce(self: Arc<Self>, window: std::time::Duration) {
         self.debouncing
             .store(true, std::sync::atomic::Ordering::SeqCst);
         loop {
+            // A change during the sleep below leaves a permit, so a burst
+            // is published once more when its window ends.
             self.pending.notified().await;
-            tokio::time::sleep(window).await;
             self.republish();
+            tokio::time::sleep(window).await;
         }
     }
 
@@ -354,5 +358,60 @@ impl Registry {
     /// Every service.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn listed(service: &Service) -> Vec<u16> {
+        match &service.current().response.load_balance_response_type {
+            Some(LoadBalanceResponseType::ServerList(list)) => {
+                list.servers.iter().map(|s| s.port as u16).collect()
+            }
+            other => panic!("not a server list: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_goes_out_at_once_and_a_burst_once_per_window() {
+        let text =
+            "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"s\"\nsource = \"127.0.0.1:1\"\n";
+        let config = Config::parse(text, "t.toml").unwrap();
+        let registry = Registry::new(&config.services);
+        let service = registry.find("s").unwrap();
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        service.set_backends((1..=3).map(|p| (addr(p), 1, 0.0)).collect(), &|_, _| None);
+        let window = Duration::from_millis(50);
+        let task = tokio::spawn(service.clone().debounce(window));
+        while !service.debouncing.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let mut lists = service.subscribe();
+        lists.borrow_and_update();
+        let version = service.current().version;
+
+        // After a quiet spell: published without waiting for the window.
+        let start = tokio::time::Instant::now();
+        service.set_draining(addr(1), true);
+        lists.changed().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(service.current().version, version + 1);
+        assert_eq!(listed(&service), [2, 3]);
+
+        // A burst right after: held, then sent as one list when the window ends.
+        service.set_draining(addr(2), true);
+        service.set_draining(addr(1), false);
+        tokio::task::yield_now().await;
+        assert_eq!(service.current().version, version + 1, "held in the window");
+        lists.changed().await.unwrap();
+        assert_eq!(start.elapsed(), window);
+        assert_eq!(service.current().version, version + 2);
+        assert_eq!(listed(&service), [1, 3]);
+        task.abort();
     }
 }
