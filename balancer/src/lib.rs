@@ -27,7 +27,7 @@ mod settings_sniffer;
 pub mod subchannel;
 
 pub use channel::{
-    Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, WaitForReady,
+    Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, ResponseFuture, WaitForReady,
     parse_grpc_timeout,
 };
 pub use connectivity::{ConnectivityState, aggregate};

@@ -30,6 +30,8 @@ enum Command {
     Etcd(etcd::EtcdArgs),
     /// Client CPU per call and throughput: waypost vs tonic vs bare hyper.
     Rpc(rpc::RpcArgs),
+    /// One rpc variant making sequential calls (for counting instructions).
+    RpcCalls(rpc::CallsArgs),
     /// BalanceLoad streams one `waypost serve` holds, its RSS, and fan-out time.
     Lbserver(lbserver::LbArgs),
     /// One bulk stream: waypost-rpc data connection vs raw TCP vs tonic streaming.
@@ -50,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Etcd(args) => etcd::run(args).await,
         Command::Rpc(args) => rpc::run(args).await,
+        Command::RpcCalls(args) => rpc::calls(args).await,
         Command::Lbserver(args) => lbserver::run(args).await,
         Command::LbserverTonic => lbserver::tonic_child().await,
         Command::RpcBackends => rpc::backends().await,

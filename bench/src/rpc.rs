@@ -244,7 +244,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// The backends' child process (it ends when dropped) and their addresses.
+async fn spawn_backends() -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>>
+{
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("rpc-backends")
         .stdin(Stdio::piped())
@@ -262,33 +264,99 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
         }
     };
     eprintln!("backends (child pid {:?}): {addrs:?}", child.id());
+    Ok((child, addrs))
+}
 
-    let waypost = waypost_balancer::Channel::builder(format!("ipv4:{}", addrs.join(",")))
-        .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}))
-        .build()?;
-    let endpoints = addrs
-        .iter()
-        .map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint"));
-    let clients = Clients {
-        waypost: MoviesServiceClient::new(waypost.clone()),
-        tonic_balance: MoviesServiceClient::new(tonic::transport::Channel::balance_list(endpoints)),
-        tonic_single: MoviesServiceClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[0]))?
-                .connect()
-                .await?,
-        ),
-        floor: MoviesServiceClient::new(bare(&addrs[0]).await?),
-        waypost_single: MoviesServiceClient::new(
-            waypost_balancer::Channel::builder(format!("ipv4:{}", addrs[0])).build()?,
-        ),
-    };
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while waypost.stats().subchannels_ready < addrs.len() as u64 {
-        if Instant::now() > ready_by {
-            return Err("waypost channel not READY".into());
+impl Clients {
+    /// Every variant, connected and (for waypost) READY.
+    async fn connect(addrs: &[String]) -> Result<Clients, Box<dyn std::error::Error>> {
+        let waypost = waypost_balancer::Channel::builder(format!("ipv4:{}", addrs.join(",")))
+            .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+            .build()?;
+        let endpoints = addrs.iter().map(|a| {
+            tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint")
+        });
+        let clients = Clients {
+            waypost: MoviesServiceClient::new(waypost.clone()),
+            tonic_balance: MoviesServiceClient::new(tonic::transport::Channel::balance_list(
+                endpoints,
+            )),
+            tonic_single: MoviesServiceClient::new(
+                tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[0]))?
+                    .connect()
+                    .await?,
+            ),
+            floor: MoviesServiceClient::new(bare(&addrs[0]).await?),
+            waypost_single: MoviesServiceClient::new(
+                waypost_balancer::Channel::builder(format!("ipv4:{}", addrs[0])).build()?,
+            ),
+        };
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        while waypost.stats().subchannels_ready < addrs.len() as u64 {
+            if Instant::now() > ready_by {
+                return Err("waypost channel not READY".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(clients)
     }
+
+    async fn sequential(&self, variant: &str, calls: u64) {
+        match variant {
+            "waypost" => sequential(self.waypost.clone(), calls).await,
+            "tonic_balance" => sequential(self.tonic_balance.clone(), calls).await,
+            "tonic_single" => sequential(self.tonic_single.clone(), calls).await,
+            "waypost_single" => sequential(self.waypost_single.clone(), calls).await,
+            _ => sequential(self.floor.clone(), calls).await,
+        }
+    }
+}
+
+/// `calls` calls, one after another.
+async fn sequential<T>(mut client: MoviesServiceClient<T>, calls: u64)
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<StdError>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+{
+    for _ in 0..calls {
+        client.get_movie(MovieId { mid: 1 }).await.expect("call");
+    }
+}
+
+/// Arguments of `waypost-bench rpc-calls`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CallsArgs {
+    /// One of waypost, tonic_balance, tonic_single, floor, waypost_single.
+    #[arg(long)]
+    variant: String,
+    /// Calls to make, one after another, after 1,000 warm-up calls.
+    #[arg(long, default_value_t = 10_000)]
+    calls: u64,
+}
+
+/// `waypost-bench rpc-calls`: the same backends and variants as `rpc`, but
+/// one variant making sequential calls and nothing else, for counting the
+/// client's instructions per call under `valgrind --tool=callgrind` (run
+/// it with two call counts; the difference of the totals over the
+/// difference of the counts is the cost of one call, free of setup).
+pub(crate) async fn calls(args: CallsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !VARIANTS.contains(&args.variant.as_str()) {
+        return Err(format!("unknown variant {:?}; one of {VARIANTS:?}", args.variant).into());
+    }
+    let (child, addrs) = spawn_backends().await?;
+    let clients = Clients::connect(&addrs).await?;
+    clients.sequential(&args.variant, 1_000).await;
+    clients.sequential(&args.variant, args.calls).await;
+    drop(child);
+    Ok(())
+}
+
+pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (child, addrs) = spawn_backends().await?;
+    let clients = Clients::connect(&addrs).await?;
 
     eprintln!("warming up each variant for 1 s");
     for variant in VARIANTS {

@@ -2,7 +2,10 @@
 //! send; queue for the next picker when none is usable, bounded by the
 //! call's deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::sync::atomic::Ordering;
@@ -16,6 +19,7 @@ use super::Shared;
 use super::body::ChannelBody;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::picker::{CallOutcome, Pick, Routed};
+use crate::service_config::RetryPolicy;
 
 /// A request extension: `WaitForReady(true)` makes the call wait for a
 /// READY connection instead of failing fast while the channel is in
@@ -75,23 +79,34 @@ fn format_grpc_timeout(timeout: Duration) -> HeaderValue {
     HeaderValue::from_str(&value).expect("digits and a unit are a valid header")
 }
 
-pub(crate) async fn call(
-    shared: Arc<Shared>,
+/// A call, checked and addressed, not yet sent.
+struct Prepared {
+    request: http::Request<tonic::body::Body>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+    retry_policy: Option<RetryPolicy>,
+}
+
+/// Applies the method config and the caller's deadline, and gives the
+/// request the scheme and authority HTTP/2 needs.
+fn prepare(
+    shared: &Shared,
     mut request: http::Request<tonic::body::Body>,
-) -> Result<http::Response<ChannelBody>, tower::BoxError> {
-    let method = shared.config.load().method(request.uri().path()).cloned();
+) -> Result<Prepared, tonic::Status> {
+    let config = shared.config.load();
+    let method = config.method(request.uri().path());
     let wait_for_ready = request
         .extensions()
         .get::<WaitForReady>()
         .map(|w| w.0)
-        .or(method.as_ref().and_then(|m| m.wait_for_ready))
+        .or(method.and_then(|m| m.wait_for_ready))
         .unwrap_or(false);
     let caller_timeout = request
         .headers()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
-    let timeout = match (caller_timeout, method.as_ref().and_then(|m| m.timeout)) {
+    let timeout = match (caller_timeout, method.and_then(|m| m.timeout)) {
         (Some(a), Some(b)) if b < a => {
             request
                 .headers_mut()
@@ -107,6 +122,7 @@ pub(crate) async fn call(
         (a, _) => a,
     };
     let deadline = timeout.map(|t| Instant::now() + t);
+    let retry_policy = method.and_then(|m| m.retry_policy.clone());
 
     // tonic sends path-only URIs; HTTP/2 needs the scheme and authority.
     let mut parts = request.uri().clone().into_parts();
@@ -117,23 +133,305 @@ pub(crate) async fn call(
     }
     *request.uri_mut() = Uri::from_parts(parts)
         .map_err(|e| tonic::Status::internal(format!("bad request URI: {e}")))?;
+    Ok(Prepared {
+        request,
+        wait_for_ready,
+        deadline,
+        retry_policy,
+    })
+}
 
-    let retry_policy = method.as_ref().and_then(|m| m.retry_policy.clone());
-    let Some(policy) = retry_policy else {
-        return attempt(&shared, request, wait_for_ready, deadline)
-            .await
-            .map_err(Into::into);
+type BoxedSend = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    http::Response<hyper::body::Incoming>,
+                    hyper::client::conn::TrySendError<http::Request<tonic::body::Body>>,
+                >,
+            > + Send,
+    >,
+>;
+
+type BoxedCall =
+    Pin<Box<dyn Future<Output = Result<http::Response<ChannelBody>, tonic::Status>> + Send>>;
+
+/// The future a [`Channel`](super::Channel) call returns.
+///
+/// The common call — the current picker has a connection for it and no
+/// retry policy applies — is picked and handed to its connection before
+/// this future is returned; polling it only waits for the response headers
+/// (and the deadline, if there is one). A call that queues for a picker or
+/// has a retry policy runs a boxed state machine instead.
+pub struct ResponseFuture {
+    state: Flight,
+}
+
+enum Flight {
+    /// Sent on a connection; waiting for the response headers.
+    Sent(Box<InFlight>),
+    /// Queued for a picker, or retrying.
+    Slow(BoxedCall),
+    /// Decided without sending (failed fast, dropped, bad request), or done.
+    Failed(Option<tonic::Status>),
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            Flight::Sent(_) => "sent",
+            Flight::Slow(_) => "queued or retrying",
+            Flight::Failed(_) => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+/// Starts a call: prepares it and, on the common path, picks and sends.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    request: http::Request<tonic::body::Body>,
+) -> ResponseFuture {
+    let prepared = match prepare(&shared, request) {
+        Ok(prepared) => prepared,
+        Err(status) => return ResponseFuture::done(status),
     };
+    let Prepared {
+        request,
+        wait_for_ready,
+        deadline,
+        retry_policy,
+    } = prepared;
+    if let Some(policy) = retry_policy {
+        let call = with_retries(shared, request, wait_for_ready, deadline, policy);
+        return ResponseFuture {
+            state: Flight::Slow(Box::pin(call)),
+        };
+    }
+    let state = match place(&shared, request, wait_for_ready, deadline) {
+        Placed::Sent(flight) => Flight::Sent(flight),
+        Placed::Failed(status) => Flight::Failed(Some(status)),
+        Placed::Wait(waiting) => Flight::Slow(Box::pin(attempt_after(
+            shared,
+            wait_for_ready,
+            deadline,
+            Some(waiting),
+        ))),
+    };
+    ResponseFuture { state }
+}
 
-    // With a retry policy: record the body, and send again on a retryable
-    // failure before response headers.
+impl ResponseFuture {
+    fn done(status: tonic::Status) -> Self {
+        ResponseFuture {
+            state: Flight::Failed(Some(status)),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ChannelBody>, tower::BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let landed = match &mut self.state {
+            Flight::Failed(status) => {
+                let status = status
+                    .take()
+                    .unwrap_or_else(|| tonic::Status::internal("polled after completion"));
+                return Poll::Ready(Err(status.into()));
+            }
+            Flight::Slow(call) => return call.as_mut().poll(cx).map_err(Into::into),
+            Flight::Sent(flight) => std::task::ready!(flight.poll_landed(cx)),
+        };
+        match landed {
+            Landed::Done(result) => {
+                self.state = Flight::Failed(None);
+                Poll::Ready(result.map_err(Into::into))
+            }
+            Landed::Unsent(waiting) => {
+                let Flight::Sent(flight) = &self.state else {
+                    unreachable!("landed from the Sent state")
+                };
+                let call = attempt_after(
+                    flight.shared.clone(),
+                    flight.wait_for_ready,
+                    flight.deadline,
+                    Some(waiting),
+                );
+                self.state = Flight::Slow(Box::pin(call));
+                self.poll(cx)
+            }
+        }
+    }
+}
+
+/// A call on its connection, waiting for the response headers.
+struct InFlight {
+    send: BoxedSend,
+    /// The deadline's timer, when there is a deadline.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    tracker: Option<Arc<dyn crate::picker::CallTracker>>,
+    /// The picker's header, removed again if the call must go elsewhere.
+    added: Option<http::HeaderName>,
+    /// The picker generation that placed it.
+    generation: u64,
+    shared: Arc<Shared>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+}
+
+/// What became of a call on its connection.
+enum Landed {
+    Done(Result<http::Response<ChannelBody>, tonic::Status>),
+    /// The connection was closing and the call never left: send it again
+    /// on a newer picker.
+    Unsent(Waiting),
+}
+
+impl InFlight {
+    fn poll_landed(&mut self, cx: &mut Context<'_>) -> Poll<Landed> {
+        let response = match self.send.as_mut().poll(cx) {
+            Poll::Ready(response) => response,
+            Poll::Pending => {
+                let expired = self
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                if let Some(tracker) = &self.tracker {
+                    tracker.finished(CallOutcome::Failed);
+                }
+                let status = tonic::Status::deadline_exceeded("deadline exceeded");
+                return Poll::Ready(Landed::Done(Err(status)));
+            }
+        };
+        if let Some(tracker) = &self.tracker {
+            tracker.finished(match &response {
+                Ok(_) => CallOutcome::KnownReceived,
+                Err(error) if error.message().is_some() => CallOutcome::FailedToSend,
+                Err(_) => CallOutcome::Failed,
+            });
+        }
+        Poll::Ready(match response {
+            Ok(response) => Landed::Done(Ok(response.map(ChannelBody::new))),
+            Err(mut error) => match error.take_message() {
+                // Never sent: the connection was closing. Retry it
+                // transparently on the next picker, as gRPC does.
+                Some(mut unsent) => {
+                    if let Some(name) = self.added.take() {
+                        unsent.headers_mut().remove(name);
+                    }
+                    self.shared
+                        .counters
+                        .transparent_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    Landed::Unsent(Waiting {
+                        request: unsent,
+                        generation: self.generation,
+                        reason: Some(Arc::from("the connection closed before the call was sent")),
+                    })
+                }
+                None => Landed::Done(Err(transport_status(error.error()))),
+            },
+        })
+    }
+}
+
+/// A call waiting for a picker newer than `generation`.
+struct Waiting {
+    request: http::Request<tonic::body::Body>,
+    generation: u64,
+    /// Why the last picker could not place it, if it said.
+    reason: Option<Arc<str>>,
+}
+
+/// Where the current picker puts a call.
+// A return value that lives for one match: boxing `Wait` would only add an
+// allocation to every queued call.
+#[allow(clippy::large_enum_variant)]
+enum Placed {
+    Sent(Box<InFlight>),
+    Failed(tonic::Status),
+    Wait(Waiting),
+}
+
+/// Picks with the current picker and, if it gives a connection, sends.
+fn place(
+    shared: &Arc<Shared>,
+    mut request: http::Request<tonic::body::Body>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+) -> Placed {
+    let snapshot = shared.picker.load();
+    let generation = snapshot.generation;
+    let routed = match snapshot.picker.pick(request.uri().path()) {
+        Pick::Connection(connection) => Routed {
+            connection,
+            header: None,
+            tracker: None,
+        },
+        Pick::Routed(routed) => routed,
+        Pick::Drop(reason) => {
+            return Placed::Failed(tonic::Status::unavailable(reason.to_string()));
+        }
+        Pick::Unavailable(reason) if !wait_for_ready => {
+            return Placed::Failed(tonic::Status::unavailable(reason.to_string()));
+        }
+        Pick::Unavailable(reason) => {
+            return Placed::Wait(Waiting {
+                request,
+                generation,
+                reason: Some(reason),
+            });
+        }
+        Pick::Queue => {
+            return Placed::Wait(Waiting {
+                request,
+                generation,
+                reason: None,
+            });
+        }
+    };
+    drop(snapshot);
+    shared.counters.picks.fetch_add(1, Ordering::Relaxed);
+    let added = routed.header.map(|(name, value)| {
+        request.headers_mut().insert(name.clone(), value);
+        name
+    });
+    if let Some(tracker) = &routed.tracker {
+        tracker.started();
+    }
+    Placed::Sent(Box::new(InFlight {
+        send: Box::pin(routed.connection.send(request)),
+        timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        tracker: routed.tracker,
+        added,
+        generation,
+        shared: shared.clone(),
+        wait_for_ready,
+        deadline,
+    }))
+}
+
+/// A call with a retry policy: record the body, and send again on a
+/// retryable failure before response headers.
+async fn with_retries(
+    shared: Arc<Shared>,
+    request: http::Request<tonic::body::Body>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+    policy: RetryPolicy,
+) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let (parts, body) = request.into_parts();
     let (body, replay) = ReplayBody::wrap(body);
     let mut body = Some(body);
     let mut retries = 0;
     loop {
         let request = rebuild(&parts, body.take().expect("a body for each attempt"));
-        let outcome = attempt(&shared, request, wait_for_ready, deadline).await;
+        let outcome = attempt(shared.clone(), request, wait_for_ready, deadline).await;
         let failed_code = match &outcome {
             Ok(response) => {
                 trailers_only_status(response.headers()).filter(|c| *c != tonic::Code::Ok)
@@ -143,16 +441,16 @@ pub(crate) async fn call(
         let retry = failed_code.is_some_and(|code| is_retryable(&policy, code))
             && retries + 1 < policy.max_attempts;
         if !retry {
-            return outcome.map_err(Into::into);
+            return outcome;
         }
         let Some(replayed) = replay.body() else {
-            return outcome.map_err(Into::into);
+            return outcome;
         };
         retries += 1;
         shared.counters.retries.fetch_add(1, Ordering::Relaxed);
         let delay = retry_delay(&policy, retries, rand::random::<f64>());
         if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            return outcome.map_err(Into::into);
+            return outcome;
         }
         tokio::time::sleep(delay).await;
         body = Some(replayed);
@@ -176,112 +474,75 @@ fn rebuild(
 /// One attempt: pick a connection and send, queueing for the next picker
 /// while none is usable (bounded by `deadline`).
 async fn attempt(
-    shared: &Shared,
-    mut request: http::Request<tonic::body::Body>,
+    shared: Arc<Shared>,
+    request: http::Request<tonic::body::Body>,
     wait_for_ready: bool,
     deadline: Option<Instant>,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
+    match place(&shared, request, wait_for_ready, deadline) {
+        Placed::Failed(status) => Err(status),
+        Placed::Sent(mut flight) => match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
+            Landed::Done(result) => result,
+            Landed::Unsent(waiting) => {
+                attempt_after(shared, wait_for_ready, deadline, Some(waiting)).await
+            }
+        },
+        Placed::Wait(waiting) => {
+            attempt_after(shared, wait_for_ready, deadline, Some(waiting)).await
+        }
+    }
+}
+
+/// Waits for a picker newer than `waiting`'s, places the call on it, and
+/// so on until it lands or fails (bounded by `deadline`).
+async fn attempt_after(
+    shared: Arc<Shared>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+    waiting: Option<Waiting>,
+) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let exceeded =
         || tonic::Status::deadline_exceeded("deadline exceeded while waiting for a connection");
+    let Some(mut waiting) = waiting else {
+        return Err(tonic::Status::internal("no call to place"));
+    };
     let mut generations: Option<watch::Receiver<u64>> = None;
     loop {
-        let snapshot = shared.picker.load();
-        let routed = match snapshot.picker.pick(request.uri().path()) {
-            Pick::Connection(connection) => Ok(Routed {
-                connection,
-                header: None,
-                tracker: None,
-            }),
-            Pick::Routed(routed) => Ok(routed),
-            Pick::Drop(reason) => return Err(tonic::Status::unavailable(reason.to_string())),
-            Pick::Unavailable(reason) if !wait_for_ready => {
-                return Err(tonic::Status::unavailable(reason.to_string()));
-            }
-            Pick::Unavailable(reason) => Err(Some(reason)),
-            Pick::Queue => Err(None),
-        };
-        let reason = match routed {
-            Ok(Routed {
-                connection,
-                header,
-                tracker,
-            }) => {
-                shared.counters.picks.fetch_add(1, Ordering::Relaxed);
-                let added = header.map(|(name, value)| {
-                    request.headers_mut().insert(name.clone(), value);
-                    name
-                });
-                if let Some(tracker) = &tracker {
-                    tracker.started();
-                }
-                let sent = connection.send(request);
-                let response = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-                        Ok(response) => response,
-                        Err(_) => {
-                            if let Some(tracker) = &tracker {
-                                tracker.finished(CallOutcome::Failed);
-                            }
-                            return Err(tonic::Status::deadline_exceeded("deadline exceeded"));
-                        }
-                    },
-                    None => sent.await,
-                };
-                if let Some(tracker) = &tracker {
-                    tracker.finished(match &response {
-                        Ok(_) => CallOutcome::KnownReceived,
-                        Err(error) if error.message().is_some() => CallOutcome::FailedToSend,
-                        Err(_) => CallOutcome::Failed,
-                    });
-                }
-                match response {
-                    Ok(response) => return Ok(response.map(ChannelBody::new)),
-                    Err(mut error) => match error.take_message() {
-                        // Never sent: the connection was closing. Retry it
-                        // transparently on the next picker, as gRPC does.
-                        Some(mut unsent) => {
-                            if let Some(name) = added {
-                                unsent.headers_mut().remove(name);
-                            }
-                            shared
-                                .counters
-                                .transparent_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            request = unsent;
-                            Some(Arc::from("the connection closed before the call was sent"))
-                        }
-                        None => return Err(transport_status(error.error())),
-                    },
-                }
-            }
-            Err(reason) => reason,
-        };
         // Wait for the next picker. Subscribe, then re-check the generation,
-        // so a picker published since our load is not missed.
+        // so a picker published since the call's pick is not missed.
         shared.counters.queued.fetch_add(1, Ordering::Relaxed);
         let rx = generations.get_or_insert_with(|| shared.generation.subscribe());
-        if *rx.borrow_and_update() != snapshot.generation {
-            continue;
+        if *rx.borrow_and_update() == waiting.generation {
+            let changed = rx.changed();
+            let waited = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        return Err(match waiting.reason {
+                            Some(reason) => tonic::Status::deadline_exceeded(format!(
+                                "{}; last error: {reason}",
+                                exceeded().message()
+                            )),
+                            None => exceeded(),
+                        });
+                    }
+                },
+                None => changed.await,
+            };
+            if waited.is_err() {
+                return Err(tonic::Status::unavailable("the channel was closed"));
+            }
         }
-        let changed = rx.changed();
-        let waited = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(match reason {
-                        Some(reason) => tonic::Status::deadline_exceeded(format!(
-                            "{}; last error: {reason}",
-                            exceeded().message()
-                        )),
-                        None => exceeded(),
-                    });
+        waiting = match place(&shared, waiting.request, wait_for_ready, deadline) {
+            Placed::Failed(status) => return Err(status),
+            Placed::Wait(next) => next,
+            Placed::Sent(mut flight) => {
+                match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
+                    Landed::Done(result) => return result,
+                    Landed::Unsent(next) => next,
                 }
-            },
-            None => changed.await,
+            }
         };
-        if waited.is_err() {
-            return Err(tonic::Status::unavailable("the channel was closed"));
-        }
     }
 }
 

@@ -19,8 +19,6 @@ mod call;
 mod controller;
 mod retry;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -33,7 +31,7 @@ use waypost_resolver::backoff::BackoffConfig;
 use waypost_resolver::{ResolveError, ResolverRegistry, Target};
 
 pub use self::body::ChannelBody;
-pub use self::call::{WaitForReady, parse_grpc_timeout};
+pub use self::call::{ResponseFuture, WaitForReady, parse_grpc_timeout};
 pub use self::retry::MAX_REPLAY_BYTES;
 use crate::connectivity::ConnectivityState;
 use crate::picker::{FailPicker, Picker, QueuePicker};
@@ -308,8 +306,7 @@ impl Channel {
 impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     type Response = http::Response<ChannelBody>;
     type Error = tower::BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Calls queue inside `call` until a picker can place them.
@@ -317,7 +314,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(call::call(self.shared.clone(), request))
+        call::start(self.shared.clone(), request)
     }
 }
 
