@@ -79,6 +79,10 @@ fn format_grpc_timeout(timeout: Duration) -> HeaderValue {
     HeaderValue::from_str(&value).expect("digits and a unit are a valid header")
 }
 
+/// Looked up on every call: a ready-made name skips parsing and hashing a
+/// string each time.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// A call, checked and addressed, not yet sent.
 struct Prepared {
     request: http::Request<tonic::body::Body>,
@@ -103,20 +107,20 @@ fn prepare(
         .unwrap_or(false);
     let caller_timeout = request
         .headers()
-        .get("grpc-timeout")
+        .get(&GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     let timeout = match (caller_timeout, method.and_then(|m| m.timeout)) {
         (Some(a), Some(b)) if b < a => {
             request
                 .headers_mut()
-                .insert("grpc-timeout", format_grpc_timeout(b));
+                .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(b));
             Some(b)
         }
         (None, Some(b)) => {
             request
                 .headers_mut()
-                .insert("grpc-timeout", format_grpc_timeout(b));
+                .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(b));
             Some(b)
         }
         (a, _) => a,
@@ -168,7 +172,7 @@ pub struct ResponseFuture {
 
 enum Flight {
     /// Sent on a connection; waiting for the response headers.
-    Sent(Box<InFlight>),
+    Sent(InFlight),
     /// Queued for a picker, or retrying.
     Slow(BoxedCall),
     /// Decided without sending (failed fast, dropped, bad request), or done.
@@ -353,7 +357,7 @@ struct Waiting {
 // allocation to every queued call.
 #[allow(clippy::large_enum_variant)]
 enum Placed {
-    Sent(Box<InFlight>),
+    Sent(InFlight),
     Failed(tonic::Status),
     Wait(Waiting),
 }
@@ -404,7 +408,7 @@ fn place(
     if let Some(tracker) = &routed.tracker {
         tracker.started();
     }
-    Placed::Sent(Box::new(InFlight {
+    Placed::Sent(InFlight {
         send: Box::pin(routed.connection.send(request)),
         timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         tracker: routed.tracker,
@@ -413,7 +417,7 @@ fn place(
         shared: shared.clone(),
         wait_for_ready,
         deadline,
-    }))
+    })
 }
 
 /// A call with a retry policy: record the body, and send again on a
