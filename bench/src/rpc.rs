@@ -123,13 +123,16 @@ fn cpu_time() -> Duration {
 #[derive(Debug, Clone, Copy, Default)]
 struct Measured {
     cpu_us_per_call: f64,
+    /// Socket reads and writes per call in the paced phase.
+    syscalls_per_call: f64,
     qps: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
-/// Calls at `rate` per second for `seconds`; returns CPU µs per call.
-async fn paced<T>(client: MoviesServiceClient<T>, rate: u64, seconds: u64) -> f64
+/// Calls at `rate` per second for `seconds`; returns CPU µs per call and
+/// read/write system calls per call.
+async fn paced<T>(client: MoviesServiceClient<T>, rate: u64, seconds: u64) -> (f64, f64)
 where
     T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Future: Send,
@@ -142,6 +145,7 @@ where
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_time();
+    let syscalls_before = crate::stats::read_write_syscalls();
     let mut interval = tokio::time::interval(Duration::from_millis(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
@@ -161,13 +165,17 @@ where
     }
     while tasks.join_next().await.is_some() {}
     let cpu = cpu_time() - cpu_before;
+    let syscalls = crate::stats::read_write_syscalls() - syscalls_before;
     let calls = done.load(Ordering::Relaxed).max(1);
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
         "calls failed in the paced phase"
     );
-    cpu.as_secs_f64() * 1e6 / calls as f64
+    (
+        cpu.as_secs_f64() * 1e6 / calls as f64,
+        syscalls as f64 / calls as f64,
+    )
 }
 
 /// `concurrency` callers as fast as they can for `seconds`.
@@ -218,7 +226,7 @@ struct Clients {
 }
 
 impl Clients {
-    async fn paced(&self, variant: &str, rate: u64, seconds: u64) -> f64 {
+    async fn paced(&self, variant: &str, rate: u64, seconds: u64) -> (f64, f64) {
         match variant {
             "waypost" => paced(self.waypost.clone(), rate, seconds).await,
             "tonic_balance" => paced(self.tonic_balance.clone(), rate, seconds).await,
@@ -370,10 +378,12 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             .collect();
         let mut measured = vec![Measured::default(); VARIANTS.len()];
         for &i in &order {
-            measured[i].cpu_us_per_call = clients.paced(VARIANTS[i], args.rate, args.seconds).await;
+            let (cpu, syscalls) = clients.paced(VARIANTS[i], args.rate, args.seconds).await;
+            measured[i].cpu_us_per_call = cpu;
+            measured[i].syscalls_per_call = syscalls;
             eprintln!(
-                "rep {rep} paced   {:>14}: {:.2} CPU µs/call",
-                VARIANTS[i], measured[i].cpu_us_per_call
+                "rep {rep} paced   {:>14}: {cpu:.2} CPU µs/call, {syscalls:.2} socket reads+writes/call",
+                VARIANTS[i]
             );
         }
         for &i in &order {
@@ -398,13 +408,22 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
     let cpu = |i| med(i, |m| m.cpu_us_per_call);
     let qps = |i| med(i, |m| m.qps).round();
     let p99 = |i| med(i, |m| m.p99_us).round();
+    let syscalls = |i| med(i, |m| m.syscalls_per_call);
     eprintln!("\nmedians over {} repetitions:", args.reps);
     for (i, name) in VARIANTS.iter().enumerate() {
+        let range = |f: fn(&Measured) -> f64| {
+            let values = results[i].iter().map(f);
+            let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            format!("{lo:.1}–{hi:.1}")
+        };
         eprintln!(
-            "  {name:>14}: {:.2} CPU µs/call (paced {}/s), {:.0} calls/s, p99 {:.0} µs (unpaced, {} callers)",
+            "  {name:>14}: {:.2} CPU µs/call ({}) and {:.2} socket reads+writes/call (paced {}/s), {:.0} calls/s ({}), p99 {:.0} µs (unpaced, {} callers)",
             cpu(i),
+            range(|m| m.cpu_us_per_call),
+            syscalls(i),
             args.rate,
             qps(i),
+            range(|m| m.qps),
             p99(i),
             args.concurrency
         );
@@ -416,6 +435,8 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             "waypost_qps": qps(0), "tonic_balance_qps": qps(1), "tonic_single_qps": qps(2),
             "waypost_p99_us": p99(0), "tonic_balance_p99_us": p99(1),
             "waypost_single_cpu_us": cpu(4), "waypost_single_qps": qps(4),
+            "waypost_syscalls_per_call": syscalls(0), "tonic_balance_syscalls_per_call": syscalls(1),
+            "floor_syscalls_per_call": syscalls(3), "waypost_single_syscalls_per_call": syscalls(4),
         })
     );
     drop(child);

@@ -49,6 +49,17 @@ pub(crate) fn status_mib(status_path: &str, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Read and write system calls this process has made (`syscr` + `syscw`
+/// in `/proc/self/io`; socket reads and writes count, epoll and futex
+/// calls do not).
+pub(crate) fn read_write_syscalls() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
