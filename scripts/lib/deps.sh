@@ -27,3 +27,37 @@ need_packages() {
     fi
     exit 1
 }
+
+# The interop tests run gRPC C-core clients through Python's grpcio. Finds a
+# python3 that imports it (installing grpcio with pip, or Debian's
+# python3-grpcio, when missing) and exports it as WAYPOST_PYTHON.
+#
+# usage: need_python_grpcio
+need_python_grpcio() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import grpc' 2>/dev/null; then
+            export WAYPOST_PYTHON="$py"
+            return 0
+        fi
+    done
+    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+        echo "==> installing grpcio (pip)"
+        if python3 -m pip install -q grpcio >/dev/null 2>&1 && python3 -c 'import grpc' 2>/dev/null; then
+            export WAYPOST_PYTHON=python3
+            return 0
+        fi
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "==> installing python3-grpcio (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
+        if /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+            export WAYPOST_PYTHON=/usr/bin/python3
+            return 0
+        fi
+    fi
+    echo "the interop tests need Python 3 with grpcio:" >&2
+    echo "  python3 -m pip install grpcio   (or: apt-get install python3-grpcio)" >&2
+    exit 1
+}
