@@ -563,3 +563,35 @@ async fn service_config_from_dns_txt_selects_the_policy() {
     until_all_serve(&mut client, &["b0", "b1"]).await;
     let _ = json!(null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_a_deadline_can_start_outside_the_runtime() {
+    let backends = start_backends(1).await.unwrap();
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let channel = builder(&ipv4_target(&refs)).build().unwrap();
+    let mut client = Client::new(channel.clone());
+    until_all_serve(&mut client, &["b0"]).await;
+    let before = backends[0].calls();
+
+    // `Service::call` on a thread with no runtime: the call is picked and
+    // sent there; its deadline's timer is made when the runtime polls it.
+    let mut caller = channel.clone();
+    let response = std::thread::spawn(move || {
+        let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]); // MovieId{mid: 1}
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/movies.v1.MoviesService/GetMovie")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "5S")
+            .body(tonic::body::Body::new(http_body_util::Full::new(frame)))
+            .unwrap();
+        tower::Service::call(&mut caller, request)
+    })
+    .join()
+    .expect("Service::call does not need a runtime")
+    .await
+    .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(backends[0].calls(), before + 1);
+}

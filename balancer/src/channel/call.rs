@@ -273,7 +273,7 @@ impl Future for ResponseFuture {
 /// A call on its connection, waiting for the response headers.
 struct InFlight {
     send: BoxedSend,
-    /// The deadline's timer, when there is a deadline.
+    /// The deadline's timer, once polled with a deadline.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     tracker: Option<Arc<dyn crate::picker::CallTracker>>,
     /// The picker's header, removed again if the call must go elsewhere.
@@ -298,6 +298,11 @@ impl InFlight {
         let response = match self.send.as_mut().poll(cx) {
             Poll::Ready(response) => response,
             Poll::Pending => {
+                // The timer is made on the first poll, inside the runtime
+                // (`Service::call` may run outside one).
+                if let (None, Some(deadline)) = (&self.timer, self.deadline) {
+                    self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                }
                 let expired = self
                     .timer
                     .as_mut()
@@ -410,7 +415,7 @@ fn place(
     }
     Placed::Sent(InFlight {
         send: Box::pin(routed.connection.send(request)),
-        timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        timer: None,
         tracker: routed.tracker,
         added,
         generation,
