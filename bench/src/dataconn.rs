@@ -98,11 +98,8 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
             samples[i].push(s);
         }
     }
-    let median = |i: usize, f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples[i].iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let median =
+        |i: usize, f: fn(&Sample) -> f64| crate::stats::median(samples[i].iter().map(f).collect());
     eprintln!(
         "\n{:>12}  {:>8}  {:>10}  {:>9}",
         "", "GiB/s", "CPU-s/GiB", "RSS MiB"

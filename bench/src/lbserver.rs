@@ -36,7 +36,7 @@ use waypost_proto::grpc::lb::v1::{
     Server, ServerList,
 };
 
-use crate::stats::{ms, percentile};
+use crate::stats::{median, ms, percentile};
 
 /// Arguments of `waypost-bench lbserver`.
 #[derive(Debug, clap::Args)]
@@ -289,22 +289,22 @@ async fn measure(
         }
         per_change.push(json!({"fanout_p50_ms": ms(p50), "fanout_p99_ms": ms(p99), "fanout_max_ms": ms(max), "server_cpu_s": server_cpu, "client_cpu_s": client_cpu}));
     }
-    let median = |field: &str| {
-        let mut values: Vec<f64> = per_change
-            .iter()
-            .filter_map(|c| c[field].as_f64())
-            .collect();
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let median_of = |field: &str| {
+        median(
+            per_change
+                .iter()
+                .filter_map(|c| c[field].as_f64())
+                .collect(),
+        )
     };
     let summary = json!({
         "streams": args.streams,
         "rss_mib": rss,
-        "fanout_p50_ms": median("fanout_p50_ms"),
-        "fanout_p99_ms": median("fanout_p99_ms"),
-        "fanout_max_ms": median("fanout_max_ms"),
-        "server_cpu_s": median("server_cpu_s"),
-        "client_cpu_s": median("client_cpu_s"),
+        "fanout_p50_ms": median_of("fanout_p50_ms"),
+        "fanout_p99_ms": median_of("fanout_p99_ms"),
+        "fanout_max_ms": median_of("fanout_max_ms"),
+        "server_cpu_s": median_of("server_cpu_s"),
+        "client_cpu_s": median_of("client_cpu_s"),
         "changes": per_change,
     });
     for handle in &handles {

@@ -36,7 +36,7 @@ use tonic::codegen::StdError;
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
 
-use crate::stats::percentile;
+use crate::stats::{median, percentile};
 
 /// Arguments of `waypost-bench rpc`.
 #[derive(Debug, clap::Args)]
@@ -245,11 +245,6 @@ impl Clients {
             _ => unpaced(self.floor.clone(), concurrency, seconds).await,
         }
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The backends' child process (it ends when dropped) and their addresses.

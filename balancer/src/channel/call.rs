@@ -220,7 +220,7 @@ pub(crate) fn start(
             shared,
             wait_for_ready,
             deadline,
-            Some(waiting),
+            waiting,
         ))),
     };
     ResponseFuture { state }
@@ -261,7 +261,7 @@ impl Future for ResponseFuture {
                     flight.shared.clone(),
                     flight.wait_for_ready,
                     flight.deadline,
-                    Some(waiting),
+                    waiting,
                 );
                 self.state = Flight::Slow(Box::pin(call));
                 self.poll(cx)
@@ -488,17 +488,28 @@ async fn attempt(
     wait_for_ready: bool,
     deadline: Option<Instant>,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
-    match place(&shared, request, wait_for_ready, deadline) {
-        Placed::Failed(status) => Err(status),
+    match place_and_land(&shared, request, wait_for_ready, deadline).await {
+        Ok(outcome) => outcome,
+        Err(waiting) => attempt_after(shared, wait_for_ready, deadline, waiting).await,
+    }
+}
+
+/// Places the call on the current picker and, if sent, waits for it to
+/// land: `Ok` with the outcome, or `Err` when it must wait for a newer
+/// picker.
+async fn place_and_land(
+    shared: &Arc<Shared>,
+    request: http::Request<tonic::body::Body>,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+) -> Result<Result<http::Response<ChannelBody>, tonic::Status>, Waiting> {
+    match place(shared, request, wait_for_ready, deadline) {
+        Placed::Failed(status) => Ok(Err(status)),
+        Placed::Wait(waiting) => Err(waiting),
         Placed::Sent(mut flight) => match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
-            Landed::Done(result) => result,
-            Landed::Unsent(waiting) => {
-                attempt_after(shared, wait_for_ready, deadline, Some(waiting)).await
-            }
+            Landed::Done(outcome) => Ok(outcome),
+            Landed::Unsent(waiting) => Err(waiting),
         },
-        Placed::Wait(waiting) => {
-            attempt_after(shared, wait_for_ready, deadline, Some(waiting)).await
-        }
     }
 }
 
@@ -508,13 +519,10 @@ async fn attempt_after(
     shared: Arc<Shared>,
     wait_for_ready: bool,
     deadline: Option<Instant>,
-    waiting: Option<Waiting>,
+    mut waiting: Waiting,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let exceeded =
         || tonic::Status::deadline_exceeded("deadline exceeded while waiting for a connection");
-    let Some(mut waiting) = waiting else {
-        return Err(tonic::Status::internal("no call to place"));
-    };
     let mut generations: Option<watch::Receiver<u64>> = None;
     loop {
         // Wait for the next picker. Subscribe, then re-check the generation,
@@ -542,15 +550,9 @@ async fn attempt_after(
                 return Err(tonic::Status::unavailable("the channel was closed"));
             }
         }
-        waiting = match place(&shared, waiting.request, wait_for_ready, deadline) {
-            Placed::Failed(status) => return Err(status),
-            Placed::Wait(next) => next,
-            Placed::Sent(mut flight) => {
-                match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
-                    Landed::Done(result) => return result,
-                    Landed::Unsent(next) => next,
-                }
-            }
+        waiting = match place_and_land(&shared, waiting.request, wait_for_ready, deadline).await {
+            Ok(outcome) => return outcome,
+            Err(next) => next,
         };
     }
 }
