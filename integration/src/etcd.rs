@@ -84,6 +84,12 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// The temporary directory holding etcd's data and log; removed when
+    /// the server is dropped.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Whether the etcd process is running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {

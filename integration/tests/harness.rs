@@ -406,6 +406,7 @@ async fn etcd_orphan_helper() {
         return;
     }
     let etcd = EtcdServer::start().await.unwrap();
+    println!("ETCD_DIR={}", etcd.dir().display());
     println!("ETCD_ADDR={}", etcd.addr());
     std::future::pending::<()>().await;
 }
@@ -425,14 +426,15 @@ fn etcd_is_stopped_when_its_test_process_is_killed() {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(helper.stdout.take().unwrap());
-    let addr = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_once("ETCD_ADDR=")
-                .map(|(_, addr)| addr.trim().to_owned())
-        })
-        .expect("the helper printed etcd's address");
+    let mut lines = stdout.lines().map_while(Result::ok);
+    let mut printed = |key: &str| {
+        lines
+            .find_map(|line| line.split_once(key).map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("the helper printed {key}"))
+    };
+    // The killed helper cannot remove its data directory; this test does.
+    let dir = std::path::PathBuf::from(printed("ETCD_DIR="));
+    let addr = printed("ETCD_ADDR=");
     std::net::TcpStream::connect(&addr).expect("etcd is up while its owner lives");
 
     helper.kill().unwrap(); // SIGKILL: no destructor runs.
@@ -447,4 +449,15 @@ fn etcd_is_stopped_when_its_test_process_is_killed() {
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+    assert!(dir.starts_with(std::env::temp_dir()) && dir.join("etcd.log").is_file());
+    // etcd may still be closing files as its port closes: retry briefly.
+    let mut removed = std::fs::remove_dir_all(&dir);
+    for _ in 0..20 {
+        if removed.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        removed = std::fs::remove_dir_all(&dir);
+    }
+    removed.expect("the killed helper's etcd directory is removed");
 }
