@@ -18,6 +18,7 @@ use waypost_proto::grpc::health::v1::health_client::HealthClient;
 use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use crate::subchannel::Connection;
+use crate::transport::{SendError, status_of};
 
 /// What the health watch says about the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl ConnectionService {
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for ConnectionService {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<crate::ChannelBody>;
     type Error = tower::BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -63,8 +64,17 @@ impl tower::Service<http::Request<tonic::body::Body>> for ConnectionService {
         }
         let sent = self.connection.send(request);
         Box::pin(async move {
-            sent.await
-                .map_err(|e| Box::new(e.into_error()) as tower::BoxError)
+            let mut exchange = match sent {
+                Ok(exchange) => exchange,
+                Err(SendError::Unsent(_)) => {
+                    return Err(tonic::Status::unavailable("the connection is closing").into());
+                }
+                Err(SendError::Failed(status)) => return Err(status.into()),
+            };
+            match std::future::poll_fn(|cx| exchange.poll_response(cx)).await {
+                Ok(response) => Ok(response.map(crate::ChannelBody::new)),
+                Err(e) => Err(status_of(&e).into()),
+            }
         })
     }
 }

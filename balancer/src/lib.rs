@@ -25,6 +25,7 @@ pub mod policy;
 pub mod service_config;
 mod settings_sniffer;
 pub mod subchannel;
+mod transport;
 
 pub use channel::{
     Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, ResponseFuture, WaitForReady,

@@ -5,14 +5,19 @@
 //! would look connected. [`SettingsSniffer`] watches the first bytes the
 //! server sends: per RFC 9113 its connection preface is a SETTINGS frame
 //! (type 0x4). The subchannel only reports READY once that frame header has
-//! been read. After that it is a plain pass-through.
+//! been read. After that it is a plain pass-through, which — with
+//! keepalive on — also notes when the connection last read anything.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
+
+use crate::transport::LastRead;
 
 /// What the server's first frame header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +45,14 @@ pub(crate) struct SettingsSniffer<T> {
     seen: [u8; 9],
     filled: usize,
     report: Option<oneshot::Sender<Preface>>,
+    last_read: Option<Arc<LastRead>>,
 }
 
 impl<T> SettingsSniffer<T> {
-    pub(crate) fn new(inner: T) -> (Self, oneshot::Receiver<Preface>) {
+    pub(crate) fn new(
+        inner: T,
+        last_read: Option<Arc<LastRead>>,
+    ) -> (Self, oneshot::Receiver<Preface>) {
         let (tx, rx) = oneshot::channel();
         (
             SettingsSniffer {
@@ -51,6 +60,7 @@ impl<T> SettingsSniffer<T> {
                 seen: [0; 9],
                 filled: 0,
                 report: Some(tx),
+                last_read,
             },
             rx,
         )
@@ -79,9 +89,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for SettingsSniffer<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.report.is_some() && matches!(result, Poll::Ready(Ok(()))) {
-            let new = buf.filled()[before..].to_vec();
-            self.observe(&new);
+        if matches!(result, Poll::Ready(Ok(()))) {
+            if let Some(last_read) = &self.last_read {
+                last_read.touch();
+            }
+            if self.report.is_some() {
+                let new = buf.filled()[before..].to_vec();
+                self.observe(&new);
+            }
         }
         result
     }
@@ -137,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn the_preface_is_reported_even_when_split_across_reads() {
         let (client, mut server) = tokio::io::duplex(64);
-        let (mut sniffer, seen) = SettingsSniffer::new(client);
+        let (mut sniffer, seen) = SettingsSniffer::new(client, None);
         server.write_all(&[0, 0, 0, 4]).await.unwrap();
         let mut buf = [0u8; 4];
         sniffer.read_exact(&mut buf).await.unwrap();

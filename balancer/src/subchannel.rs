@@ -3,13 +3,14 @@
 //!
 //! A subchannel starts IDLE and connects when asked ([`SubchannelHandle::connect`]).
 //! It tries the endpoint's addresses in order (TCP, unix socket, or a
-//! `host:port` for the system resolver), does the HTTP/2 handshake with
-//! hyper, and is READY while that connection lives. When the connection
+//! `host:port` for the system resolver), does the HTTP/2 handshake (the
+//! `h2` crate, driven by waypost's own transport), and is READY while that
+//! connection lives. When the connection
 //! closes it goes back to IDLE; a failed attempt goes to TRANSIENT_FAILURE,
 //! waits out the gRPC connection backoff (1 s × 1.6 ± 20 %, at most
 //! 120 s; reset after a successful connection), then goes to IDLE. The
-//! policy decides when to connect again. Keepalive PINGs are hyper's HTTP/2
-//! keepalive; a GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") doubles the
+//! policy decides when to connect again. Keepalive PINGs follow gRPC's
+//! client keepalive; a GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") doubles the
 //! ping interval for this subchannel, as gRPC clients do.
 //!
 //! Dropping a subchannel (the channel does, when its policy removes it)
@@ -21,8 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
@@ -32,7 +31,8 @@ use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use crate::connectivity::ConnectivityState;
 use crate::health::{self, Health};
-use crate::settings_sniffer::{Preface, SettingsSniffer};
+use crate::settings_sniffer::Preface;
+use crate::transport::{self, Exchange, SendError, Sender, TransportError};
 
 /// Identifies a subchannel within its channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -137,7 +137,7 @@ pub struct Connection {
 struct ConnectionInner {
     id: SubchannelId,
     address: Address,
-    send: SendRequest<tonic::body::Body>,
+    send: Sender,
 }
 
 impl std::fmt::Debug for Connection {
@@ -160,21 +160,14 @@ impl Connection {
         &self.inner.address
     }
 
-    /// Sends one request on this connection. If the connection was already
-    /// closing and the request never left the client, hyper hands it back
-    /// in the error, and the caller may send it elsewhere.
+    /// Sends one request on this connection, without waiting. If the
+    /// connection was already closing, the request is handed back
+    /// ([`SendError::Unsent`]) and may be sent elsewhere.
     pub(crate) fn send(
         &self,
         request: http::Request<tonic::body::Body>,
-    ) -> impl Future<
-        Output = Result<
-            http::Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<http::Request<tonic::body::Body>>,
-        >,
-    > + Send
-    + 'static {
-        let mut send = self.inner.send.clone();
-        send.try_send_request(request)
+    ) -> Result<Exchange, SendError> {
+        self.inner.send.send(request)
     }
 }
 
@@ -358,7 +351,7 @@ impl Drop for Driver {
 }
 
 /// Aborts the task when dropped (a plain `JoinHandle` detaches).
-struct AbortOnDrop(JoinHandle<Result<(), hyper::Error>>);
+struct AbortOnDrop(JoinHandle<Result<(), TransportError>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -557,7 +550,7 @@ impl Driver {
     /// HTTP/2 handshake.
     async fn connect_any(
         &self,
-    ) -> Result<(Address, SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
+    ) -> Result<(Address, Sender, AbortOnDrop), io::Error> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
         for address in self.addresses.iter() {
             match self.connect_one(address).await {
@@ -571,29 +564,22 @@ impl Driver {
     async fn connect_one(
         &self,
         address: &Address,
-    ) -> Result<(SendRequest<tonic::body::Body>, AbortOnDrop), io::Error> {
+    ) -> Result<(Sender, AbortOnDrop), io::Error> {
         let io = match &self.options.dialer {
             Some(dialer) => dialer.dial(address).await?,
             None => dial(address).await?,
         };
         let keepalive = self.options.keepalive;
         let time = (*self.counters.keepalive_time.lock()).or(keepalive.time);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        if let Some(time) = time {
-            builder
-                .keep_alive_interval(time)
-                .keep_alive_timeout(keepalive.timeout)
-                .keep_alive_while_idle(keepalive.permit_without_stream);
-        }
-        let (io, preface) = SettingsSniffer::new(io);
-        let (send, connection) = builder
-            .handshake::<_, tonic::body::Body>(TokioIo::new(io))
-            .await
-            .map_err(|e| io::Error::other(format!("HTTP/2 handshake: {e}")))?;
-        let connection = AbortOnDrop(tokio::spawn(connection));
-        // READY only once the server's SETTINGS arrived (hyper's handshake
-        // does not wait for them). The caller bounds this with the connect
+        let keepalive = time.map(|time| transport::Keepalive {
+            time,
+            timeout: keepalive.timeout,
+            permit_without_stream: keepalive.permit_without_stream,
+        });
+        let (send, driver, preface) = transport::handshake(io, keepalive).await?;
+        let connection = AbortOnDrop(tokio::spawn(driver));
+        // READY only once the server's SETTINGS arrived (the HTTP/2
+        // handshake does not wait for them). The caller bounds this with the connect
         // timeout.
         match preface.await {
             Ok(Preface::Settings) => {}
@@ -656,15 +642,9 @@ fn doubled_keepalive(current: Option<Duration>) -> Option<Duration> {
 }
 
 /// Whether the connection ended with GOAWAY ENHANCE_YOUR_CALM.
-fn is_too_many_pings(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
-        }
-        source = e.source();
-    }
-    false
+fn is_too_many_pings(error: &TransportError) -> bool {
+    matches!(error, TransportError::H2(e)
+        if e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
-//! The response body of a [`Channel`](super::Channel) call: hyper's body
-//! with transport failures reported as gRPC UNAVAILABLE, so a backend that
-//! dies mid-response fails the call the way gRPC specifies.
+//! The response body of a [`Channel`](super::Channel) call: the HTTP/2
+//! stream's body with transport failures mapped to gRPC statuses (a
+//! backend that dies mid-response fails the call with UNAVAILABLE, as gRPC
+//! specifies).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+
+use crate::transport::{RecvBody, status_of};
 
 /// The body of a response received through a waypost channel.
 ///
@@ -15,11 +18,11 @@ use http_body::{Body, Frame, SizeHint};
 #[derive(Debug, Default)]
 pub struct ChannelBody {
     /// `None` for the empty body.
-    inner: Option<hyper::body::Incoming>,
+    inner: Option<RecvBody>,
 }
 
 impl ChannelBody {
-    pub(crate) fn new(inner: hyper::body::Incoming) -> Self {
+    pub(crate) fn new(inner: RecvBody) -> Self {
         ChannelBody { inner: Some(inner) }
     }
 }
@@ -35,12 +38,9 @@ impl Body for ChannelBody {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(super::call::transport_status(&e)))),
-            other => {
-                other.map(|frame| frame.map(|r| r.map_err(|e| super::call::transport_status(&e))))
-            }
-        }
+        Pin::new(inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(|e| status_of(&e))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -20,6 +20,7 @@ use super::body::ChannelBody;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::picker::{CallOutcome, Pick, Routed};
 use crate::service_config::RetryPolicy;
+use crate::transport::{Exchange, SendError, status_of};
 
 /// A request extension: `WaitForReady(true)` makes the call wait for a
 /// READY connection instead of failing fast while the channel is in
@@ -31,14 +32,6 @@ use crate::service_config::RetryPolicy;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitForReady(pub bool);
-
-/// Maps a transport failure to a gRPC status.
-pub(crate) fn transport_status(error: &hyper::Error) -> tonic::Status {
-    if error.is_canceled() {
-        return tonic::Status::cancelled(format!("transport: {error}"));
-    }
-    tonic::Status::unavailable(format!("transport: {error}"))
-}
 
 /// Parses a `grpc-timeout` header value (`<1–8 digits><H|M|S|m|u|n>`):
 /// the time a server has left before its caller's deadline.
@@ -145,17 +138,6 @@ fn prepare(
     })
 }
 
-type BoxedSend = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    http::Response<hyper::body::Incoming>,
-                    hyper::client::conn::TrySendError<http::Request<tonic::body::Body>>,
-                >,
-            > + Send,
-    >,
->;
-
 type BoxedCall =
     Pin<Box<dyn Future<Output = Result<http::Response<ChannelBody>, tonic::Status>> + Send>>;
 
@@ -163,8 +145,9 @@ type BoxedCall =
 ///
 /// The common call — the current picker has a connection for it and no
 /// retry policy applies — is picked and handed to its connection before
-/// this future is returned; polling it only waits for the response headers
-/// (and the deadline, if there is one). A call that queues for a picker or
+/// this future is returned (a unary request is queued whole); polling it
+/// writes any rest of the request body and waits for the response headers
+/// (and the deadline, if there is one), all in the caller's task. A call that queues for a picker or
 /// has a retry policy runs a boxed state machine instead.
 pub struct ResponseFuture {
     state: Flight,
@@ -238,7 +221,7 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<ChannelBody>, tower::BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let landed = match &mut self.state {
+        let result = match &mut self.state {
             Flight::Failed(status) => {
                 let status = status
                     .take()
@@ -248,54 +231,26 @@ impl Future for ResponseFuture {
             Flight::Slow(call) => return call.as_mut().poll(cx).map_err(Into::into),
             Flight::Sent(flight) => std::task::ready!(flight.poll_landed(cx)),
         };
-        match landed {
-            Landed::Done(result) => {
-                self.state = Flight::Failed(None);
-                Poll::Ready(result.map_err(Into::into))
-            }
-            Landed::Unsent(waiting) => {
-                let Flight::Sent(flight) = &self.state else {
-                    unreachable!("landed from the Sent state")
-                };
-                let call = attempt_after(
-                    flight.shared.clone(),
-                    flight.wait_for_ready,
-                    flight.deadline,
-                    waiting,
-                );
-                self.state = Flight::Slow(Box::pin(call));
-                self.poll(cx)
-            }
-        }
+        self.state = Flight::Failed(None);
+        Poll::Ready(result.map_err(Into::into))
     }
 }
 
 /// A call on its connection, waiting for the response headers.
 struct InFlight {
-    send: BoxedSend,
+    exchange: Exchange,
     /// The deadline's timer, once polled with a deadline.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     tracker: Option<Arc<dyn crate::picker::CallTracker>>,
-    /// The picker's header, removed again if the call must go elsewhere.
-    added: Option<http::HeaderName>,
-    /// The picker generation that placed it.
-    generation: u64,
-    shared: Arc<Shared>,
-    wait_for_ready: bool,
     deadline: Option<Instant>,
 }
 
-/// What became of a call on its connection.
-enum Landed {
-    Done(Result<http::Response<ChannelBody>, tonic::Status>),
-    /// The connection was closing and the call never left: send it again
-    /// on a newer picker.
-    Unsent(Waiting),
-}
-
 impl InFlight {
-    fn poll_landed(&mut self, cx: &mut Context<'_>) -> Poll<Landed> {
-        let response = match self.send.as_mut().poll(cx) {
+    fn poll_landed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<http::Response<ChannelBody>, tonic::Status>> {
+        let response = match self.exchange.poll_response(cx) {
             Poll::Ready(response) => response,
             Poll::Pending => {
                 // The timer is made on the first poll, inside the runtime
@@ -314,37 +269,18 @@ impl InFlight {
                     tracker.finished(CallOutcome::Failed);
                 }
                 let status = tonic::Status::deadline_exceeded("deadline exceeded");
-                return Poll::Ready(Landed::Done(Err(status)));
+                return Poll::Ready(Err(status));
             }
         };
         if let Some(tracker) = &self.tracker {
             tracker.finished(match &response {
                 Ok(_) => CallOutcome::KnownReceived,
-                Err(error) if error.message().is_some() => CallOutcome::FailedToSend,
                 Err(_) => CallOutcome::Failed,
             });
         }
         Poll::Ready(match response {
-            Ok(response) => Landed::Done(Ok(response.map(ChannelBody::new))),
-            Err(mut error) => match error.take_message() {
-                // Never sent: the connection was closing. Retry it
-                // transparently on the next picker, as gRPC does.
-                Some(mut unsent) => {
-                    if let Some(name) = self.added.take() {
-                        unsent.headers_mut().remove(name);
-                    }
-                    self.shared
-                        .counters
-                        .transparent_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    Landed::Unsent(Waiting {
-                        request: unsent,
-                        generation: self.generation,
-                        reason: Some(Arc::from("the connection closed before the call was sent")),
-                    })
-                }
-                None => Landed::Done(Err(transport_status(error.error()))),
-            },
+            Ok(response) => Ok(response.map(ChannelBody::new)),
+            Err(error) => Err(status_of(&error)),
         })
     }
 }
@@ -413,16 +349,40 @@ fn place(
     if let Some(tracker) = &routed.tracker {
         tracker.started();
     }
-    Placed::Sent(InFlight {
-        send: Box::pin(routed.connection.send(request)),
-        timer: None,
-        tracker: routed.tracker,
-        added,
-        generation,
-        shared: shared.clone(),
-        wait_for_ready,
-        deadline,
-    })
+    match routed.connection.send(request) {
+        Ok(exchange) => Placed::Sent(InFlight {
+            exchange,
+            timer: None,
+            tracker: routed.tracker,
+            deadline,
+        }),
+        // Never sent: the connection was closing. Send it again on the next
+        // picker (transparent retry, as gRPC does).
+        Err(SendError::Unsent(request)) => {
+            let mut request = *request;
+            if let Some(tracker) = &routed.tracker {
+                tracker.finished(CallOutcome::FailedToSend);
+            }
+            if let Some(name) = added {
+                request.headers_mut().remove(name);
+            }
+            shared
+                .counters
+                .transparent_retries
+                .fetch_add(1, Ordering::Relaxed);
+            Placed::Wait(Waiting {
+                request,
+                generation,
+                reason: Some(Arc::from("the connection closed before the call was sent")),
+            })
+        }
+        Err(SendError::Failed(status)) => {
+            if let Some(tracker) = &routed.tracker {
+                tracker.finished(CallOutcome::Failed);
+            }
+            Placed::Failed(status)
+        }
+    }
 }
 
 /// A call with a retry policy: record the body, and send again on a
@@ -506,10 +466,7 @@ async fn place_and_land(
     match place(shared, request, wait_for_ready, deadline) {
         Placed::Failed(status) => Ok(Err(status)),
         Placed::Wait(waiting) => Err(waiting),
-        Placed::Sent(mut flight) => match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
-            Landed::Done(outcome) => Ok(outcome),
-            Landed::Unsent(waiting) => Err(waiting),
-        },
+        Placed::Sent(mut flight) => Ok(std::future::poll_fn(|cx| flight.poll_landed(cx)).await),
     }
 }
 
