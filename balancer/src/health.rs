@@ -18,7 +18,7 @@ use waypost_proto::grpc::health::v1::health_client::HealthClient;
 use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use crate::subchannel::Connection;
-use crate::transport::{SendError, status_of};
+use crate::transport::{Failure, SendError, status_of};
 
 /// What the health watch says about the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for ConnectionService {
             };
             match std::future::poll_fn(|cx| exchange.poll_response(cx)).await {
                 Ok(response) => Ok(response.map(crate::ChannelBody::new)),
-                Err(e) => Err(status_of(&e).into()),
+                Err(Failure::Unsent(_)) => {
+                    Err(tonic::Status::unavailable("the connection closed").into())
+                }
+                Err(Failure::Failed(e)) => Err(status_of(&e).into()),
             }
         })
     }

@@ -12,12 +12,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::sync::oneshot;
 
-use crate::transport::LastRead;
+use crate::transport::{LastRead, WriteCount};
 
 /// What the server's first frame header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +46,14 @@ pub(crate) struct SettingsSniffer<T> {
     filled: usize,
     report: Option<oneshot::Sender<Preface>>,
     last_read: Option<Arc<LastRead>>,
+    writes: Arc<WriteCount>,
 }
 
 impl<T> SettingsSniffer<T> {
     pub(crate) fn new(
         inner: T,
         last_read: Option<Arc<LastRead>>,
+        writes: Arc<WriteCount>,
     ) -> (Self, oneshot::Receiver<Preface>) {
         let (tx, rx) = oneshot::channel();
         (
@@ -61,6 +63,7 @@ impl<T> SettingsSniffer<T> {
                 filled: 0,
                 report: Some(tx),
                 last_read,
+                writes,
             },
             rx,
         )
@@ -108,7 +111,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsSniffer<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = result {
+            self.writes.wrote();
+        }
+        result
     }
 
     fn poll_write_vectored(
@@ -116,7 +123,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsSniffer<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(_)) = result {
+            self.writes.wrote();
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -152,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn the_preface_is_reported_even_when_split_across_reads() {
         let (client, mut server) = tokio::io::duplex(64);
-        let (mut sniffer, seen) = SettingsSniffer::new(client, None);
+        let (mut sniffer, seen) = SettingsSniffer::new(client, None, Default::default());
         server.write_all(&[0, 0, 0, 4]).await.unwrap();
         let mut buf = [0u8; 4];
         sniffer.read_exact(&mut buf).await.unwrap();

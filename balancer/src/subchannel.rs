@@ -350,13 +350,12 @@ impl Drop for Driver {
     }
 }
 
-/// Aborts the task when dropped (a plain `JoinHandle` detaches).
-struct AbortOnDrop(JoinHandle<Result<(), TransportError>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// A connection's task. Dropping this (the subchannel closed or lost its
+/// connection) drains it: no new calls, and the socket closes once the
+/// calls still on it have finished, as grpc-go's graceful close does.
+struct ConnectionTask {
+    task: JoinHandle<Result<(), TransportError>>,
+    _drain: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Driver {
@@ -456,7 +455,7 @@ impl Driver {
     /// Serves a live connection until it ends: READY, or — with health
     /// checking on — READY only while the backend reports SERVING. Returns
     /// why the connection ended.
-    async fn while_connected(&self, conn: Connection, mut connection: AbortOnDrop) -> String {
+    async fn while_connected(&self, conn: Connection, mut connection: ConnectionTask) -> String {
         let mut health_service = self.health.service.clone();
         let ready = || SubchannelState {
             connectivity: ConnectivityState::Ready,
@@ -524,8 +523,8 @@ impl Driver {
     }
 
     /// Waits for the connection to end; returns why.
-    async fn wait_closed(&self, connection: &mut AbortOnDrop) -> String {
-        match (&mut connection.0).await {
+    async fn wait_closed(&self, connection: &mut ConnectionTask) -> String {
+        match (&mut connection.task).await {
             Ok(Ok(())) => "connection closed".into(),
             Ok(Err(e)) => {
                 if is_too_many_pings(&e) {
@@ -548,9 +547,7 @@ impl Driver {
 
     /// Tries each address in order; returns the first that completes the
     /// HTTP/2 handshake.
-    async fn connect_any(
-        &self,
-    ) -> Result<(Address, Sender, AbortOnDrop), io::Error> {
+    async fn connect_any(&self) -> Result<(Address, Sender, ConnectionTask), io::Error> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
         for address in self.addresses.iter() {
             match self.connect_one(address).await {
@@ -561,10 +558,7 @@ impl Driver {
         Err(last)
     }
 
-    async fn connect_one(
-        &self,
-        address: &Address,
-    ) -> Result<(Sender, AbortOnDrop), io::Error> {
+    async fn connect_one(&self, address: &Address) -> Result<(Sender, ConnectionTask), io::Error> {
         let io = match &self.options.dialer {
             Some(dialer) => dialer.dial(address).await?,
             None => dial(address).await?,
@@ -576,8 +570,12 @@ impl Driver {
             timeout: keepalive.timeout,
             permit_without_stream: keepalive.permit_without_stream,
         });
-        let (send, driver, preface) = transport::handshake(io, keepalive).await?;
-        let connection = AbortOnDrop(tokio::spawn(driver));
+        let (drain, drained) = tokio::sync::oneshot::channel();
+        let (send, driver, preface) = transport::handshake(io, keepalive, drained).await?;
+        let connection = ConnectionTask {
+            task: tokio::spawn(driver),
+            _drain: drain,
+        };
         // READY only once the server's SETTINGS arrived (the HTTP/2
         // handshake does not wait for them). The caller bounds this with the connect
         // timeout.

@@ -20,7 +20,7 @@ use super::body::ChannelBody;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::picker::{CallOutcome, Pick, Routed};
 use crate::service_config::RetryPolicy;
-use crate::transport::{Exchange, SendError, status_of};
+use crate::transport::{Exchange, Failure, SendError, status_of};
 
 /// A request extension: `WaitForReady(true)` makes the call wait for a
 /// READY connection instead of failing fast while the channel is in
@@ -153,6 +153,8 @@ pub struct ResponseFuture {
     state: Flight,
 }
 
+// `Sent` is the common state: boxing it would add an allocation per call.
+#[allow(clippy::large_enum_variant)]
 enum Flight {
     /// Sent on a connection; waiting for the response headers.
     Sent(InFlight),
@@ -221,7 +223,7 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<ChannelBody>, tower::BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match &mut self.state {
+        let landed = match &mut self.state {
             Flight::Failed(status) => {
                 let status = status
                     .take()
@@ -231,8 +233,25 @@ impl Future for ResponseFuture {
             Flight::Slow(call) => return call.as_mut().poll(cx).map_err(Into::into),
             Flight::Sent(flight) => std::task::ready!(flight.poll_landed(cx)),
         };
-        self.state = Flight::Failed(None);
-        Poll::Ready(result.map_err(Into::into))
+        match landed {
+            Landed::Done(result) => {
+                self.state = Flight::Failed(None);
+                Poll::Ready(result.map_err(Into::into))
+            }
+            Landed::Unsent(waiting) => {
+                let Flight::Sent(flight) = &self.state else {
+                    unreachable!("landed from the Sent state")
+                };
+                let call = attempt_after(
+                    flight.shared.clone(),
+                    flight.wait_for_ready,
+                    flight.deadline,
+                    waiting,
+                );
+                self.state = Flight::Slow(Box::pin(call));
+                self.poll(cx)
+            }
+        }
     }
 }
 
@@ -242,14 +261,25 @@ struct InFlight {
     /// The deadline's timer, once polled with a deadline.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     tracker: Option<Arc<dyn crate::picker::CallTracker>>,
+    /// The picker's header, removed again if the call must go elsewhere.
+    added: Option<http::HeaderName>,
+    /// The picker generation that placed it.
+    generation: u64,
+    shared: Arc<Shared>,
+    wait_for_ready: bool,
     deadline: Option<Instant>,
 }
 
+/// What became of a call on its connection.
+enum Landed {
+    Done(Result<http::Response<ChannelBody>, tonic::Status>),
+    /// The connection failed before the call left: send it again on a
+    /// newer picker.
+    Unsent(Waiting),
+}
+
 impl InFlight {
-    fn poll_landed(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<http::Response<ChannelBody>, tonic::Status>> {
+    fn poll_landed(&mut self, cx: &mut Context<'_>) -> Poll<Landed> {
         let response = match self.exchange.poll_response(cx) {
             Poll::Ready(response) => response,
             Poll::Pending => {
@@ -269,19 +299,48 @@ impl InFlight {
                     tracker.finished(CallOutcome::Failed);
                 }
                 let status = tonic::Status::deadline_exceeded("deadline exceeded");
-                return Poll::Ready(Err(status));
+                return Poll::Ready(Landed::Done(Err(status)));
             }
         };
         if let Some(tracker) = &self.tracker {
             tracker.finished(match &response {
                 Ok(_) => CallOutcome::KnownReceived,
-                Err(_) => CallOutcome::Failed,
+                Err(Failure::Unsent(_)) => CallOutcome::FailedToSend,
+                Err(Failure::Failed(_)) => CallOutcome::Failed,
             });
         }
         Poll::Ready(match response {
-            Ok(response) => Ok(response.map(ChannelBody::new)),
-            Err(error) => Err(status_of(&error)),
+            Ok(response) => Landed::Done(Ok(response.map(ChannelBody::new))),
+            Err(Failure::Failed(error)) => Landed::Done(Err(status_of(&error))),
+            Err(Failure::Unsent(request)) => Landed::Unsent(unsent(
+                &self.shared,
+                *request,
+                self.added.take(),
+                self.generation,
+            )),
         })
+    }
+}
+
+/// A call that never left its connection, to be sent again on a picker
+/// newer than `generation` (transparent retry, as gRPC does).
+fn unsent(
+    shared: &Shared,
+    mut request: http::Request<tonic::body::Body>,
+    added: Option<http::HeaderName>,
+    generation: u64,
+) -> Waiting {
+    if let Some(name) = added {
+        request.headers_mut().remove(name);
+    }
+    shared
+        .counters
+        .transparent_retries
+        .fetch_add(1, Ordering::Relaxed);
+    Waiting {
+        request,
+        generation,
+        reason: Some(Arc::from("the connection closed before the call was sent")),
     }
 }
 
@@ -354,27 +413,18 @@ fn place(
             exchange,
             timer: None,
             tracker: routed.tracker,
+            added,
+            generation,
+            shared: shared.clone(),
+            wait_for_ready,
             deadline,
         }),
-        // Never sent: the connection was closing. Send it again on the next
-        // picker (transparent retry, as gRPC does).
+        // Never sent: the connection was closing.
         Err(SendError::Unsent(request)) => {
-            let mut request = *request;
             if let Some(tracker) = &routed.tracker {
                 tracker.finished(CallOutcome::FailedToSend);
             }
-            if let Some(name) = added {
-                request.headers_mut().remove(name);
-            }
-            shared
-                .counters
-                .transparent_retries
-                .fetch_add(1, Ordering::Relaxed);
-            Placed::Wait(Waiting {
-                request,
-                generation,
-                reason: Some(Arc::from("the connection closed before the call was sent")),
-            })
+            Placed::Wait(unsent(shared, *request, added, generation))
         }
         Err(SendError::Failed(status)) => {
             if let Some(tracker) = &routed.tracker {
@@ -466,7 +516,10 @@ async fn place_and_land(
     match place(shared, request, wait_for_ready, deadline) {
         Placed::Failed(status) => Ok(Err(status)),
         Placed::Wait(waiting) => Err(waiting),
-        Placed::Sent(mut flight) => Ok(std::future::poll_fn(|cx| flight.poll_landed(cx)).await),
+        Placed::Sent(mut flight) => match std::future::poll_fn(|cx| flight.poll_landed(cx)).await {
+            Landed::Done(outcome) => Ok(outcome),
+            Landed::Unsent(waiting) => Err(waiting),
+        },
     }
 }
 

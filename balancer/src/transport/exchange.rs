@@ -9,7 +9,7 @@ use bytes::Bytes;
 use h2::SendStream;
 use http_body::Body;
 
-use super::{OpenStream, RecvBody};
+use super::{OpenStream, RecvBody, Replay};
 
 /// A sent request waiting for its response headers.
 pub(crate) struct Exchange {
@@ -18,6 +18,18 @@ pub(crate) struct Exchange {
     pump: Option<Pump>,
     /// Counts the stream as open, for keepalive; moves to the response body.
     open: Option<OpenStream>,
+    /// A copy to send elsewhere if the connection fails before the call
+    /// leaves (only for a body queued whole at once).
+    replay: Option<Replay>,
+}
+
+/// Why a call ended without response headers.
+pub(crate) enum Failure {
+    /// The connection failed before the call left: it can be sent again.
+    /// (Boxed: this is the rare path.)
+    Unsent(Box<http::Request<tonic::body::Body>>),
+    /// The call failed.
+    Failed(h2::Error),
 }
 
 impl Exchange {
@@ -27,26 +39,37 @@ impl Exchange {
         stream: SendStream<Bytes>,
         end_of_stream: bool,
         open: Option<OpenStream>,
+        mut replay: Replay,
     ) -> Self {
         let mut pump = (!end_of_stream).then(|| Pump {
             body,
             stream,
             held: None,
-            sent_data: false,
+            first: None,
+            more: false,
         });
         // Queue what the body has ready now (a unary request: all of it),
         // so it goes out with the HEADERS. Nothing waits on this context:
         // the caller polls again, with its own, before it can wait.
+        let mut replay_body = end_of_stream.then(Bytes::new);
         if let Some(p) = &mut pump {
             let mut cx = Context::from_waker(std::task::Waker::noop());
-            if p.poll_send(&mut cx).is_ready() {
+            if let Poll::Ready(ended) = p.poll_send(&mut cx) {
+                if ended && !p.more {
+                    replay_body = Some(p.first.take().unwrap_or_default());
+                }
                 pump = None;
             }
         }
+        let replay = replay_body.map(|data| {
+            replay.set_body(data);
+            replay
+        });
         Exchange {
             response,
             pump,
             open,
+            replay,
         }
     }
 
@@ -56,15 +79,28 @@ impl Exchange {
     pub(crate) fn poll_response(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<http::Response<RecvBody>, h2::Error>> {
+    ) -> Poll<Result<http::Response<RecvBody>, Failure>> {
         if let Some(pump) = &mut self.pump {
             if pump.poll_send(cx).is_ready() {
                 self.pump = None;
             }
         }
-        let response = ready!(Pin::new(&mut self.response).poll(cx))?;
+        let response = match ready!(Pin::new(&mut self.response).poll(cx)) {
+            Ok(response) => response,
+            Err(error) => {
+                let again = self
+                    .replay
+                    .take()
+                    .filter(|r| r.never_left(&error))
+                    .and_then(Replay::into_request);
+                return Poll::Ready(Err(match again {
+                    Some(request) => Failure::Unsent(Box::new(request)),
+                    None => Failure::Failed(error),
+                }));
+            }
+        };
         if let Some(mut pump) = self.pump.take() {
-            tokio::spawn(std::future::poll_fn(move |cx| pump.poll_send(cx)));
+            tokio::spawn(std::future::poll_fn(move |cx| pump.poll_send(cx).map(drop)));
         }
         let open = self.open.take();
         Poll::Ready(Ok(response.map(|recv| RecvBody::new(recv, open))))
@@ -79,14 +115,16 @@ struct Pump {
     stream: SendStream<Bytes>,
     /// A chunk read from the body, waiting for window.
     held: Option<Bytes>,
-    /// A chunk was queued already.
-    sent_data: bool,
+    /// The first chunk queued (a copy, for [`Replay`]).
+    first: Option<Bytes>,
+    /// More than one chunk, or trailers: not replayable.
+    more: bool,
 }
 
 impl Pump {
-    /// Ready when the body is fully queued, or sending failed (the
-    /// response then reports why).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready when the body is fully queued (`true`), or sending failed
+    /// (`false`; the response then reports why).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             if let Some(data) = self.held.take() {
                 self.stream.reserve_capacity(1);
@@ -100,40 +138,47 @@ impl Pump {
                             self.held = Some(data);
                             continue;
                         }
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(false),
                     }
                 }
                 if self.stream.send_data(data, false).is_err() {
-                    return Poll::Ready(());
+                    return Poll::Ready(false);
                 }
                 continue;
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return self.pending_unless_reset(cx),
                 Poll::Ready(None) => {
-                    let _ = self.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
+                    return Poll::Ready(self.stream.send_data(Bytes::new(), true).is_ok());
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !self.sent_data => {
-                        self.sent_data = true;
+                    Ok(data) if self.first.is_none() && !self.more => {
+                        self.first = Some(data.clone());
                         let end = self.body.is_end_stream();
-                        if self.stream.send_data(data, end).is_err() || end {
-                            return Poll::Ready(());
+                        if self.stream.send_data(data, end).is_err() {
+                            return Poll::Ready(false);
+                        }
+                        if end {
+                            return Poll::Ready(true);
                         }
                     }
-                    Ok(data) => self.held = Some(data),
+                    Ok(data) => {
+                        self.more = true;
+                        self.held = Some(data);
+                    }
                     Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = self.stream.send_trailers(trailers);
-                        }
-                        return Poll::Ready(());
+                        self.more = true;
+                        let sent = match frame.into_trailers() {
+                            Ok(trailers) => self.stream.send_trailers(trailers).is_ok(),
+                            Err(_) => true,
+                        };
+                        return Poll::Ready(sent);
                     }
                 },
                 Poll::Ready(Some(Err(status))) => {
                     tracing::debug!(%status, "request body failed; cancelling the stream");
                     self.stream.send_reset(h2::Reason::CANCEL);
-                    return Poll::Ready(());
+                    return Poll::Ready(false);
                 }
             }
         }
@@ -141,9 +186,9 @@ impl Pump {
 
     /// Pending, unless the server reset the stream (then the body is not
     /// wanted any more).
-    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         match self.stream.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Ready(_) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Keepalive;
@@ -89,8 +91,50 @@ pub(crate) struct Pinger {
 }
 
 /// Runs the connection until it ends, with keepalive PINGs if `pinger` is
-/// set.
+/// set. `probe` is a handle on the same connection, used to tell why it
+/// ended. When `drain` fires (or its sender is dropped) the owner is gone:
+/// the probe is let go, so the connection closes gracefully once its
+/// streams have ended and no one else holds a handle.
 pub(crate) async fn drive<T>(
+    connection: h2::client::Connection<T, Bytes>,
+    pinger: Option<Pinger>,
+    probe: SendRequest<Bytes>,
+    mut drain: oneshot::Receiver<()>,
+) -> Result<(), TransportError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut probe = Some(probe);
+    let mut running = pin!(run(connection, pinger));
+    let result = loop {
+        tokio::select! {
+            result = &mut running => break result,
+            _ = &mut drain, if probe.is_some() => probe = None,
+        }
+    };
+    result.map_err(|e| match &mut probe {
+        Some(probe) => prefer_go_away(e, probe),
+        None => e,
+    })
+}
+
+/// A server that sends GOAWAY and closes at once often makes our next
+/// write fail; the GOAWAY (e.g. ENHANCE_YOUR_CALM, "too_many_pings") is
+/// the reason worth reporting, and `h2` keeps it as the connection's error.
+fn prefer_go_away(error: TransportError, probe: &mut SendRequest<Bytes>) -> TransportError {
+    match error {
+        TransportError::H2(e) if e.is_io() => {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match probe.poll_ready(&mut cx) {
+                std::task::Poll::Ready(Err(away)) if away.is_go_away() => TransportError::H2(away),
+                _ => TransportError::H2(e),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn run<T>(
     mut connection: h2::client::Connection<T, Bytes>,
     pinger: Option<Pinger>,
 ) -> Result<(), TransportError>
@@ -120,7 +164,7 @@ where
                 () = tokio::time::sleep(time) => continue,
             }
         }
-        eprintln!("DBG ping due={due:?} now={:?} time={time:?}", Instant::now()); ping_pong.send_ping(h2::Ping::opaque())?;
+        ping_pong.send_ping(h2::Ping::opaque())?;
         tokio::select! {
             ended = &mut connection => return Ok(ended?),
             pong = std::future::poll_fn(|cx| ping_pong.poll_pong(cx)) => { pong?; }

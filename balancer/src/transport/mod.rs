@@ -19,6 +19,7 @@
 mod body;
 mod exchange;
 mod keepalive;
+mod replay;
 
 use std::io;
 use std::sync::Arc;
@@ -30,9 +31,11 @@ use h2::client::SendRequest;
 use tokio::sync::oneshot;
 
 pub(crate) use body::RecvBody;
-pub(crate) use exchange::Exchange;
+pub(crate) use exchange::{Exchange, Failure};
 pub(crate) use keepalive::{LastRead, TransportError};
 use keepalive::{OpenStream, StreamCount};
+use replay::Replay;
+pub(crate) use replay::WriteCount;
 
 use crate::settings_sniffer::{Preface, SettingsSniffer};
 use crate::subchannel::BoxedIo;
@@ -62,17 +65,20 @@ pub(crate) struct Keepalive {
 
 /// Starts HTTP/2 on `io`: returns the sender, the connection's driver (to
 /// be spawned; it resolves when the connection ends) and a receiver that
-/// says what the server's first frame was.
+/// says what the server's first frame was. Firing `drain` (or dropping its
+/// sender) lets the connection close once its streams are done.
 pub(crate) async fn handshake(
     io: BoxedIo,
     keepalive: Option<Keepalive>,
+    drain: oneshot::Receiver<()>,
 ) -> io::Result<(
     Sender,
     impl Future<Output = Result<(), TransportError>> + Send + 'static,
     oneshot::Receiver<Preface>,
 )> {
     let last_read = keepalive.map(|_| Arc::new(LastRead::new()));
-    let (io, preface) = SettingsSniffer::new(io, last_read.clone());
+    let writes = Arc::new(WriteCount::default());
+    let (io, preface) = SettingsSniffer::new(io, last_read.clone(), writes.clone());
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -94,8 +100,16 @@ pub(crate) async fn handshake(
         }),
         _ => None,
     };
-    let driver = keepalive::drive(connection, pinger);
-    Ok((Sender { send, streams }, driver, preface))
+    let driver = keepalive::drive(connection, pinger, send.clone(), drain);
+    Ok((
+        Sender {
+            send,
+            streams,
+            writes,
+        },
+        driver,
+        preface,
+    ))
 }
 
 /// Opens streams on one connection. Cheap to share; each call clones the
@@ -104,6 +118,8 @@ pub(crate) struct Sender {
     send: SendRequest<Bytes>,
     /// Open streams, counted only when keepalive needs to know.
     streams: Option<Arc<StreamCount>>,
+    /// Writes to the socket, to tell whether a failed call ever left.
+    writes: Arc<WriteCount>,
 }
 
 /// Why a call was not sent.
@@ -131,12 +147,22 @@ impl Sender {
         if let Poll::Ready(Err(_)) = send.poll_ready(&mut cx) {
             return Err(SendError::Unsent(Box::new(request)));
         }
-        let (parts, body) = request.into_parts();
+        // Noted before the stream exists: if the connection fails with no
+        // write since, the call never left and can go elsewhere.
+        let (mut parts, body) = request.into_parts();
+        let replay = Replay::new(&mut parts, &self.writes);
         let end_of_stream = http_body::Body::is_end_stream(&body);
         match send.send_request(http::Request::from_parts(parts, ()), end_of_stream) {
             Ok((response, stream)) => {
                 let open = self.streams.as_ref().map(StreamCount::open);
-                Ok(Exchange::new(response, body, stream, end_of_stream, open))
+                Ok(Exchange::new(
+                    response,
+                    body,
+                    stream,
+                    end_of_stream,
+                    open,
+                    replay,
+                ))
             }
             Err(e) => Err(SendError::Failed(status_of(&e))),
         }
