@@ -216,3 +216,59 @@ async fn a_closed_transport_asks_the_resolver_to_resolve_again() {
     drop(client);
     drop(channel);
 }
+
+#[tokio::test]
+async fn a_removed_backend_finishes_its_calls_in_flight_then_its_connection_closes() {
+    let backends = start_backends(2).await.unwrap();
+    let manual = ManualResolver::new("manual");
+    manual.update(state(&[&backends[0]], Some(round_robin())));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel);
+    until_all_serve(&mut client, &["b0"]).await;
+
+    // A slow call in flight on b0...
+    let calls_before = backends[0].calls();
+    let mut slow = client.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut request = tonic::Request::new(waypost_proto::movies::v1::MovieId { mid: 1 });
+        request
+            .metadata_mut()
+            .insert("x-delay-ms", "400".parse().unwrap());
+        slow.get_movie(request)
+            .await
+            .map(|r| r.into_inner().served_by)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while backends[0].calls() == calls_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call reached b0"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...when the resolver drops b0: the call still completes there.
+    manual.update(state(&[&backends[1]], Some(round_robin())));
+    until_all_serve(&mut client, &["b1"]).await;
+    assert_eq!(in_flight.await.unwrap().unwrap(), "b0");
+
+    // Then b0's connection is closed (drained, not cut).
+    while backends[0].open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b0's connection was not closed after its last call"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            call(&mut client, false, Duration::from_secs(2))
+                .await
+                .unwrap(),
+            "b1"
+        );
+    }
+}
