@@ -1,6 +1,6 @@
 //! Knowing when the server has really spoken HTTP/2.
 //!
-//! hyper's client handshake returns as soon as our preface is written, so a
+//! The HTTP/2 client handshake returns as soon as our preface is written, so a
 //! peer that accepts TCP but never answers (or is not an HTTP/2 server)
 //! would look connected. [`SettingsSniffer`] watches the first bytes the
 //! server sends: per RFC 9113 its connection preface is a SETTINGS frame
