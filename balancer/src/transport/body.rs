@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::OpenStream;
+use super::exchange::Pump;
 
 /// The body of a response on a waypost subchannel.
 #[derive(Debug)]
@@ -18,14 +19,28 @@ pub(crate) struct RecvBody {
     data_done: bool,
     /// Counts the stream as open while the body is read (for keepalive).
     _open: Option<OpenStream>,
+    /// The rest of a streaming request whose response came first, when no
+    /// runtime was there to give it a task: written as this body is read.
+    request: Option<Pump>,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pump")
+    }
 }
 
 impl RecvBody {
-    pub(crate) fn new(recv: h2::RecvStream, open: Option<OpenStream>) -> Self {
+    pub(super) fn new(
+        recv: h2::RecvStream,
+        open: Option<OpenStream>,
+        request: Option<Pump>,
+    ) -> Self {
         RecvBody {
             recv,
             data_done: false,
             _open: open,
+            request,
         }
     }
 }
@@ -38,6 +53,11 @@ impl Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if let Some(request) = &mut self.request {
+            if request.poll_send(cx).is_ready() {
+                self.request = None;
+            }
+        }
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {

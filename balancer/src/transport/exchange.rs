@@ -99,18 +99,26 @@ impl Exchange {
                 }));
             }
         };
+        let mut rest = None;
         if let Some(mut pump) = self.pump.take() {
-            tokio::spawn(std::future::poll_fn(move |cx| pump.poll_send(cx).map(drop)));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(std::future::poll_fn(move |cx| pump.poll_send(cx).map(drop)));
+                }
+                // Polled outside a runtime: reading the response body
+                // writes the rest of the request instead.
+                Err(_) => rest = Some(pump),
+            }
         }
         let open = self.open.take();
-        Poll::Ready(Ok(response.map(|recv| RecvBody::new(recv, open))))
+        Poll::Ready(Ok(response.map(|recv| RecvBody::new(recv, open, rest))))
     }
 }
 
 /// Copies a request body into its `h2` stream, holding at most one chunk
 /// beyond the stream's flow-control window (as hyper does): the first
 /// chunk is queued at once, later ones wait for window.
-struct Pump {
+pub(super) struct Pump {
     body: tonic::body::Body,
     stream: SendStream<Bytes>,
     /// A chunk read from the body, waiting for window.
@@ -124,7 +132,7 @@ struct Pump {
 impl Pump {
     /// Ready when the body is fully queued (`true`), or sending failed
     /// (`false`; the response then reports why).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+    pub(super) fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             if let Some(data) = self.held.take() {
                 self.stream.reserve_capacity(1);
