@@ -285,6 +285,50 @@ async fn a_backend_that_stops_answering_pings_is_dropped_within_keepalive_time_a
 }
 
 #[tokio::test]
+async fn without_permit_without_stream_an_idle_connection_is_not_pinged() {
+    let backends = start_backends(1).await.unwrap();
+    let keepalive = KeepaliveConfig {
+        time: Some(Duration::from_millis(100)),
+        timeout: Duration::from_millis(100),
+        permit_without_stream: false,
+    };
+    let channel = builder(&ipv4_target(&[&backends[0]]))
+        .keepalive(keepalive)
+        .min_connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel.clone());
+    until_all_serve(&mut client, &["b0"]).await;
+
+    // A hung backend with no call open: no PING goes out, so nothing
+    // notices for many keepalive intervals (a PING would fail it within
+    // 200 ms).
+    backends[0].set_hanging(true);
+    let disconnects = channel.stats().disconnects;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(channel.stats().disconnects, disconnects, "idle: no PINGs");
+
+    // A call opens a stream: now PINGs go out and the dead peer is found.
+    let caller = {
+        let mut client = client.clone();
+        tokio::spawn(async move { call(&mut client, false, Duration::from_secs(3)).await })
+    };
+    let started = tokio::time::Instant::now();
+    while channel.stats().disconnects == disconnects {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the hung connection was not detected once a call was open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        caller.await.unwrap().is_err(),
+        "the call on the dead connection failed"
+    );
+    backends[0].set_hanging(false);
+}
+
+#[tokio::test]
 async fn a_new_dns_record_brings_a_new_backend_into_use() {
     let b0 = Backend::start_at("b0", SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 0)))
         .await
