@@ -5,8 +5,9 @@
 //! would look connected. [`SettingsSniffer`] watches the first bytes the
 //! server sends: per RFC 9113 its connection preface is a SETTINGS frame
 //! (type 0x4). The subchannel only reports READY once that frame header has
-//! been read. After that it is a plain pass-through, which — with
-//! keepalive on — also notes when the connection last read anything.
+//! been read. After that it is a pass-through that counts successful
+//! writes (so a failed call can tell whether it ever left) and, with
+//! keepalive on, notes when the connection last read anything.
 
 use std::io;
 use std::pin::Pin;
