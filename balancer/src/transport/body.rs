@@ -24,12 +24,6 @@ pub(crate) struct RecvBody {
     request: Option<Pump>,
 }
 
-impl std::fmt::Debug for Pump {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Pump")
-    }
-}
-
 impl RecvBody {
     pub(super) fn new(
         recv: h2::RecvStream,

@@ -19,8 +19,8 @@ pub(crate) struct Exchange {
     /// Counts the stream as open, for keepalive; moves to the response body.
     open: Option<OpenStream>,
     /// A copy to send elsewhere if the connection fails before the call
-    /// leaves (only for a body queued whole at once).
-    replay: Option<Replay>,
+    /// leaves, with the whole body (only for a body queued whole at once).
+    replay: Option<(Replay, Bytes)>,
 }
 
 /// Why a call ended without response headers.
@@ -39,7 +39,7 @@ impl Exchange {
         stream: SendStream<Bytes>,
         end_of_stream: bool,
         open: Option<OpenStream>,
-        mut replay: Replay,
+        replay: Replay,
     ) -> Self {
         let mut pump = (!end_of_stream).then(|| Pump {
             body,
@@ -61,10 +61,7 @@ impl Exchange {
                 pump = None;
             }
         }
-        let replay = replay_body.map(|data| {
-            replay.set_body(data);
-            replay
-        });
+        let replay = replay_body.map(|data| (replay, data));
         Exchange {
             response,
             pump,
@@ -91,8 +88,8 @@ impl Exchange {
                 let again = self
                     .replay
                     .take()
-                    .filter(|r| r.never_left(&error))
-                    .and_then(Replay::into_request);
+                    .filter(|(replay, _)| replay.never_left(&error))
+                    .map(|(replay, data)| replay.into_request(data));
                 return Poll::Ready(Err(match again {
                     Some(request) => Failure::Unsent(Box::new(request)),
                     None => Failure::Failed(error),
@@ -127,6 +124,12 @@ pub(super) struct Pump {
     first: Option<Bytes>,
     /// More than one chunk, or trailers: not replayable.
     more: bool,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump").finish_non_exhaustive()
+    }
 }
 
 impl Pump {

@@ -9,8 +9,9 @@
 //! certainly never left. So does one refused by the server's GOAWAY (its
 //! stream id is past the last one the server processed).
 //!
-//! To send it again we keep a copy of the head and of a body that was
-//! queued whole (a unary request); a streaming body cannot be replayed.
+//! To send it again we keep a copy of the head, paired by the exchange
+//! with a body that was queued whole (a unary request); a streaming body
+//! cannot be replayed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +41,6 @@ pub(crate) struct Replay {
     headers: http::HeaderMap,
     /// Taken from the request (`h2` drops them anyway).
     extensions: http::Extensions,
-    /// The whole body, once it is known to have been queued whole.
-    body: Option<Bytes>,
     writes: Arc<WriteCount>,
     writes_before: u64,
 }
@@ -57,30 +56,19 @@ impl Replay {
             version: parts.version,
             headers: parts.headers.clone(),
             extensions: std::mem::take(&mut parts.extensions),
-            body: None,
             writes: writes.clone(),
         }
-    }
-
-    /// The body was queued whole: `data` (empty when the request had no
-    /// body).
-    pub(crate) fn set_body(&mut self, data: Bytes) {
-        self.body = Some(data);
     }
 
     /// Whether a call that failed with `error` certainly never reached the
     /// server.
     pub(crate) fn never_left(&self, error: &h2::Error) -> bool {
-        if self.body.is_none() {
-            return false;
-        }
         (error.is_go_away() && error.is_remote())
             || (error.is_io() && self.writes.get() == self.writes_before)
     }
 
-    /// The request again, if its body was kept.
-    pub(crate) fn into_request(self) -> Option<http::Request<tonic::body::Body>> {
-        let data = self.body?;
+    /// The request again, with `data` as its whole body (empty: none).
+    pub(crate) fn into_request(self, data: Bytes) -> http::Request<tonic::body::Body> {
         let body = if data.is_empty() {
             tonic::body::Body::empty()
         } else {
@@ -92,6 +80,6 @@ impl Replay {
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers;
         *request.extensions_mut() = self.extensions;
-        Some(request)
+        request
     }
 }
