@@ -1,15 +1,23 @@
-//! Real gRPC clients other than ours against `waypost serve`: gRPC C-core
-//! (through Python's `grpcio`) finds the balancer by DNS SRV
-//! `_grpclb._tcp`, runs its own `grpclb` policy against it, and calls the
-//! backends it lists with their `lb-token`s.
+//! Real gRPC clients other than ours against `waypost serve`, each running
+//! its own `grpclb` policy and calling the backends the balancer lists with
+//! their `lb-token`s:
+//!
+//! - gRPC C-core (through Python's `grpcio`) finds the balancer by DNS SRV
+//!   `_grpclb._tcp`;
+//! - grpc-go (Debian's `golang-google-grpc-dev`, built here in GOPATH mode)
+//!   is handed the balancer's address by its resolver.
 
 use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use waypost_integration::backend::start_backends;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::dns::{DnsServer, SrvTarget};
 use waypost_lbserver::config::Config;
-use waypost_lbserver::server::{ServeOptions, start};
+use waypost_lbserver::server::{Running, ServeOptions, start};
 
 const SERVICE: &str = "movies.test";
 
@@ -31,13 +39,13 @@ fn python_with_grpcio() -> Result<String, String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_core_clients_balance_through_waypost_serve() {
-    let python = python_with_grpcio().unwrap();
+/// Three backends and a `waypost serve` balancing them as [`SERVICE`],
+/// with no health probes (the backends are up).
+async fn balanced_backends() -> (Vec<Backend>, Running) {
     let backends = start_backends(3).await.unwrap();
     let source: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
     let text = format!(
-        "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\n",
+        "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nclient_stats_interval = \"100ms\"\n",
         source.join(",")
     );
     let lb = start(
@@ -46,6 +54,118 @@ async fn grpc_core_clients_balance_through_waypost_serve() {
     )
     .await
     .unwrap();
+    (backends, lb)
+}
+
+/// Runs a client program that warms up until it has reached every backend
+/// (`warm NAME` lines), then makes `calls` calls and prints `ok NAME` (the
+/// backend that served it) or the failure for each, then `done`, and holds
+/// its channel open until its standard input ends. Checks that all `calls`
+/// succeeded, spread round robin over the backends, that every call carried
+/// its backend's own `lb-token`, and that the client's ClientStats reports
+/// reached the balancer's totals.
+async fn assert_balanced(
+    mut client: tokio::process::Command,
+    calls: u64,
+    backends: &[Backend],
+    lb: &Running,
+) {
+    let mut child = client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut outcomes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "done" {
+                return;
+            }
+            outcomes.push(line);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the client made its calls within 60 s: {outcomes:?}"));
+    let count = |prefix: &str, name: Option<&str>| {
+        outcomes
+            .iter()
+            .filter(|l| {
+                l.split_once(' ')
+                    .is_some_and(|(p, n)| p == prefix && name.is_none_or(|name| n == name))
+            })
+            .count() as u64
+    };
+    let warm = count("warm", None);
+    assert_eq!(
+        count("ok", None),
+        calls,
+        "every call succeeds: {outcomes:?}"
+    );
+
+    for backend in backends {
+        let served = count("ok", Some(backend.name()));
+        assert!(
+            (calls / 3 - 1..=calls / 3 + 1).contains(&served),
+            "{} served {served} of {calls}: {outcomes:?}",
+            backend.name()
+        );
+        assert_eq!(
+            backend.calls(),
+            served + count("warm", Some(backend.name())),
+            "{} counted the calls the client saw it serve",
+            backend.name()
+        );
+        let token = waypost_lbserver::assign::token(SERVICE, backend.addr());
+        let tokens = backend.tokens_seen();
+        assert_eq!(
+            tokens.get(&token).copied(),
+            Some(backend.calls()),
+            "{} saw tokens {tokens:?}",
+            backend.name()
+        );
+    }
+
+    // The client's grpclb policy reports every call it made (every 100 ms,
+    // as the initial response told it).
+    let service = lb.registry.find(SERVICE).unwrap();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let total = warm + calls;
+    while load(&service.stats.finished) < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ClientStats reports did not arrive: {} calls finished reported",
+            load(&service.stats.finished)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(load(&service.stats.started), total);
+    assert_eq!(load(&service.stats.finished), total);
+    assert_eq!(load(&service.stats.known_received), total);
+
+    drop(child.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the client exited once its input ended")
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "client failed: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_core_clients_balance_through_waypost_serve() {
+    let python = python_with_grpcio().unwrap();
+    let (backends, lb) = balanced_backends().await;
 
     // movies.test → 127.0.0.1 on a port where nothing listens, so a call
     // can only succeed through the balancer's list, never by falling back
@@ -81,40 +201,77 @@ async fn grpc_core_clients_balance_through_waypost_serve() {
     );
     let target = format!("dns://{}/{SERVICE}:{unused}", dns.addr());
     let calls = 30;
+    let mut client = tokio::process::Command::new(&python);
+    client
+        .arg(script)
+        .arg(&target)
+        .arg(backends.len().to_string())
+        .arg(calls.to_string());
+    assert_balanced(client, calls, &backends, &lb).await;
+}
+
+/// The `go` toolchain and grpc-go's sources in Debian's GOPATH
+/// (`golang-go`, `golang-google-grpc-dev`), or a message saying how to get
+/// them.
+fn go_with_grpc() -> Result<(), String> {
+    let grpclb = std::path::Path::new(GOPATH).join("src/google.golang.org/grpc/balancer/grpclb");
+    let go = std::process::Command::new("go").arg("version").output();
+    match go {
+        Ok(output) if output.status.success() && grpclb.is_dir() => Ok(()),
+        _ => Err(format!(
+            "the grpc-go interop test needs `go` and grpc-go under {GOPATH} \
+             (apt-get install golang-go golang-google-grpc-dev; ./scripts/test does)"
+        )),
+    }
+}
+
+const GOPATH: &str = "/usr/share/gocode";
+
+/// Builds the grpc-go client into the test's scratch directory.
+async fn build_go_client() -> std::path::PathBuf {
+    go_with_grpc().unwrap();
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-go");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let binary = scratch.join("grpclb_client_go");
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/grpclb_client_go/main.go"
+    );
     let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(&target)
-            .arg(calls.to_string())
+        Duration::from_secs(300),
+        tokio::process::Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&binary)
+            .arg(source)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", GOPATH)
+            .env("GOFLAGS", "")
+            .env("GOCACHE", scratch.join("cache"))
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .expect("the grpcio client finished within 60 s")
+    .expect("go build finished within 300 s")
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "client failed: {stdout}\n{stderr}");
-    let ok = stdout.lines().filter(|l| *l == "ok").count();
-    assert_eq!(ok, calls, "every call succeeds: {stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    binary
+}
 
-    // Round robin over the balancer's list, each call carrying the
-    // backend's own lb-token.
-    for backend in &backends {
-        let served = backend.calls();
-        assert!(
-            (5..=15).contains(&served),
-            "{} served {served} of {calls}",
-            backend.name()
-        );
-        let token = waypost_lbserver::assign::token(SERVICE, backend.addr());
-        let tokens = backend.tokens_seen();
-        assert_eq!(
-            tokens.get(&token).copied(),
-            Some(served),
-            "{} saw tokens {tokens:?}",
-            backend.name()
-        );
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_go_clients_balance_through_waypost_serve() {
+    let binary = build_go_client().await;
+    let (backends, lb) = balanced_backends().await;
+    let calls = 30;
+    let mut client = tokio::process::Command::new(&binary);
+    client
+        .arg(lb.listen.to_string())
+        .arg(SERVICE)
+        .arg(backends.len().to_string())
+        .arg(calls.to_string());
+    assert_balanced(client, calls, &backends, &lb).await;
 }

@@ -61,3 +61,23 @@ need_python_grpcio() {
     echo "  python3 -m pip install grpcio   (or: apt-get install python3-grpcio)" >&2
     exit 1
 }
+
+# The interop tests also build a grpc-go client, in GOPATH mode against
+# Debian's packaged grpc-go (no module downloads). Makes sure `go` and those
+# sources are there, installing golang-go and golang-google-grpc-dev when
+# missing.
+#
+# usage: need_go_grpc
+need_go_grpc() {
+    local grpclb=/usr/share/gocode/src/google.golang.org/grpc/balancer/grpclb
+    command -v go >/dev/null 2>&1 && [ -d "$grpclb" ] && return 0
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "==> installing golang-go golang-google-grpc-dev (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go golang-google-grpc-dev >/dev/null
+        return 0
+    fi
+    echo "the interop tests need Go and grpc-go's Debian sources:" >&2
+    echo "  sudo apt-get install golang-go golang-google-grpc-dev" >&2
+    exit 1
+}
