@@ -40,7 +40,7 @@ fn python_with_grpcio() -> Result<String, String> {
 }
 
 /// Three backends and a `waypost serve` balancing them as [`SERVICE`],
-/// with no health probes (the backends are up).
+/// probing each one's whole-server health, with ClientStats every 100 ms.
 async fn balanced_backends() -> (Vec<Backend>, Running) {
     let backends = start_backends(3).await.unwrap();
     let source: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
