@@ -72,7 +72,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for ConnectionService {
                 Err(SendError::Failed(status)) => return Err(status.into()),
             };
             match std::future::poll_fn(|cx| exchange.poll_response(cx)).await {
-                Ok(response) => Ok(response.map(crate::ChannelBody::new)),
+                Ok(response) => Ok(response.map(|body| crate::ChannelBody::new(body, None))),
                 Err(Failure::Unsent(_)) => {
                     Err(tonic::Status::unavailable("the connection closed").into())
                 }

@@ -54,9 +54,11 @@ pub struct MethodConfig {
     pub wait_for_ready: Option<bool>,
     /// The default deadline of a call (a shorter one from the caller wins).
     pub timeout: Option<Duration>,
-    /// The largest request message, in bytes.
+    /// The largest request message, in bytes: a call trying to send a
+    /// larger one fails with RESOURCE_EXHAUSTED before it goes out.
     pub max_request_message_bytes: Option<u64>,
-    /// The largest response message, in bytes.
+    /// The largest response message, in bytes: a call receiving a larger
+    /// one fails with RESOURCE_EXHAUSTED when its length prefix arrives.
     pub max_response_message_bytes: Option<u64>,
     /// How to retry.
     pub retry_policy: Option<RetryPolicy>,

@@ -137,3 +137,59 @@ async fn a_server_that_answers_before_the_request_ends_does_not_hang_the_call() 
         .into_inner();
     assert_eq!(summary.bytes, 10);
 }
+
+#[tokio::test]
+async fn a_streamed_request_message_over_the_limit_fails_the_call() {
+    let addr = serve().await;
+    let channel = builder(&format!("ipv4:{addr}"))
+        .default_service_config(serde_json::json!({
+            "methodConfig": [{
+                "name": [{"service": "bulk.v1.Bulk", "method": "Upload"}],
+                "maxRequestMessageBytes": 1024
+            }]
+        }))
+        .build()
+        .unwrap();
+    let mut client = BulkClient::new(channel);
+    // Chunks that come one by one, after the call is sent: the fourth is
+    // over the limit (a Chunk is its data plus 3 bytes of tag and length).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let producer = tokio::spawn(async move {
+        for size in [100, 1021, 10, 1022, 10] {
+            if tx
+                .send(Chunk {
+                    data: vec![3; size].into(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.upload(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the call ended")
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("maxRequestMessageBytes (1025 > 1024)"),
+        "{status:?}"
+    );
+    producer.await.unwrap();
+
+    // Within the limit, on the same channel.
+    let summary = client
+        .upload(tokio_stream::iter([Chunk {
+            data: vec![4; 1021].into(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.bytes, 1021);
+}

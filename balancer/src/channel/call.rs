@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::body::ChannelBody;
+use super::limits::CallLimits;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::picker::{CallOutcome, Pick, Routed};
 use crate::service_config::RetryPolicy;
@@ -120,6 +121,11 @@ fn prepare(
     };
     let deadline = timeout.map(|t| Instant::now() + t);
     let retry_policy = method.and_then(|m| m.retry_policy.clone());
+    if let Some(limits) = method.and_then(|m| CallLimits::of(m)) {
+        let (parts, body) = request.into_parts();
+        request = http::Request::from_parts(parts, limits.wrap_request(body));
+        request.extensions_mut().insert(limits);
+    }
 
     // tonic sends path-only URIs; HTTP/2 needs the scheme and authority.
     let mut parts = request.uri().clone().into_parts();
@@ -268,6 +274,8 @@ struct InFlight {
     shared: Arc<Shared>,
     wait_for_ready: bool,
     deadline: Option<Instant>,
+    /// The method's message size limits, if it has any.
+    limits: Option<Arc<CallLimits>>,
 }
 
 /// What became of a call on its connection.
@@ -310,8 +318,16 @@ impl InFlight {
             });
         }
         Poll::Ready(match response {
-            Ok(response) => Landed::Done(Ok(response.map(ChannelBody::new))),
-            Err(Failure::Failed(error)) => Landed::Done(Err(status_of(&error))),
+            Ok(response) => {
+                let limits = self.limits.take();
+                Landed::Done(Ok(response.map(|body| ChannelBody::new(body, limits))))
+            }
+            // A request message over its limit reset the stream: say so.
+            Err(Failure::Failed(error)) => Landed::Done(Err(self
+                .limits
+                .as_ref()
+                .and_then(|l| l.violation())
+                .unwrap_or_else(|| status_of(&error)))),
             Err(Failure::Unsent(request)) => Landed::Unsent(unsent(
                 &self.shared,
                 *request,
@@ -408,6 +424,7 @@ fn place(
     if let Some(tracker) = &routed.tracker {
         tracker.started();
     }
+    let limits = request.extensions().get::<Arc<CallLimits>>().cloned();
     match routed.connection.send(request) {
         Ok(exchange) => Placed::Sent(InFlight {
             exchange,
@@ -418,6 +435,7 @@ fn place(
             shared: shared.clone(),
             wait_for_ready,
             deadline,
+            limits,
         }),
         // Never sent: the connection was closing.
         Err(SendError::Unsent(request)) => {

@@ -17,6 +17,7 @@
 mod body;
 mod call;
 mod controller;
+mod limits;
 mod retry;
 
 use std::sync::Arc;

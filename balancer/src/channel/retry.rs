@@ -41,6 +41,8 @@ enum Recording {
 pub(crate) struct ReplayBody {
     /// Frames read ahead by [`ReplayBody::wrap`], sent before `inner`'s.
     prefix: VecDeque<Frame<Bytes>>,
+    /// How the body failed while read ahead, reported after `prefix`.
+    failed: Option<tonic::Status>,
     inner: tonic::body::Body,
     recording: Arc<Mutex<Recording>>,
 }
@@ -60,6 +62,7 @@ impl ReplayBody {
         let mut prefix = VecDeque::new();
         let mut len = 0;
         let mut replayable = true;
+        let mut failed = None;
         loop {
             match inner.frame().now_or_never() {
                 Some(Some(Ok(frame))) => {
@@ -84,8 +87,13 @@ impl ReplayBody {
                         Replay { recording },
                     );
                 }
-                // Ended (not replayable), failed, or not ready yet: stream on.
-                Some(None) | Some(Some(Err(_))) | None => break,
+                Some(Some(Err(status))) => {
+                    replayable = false;
+                    failed = Some(status);
+                    break;
+                }
+                // Ended (not replayable), or not ready yet: stream on.
+                Some(None) | None => break,
             }
         }
         let recorded: Vec<Bytes> = prefix
@@ -103,6 +111,7 @@ impl ReplayBody {
         let recording = Arc::new(Mutex::new(state));
         let body = ReplayBody {
             prefix,
+            failed,
             inner,
             recording: recording.clone(),
         };
@@ -132,6 +141,9 @@ impl Body for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         if let Some(frame) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(status) = self.failed.take() {
+            return Poll::Ready(Some(Err(status)));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let mut recording = self.recording.lock();
@@ -163,7 +175,7 @@ impl Body for ReplayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.inner.is_end_stream()
+        self.prefix.is_empty() && self.failed.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -263,6 +275,22 @@ mod tests {
         let (body, replay) =
             ReplayBody::wrap(tonic::body::Body::new(http_body_util::Full::new(big)));
         body.collect().await.unwrap();
+        assert!(replay.body().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_while_read_ahead_still_fails() {
+        let frames = futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"kept"))),
+            Err(tonic::Status::resource_exhausted("too big")),
+        ]);
+        let (mut body, replay) = ReplayBody::wrap(tonic::body::Body::new(
+            http_body_util::StreamBody::new(frames),
+        ));
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "kept");
+        let failed = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(failed.code(), tonic::Code::ResourceExhausted);
         assert!(replay.body().is_none());
     }
 
