@@ -23,7 +23,6 @@ mod health;
 pub mod picker;
 pub mod policy;
 pub mod service_config;
-mod settings_sniffer;
 pub mod subchannel;
 mod transport;
 

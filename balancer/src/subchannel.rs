@@ -31,8 +31,8 @@ use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use crate::connectivity::ConnectivityState;
 use crate::health::{self, Health};
-use crate::settings_sniffer::Preface;
 use crate::transport::{self, Exchange, SendError, Sender, TransportError};
+use crate::transport::{GoAway, Preface};
 
 /// Identifies a subchannel within its channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -355,6 +355,8 @@ impl Drop for Driver {
 /// calls still on it have finished, as grpc-go's graceful close does.
 struct ConnectionTask {
     task: JoinHandle<Result<(), TransportError>>,
+    /// The server's first GOAWAY, seen as it arrives.
+    go_away: tokio::sync::oneshot::Receiver<GoAway>,
     _drain: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -522,27 +524,49 @@ impl Driver {
         }
     }
 
-    /// Waits for the connection to end; returns why.
+    /// Waits for the connection to end, or for the server's GOAWAY — from
+    /// then on the connection takes no new calls, so the subchannel stops
+    /// offering it at once rather than when its last stream ends (the
+    /// connection drains in its own task). Returns why.
     async fn wait_closed(&self, connection: &mut ConnectionTask) -> String {
-        match (&mut connection.task).await {
+        let ended = tokio::select! {
+            ended = &mut connection.task => ended,
+            Ok(go_away) = &mut connection.go_away => {
+                if go_away.code == u32::from(h2::Reason::ENHANCE_YOUR_CALM) {
+                    self.too_many_pings();
+                }
+                return format!(
+                    "the server sent GOAWAY ({:?}, last stream {})",
+                    h2::Reason::from(go_away.code),
+                    go_away.last_stream_id
+                );
+            }
+        };
+        match ended {
             Ok(Ok(())) => "connection closed".into(),
             Ok(Err(e)) => {
                 if is_too_many_pings(&e) {
-                    let mut time = self.counters.keepalive_time.lock();
-                    *time = doubled_keepalive(time.or(self.options.keepalive.time));
-                    self.counters.too_many_pings.fetch_add(1, Ordering::Relaxed);
-                    if let Some(interval) = *time {
-                        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-                        self.counters
-                            .keepalive_interval_ms
-                            .fetch_max(ms, Ordering::Relaxed);
-                    }
-                    tracing::warn!(id = self.id.0, new_interval = ?*time, "GOAWAY too_many_pings: doubling the keepalive interval");
+                    self.too_many_pings();
                 }
                 format!("connection error: {e}")
             }
             Err(e) => format!("connection task ended: {e}"),
         }
+    }
+
+    /// GOAWAY ENHANCE_YOUR_CALM ("too_many_pings"): double the keepalive
+    /// interval, channel-wide.
+    fn too_many_pings(&self) {
+        let mut time = self.counters.keepalive_time.lock();
+        *time = doubled_keepalive(time.or(self.options.keepalive.time));
+        self.counters.too_many_pings.fetch_add(1, Ordering::Relaxed);
+        if let Some(interval) = *time {
+            let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+            self.counters
+                .keepalive_interval_ms
+                .fetch_max(ms, Ordering::Relaxed);
+        }
+        tracing::warn!(id = self.id.0, new_interval = ?*time, "GOAWAY too_many_pings: doubling the keepalive interval");
     }
 
     /// Tries each address in order; returns the first that completes the
@@ -571,15 +595,16 @@ impl Driver {
             permit_without_stream: keepalive.permit_without_stream,
         });
         let (drain, drained) = tokio::sync::oneshot::channel();
-        let (send, driver, preface) = transport::handshake(io, keepalive, drained).await?;
+        let (send, driver, sightings) = transport::handshake(io, keepalive, drained).await?;
         let connection = ConnectionTask {
             task: tokio::spawn(driver),
+            go_away: sightings.go_away,
             _drain: drain,
         };
         // READY only once the server's SETTINGS arrived (the HTTP/2
         // handshake does not wait for them). The caller bounds this with the connect
         // timeout.
-        match preface.await {
+        match sightings.preface.await {
             Ok(Preface::Settings) => {}
             Ok(Preface::NotHttp2) => {
                 return Err(io::Error::new(

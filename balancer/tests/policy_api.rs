@@ -272,3 +272,58 @@ async fn a_removed_backend_finishes_its_calls_in_flight_then_its_connection_clos
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
+    let backends = start_backends(2).await.unwrap();
+    let manual = ManualResolver::new("manual");
+    manual.update(state(&[&backends[0]], Some(round_robin())));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel);
+    until_all_serve(&mut client, &["b0"]).await;
+
+    // A slow call in flight on b0's connection...
+    let calls_before = backends[0].calls();
+    let mut slow = client.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut request = tonic::Request::new(waypost_proto::movies::v1::MovieId { mid: 1 });
+        request
+            .metadata_mut()
+            .insert("x-delay-ms", "2000".parse().unwrap());
+        slow.get_movie(request)
+            .await
+            .map(|r| r.into_inner().served_by)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while backends[0].calls() == calls_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call reached b0"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    manual.update(state(&[&backends[0], &backends[1]], Some(round_robin())));
+    until_all_serve(&mut client, &["b0", "b1"]).await;
+
+    // ...when b0 shuts down gracefully: GOAWAY, and its connection stays
+    // open until that call is done. New calls go to b1 at once — none waits
+    // for b0's connection to close.
+    backends[0].drain();
+    for _ in 0..20 {
+        assert_eq!(
+            call(&mut client, false, Duration::from_secs(5))
+                .await
+                .unwrap(),
+            "b1"
+        );
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "b0's slow call was still running while the others went to b1"
+    );
+    assert_eq!(in_flight.await.unwrap().unwrap(), "b0");
+}

@@ -4,7 +4,8 @@
 //! Every reply names the backend that served it (in `Movie.served_by` and in
 //! the `x-served-by` response header). A backend can be stopped (its listener
 //! and every connection close, as if the process died), restarted on the same
-//! port, made to hang (TCP stays up, nothing is read or written), and have
+//! port, drained (a graceful shutdown: GOAWAY, calls in flight finish), made
+//! to hang (TCP stays up, nothing is read or written), and have
 //! its health status flipped. A request header `x-delay-ms` makes `GetMovie`
 //! wait that long (at most 60 s) before answering, for deadline and load
 //! tests; `x-fail-code: N` makes it answer with gRPC status code `N`. Each backend counts its calls and the `lb-token` values it sees.
@@ -95,6 +96,8 @@ pub struct Backend {
     stats: Arc<Stats>,
     running: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     serve_health: bool,
+    /// Set while the backend shuts down gracefully.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Backend {
@@ -132,6 +135,7 @@ impl Backend {
             stats: Arc::new(Stats::default()),
             running: tokio::sync::Mutex::new(None),
             serve_health,
+            draining: tokio::sync::watch::Sender::new(false),
         };
         *backend.running.lock().await = Some(backend.serve(listener));
         Ok(backend)
@@ -179,10 +183,20 @@ impl Backend {
         }
     }
 
-    /// Starts a stopped backend again on the same port (no-op if running).
+    /// Shuts the backend down gracefully, as a server's graceful stop
+    /// does: the listener closes, every connection gets a GOAWAY, calls in
+    /// flight finish, and each connection closes once it has none. Returns
+    /// at once; [`Backend::stop`] still cuts everything.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Starts a stopped (or drained) backend again on the same port (no-op
+    /// if running).
     pub async fn restart(&self) -> Result<(), HarnessError> {
         let mut running = self.running.lock().await;
-        if running.is_none() {
+        if running.as_ref().is_none_or(JoinHandle::is_finished) {
+            self.draining.send_replace(false);
             *running = Some(self.serve(bind(self.addr)?));
         }
         Ok(())
@@ -231,25 +245,45 @@ impl Backend {
         let routes = routes.prepare();
         let gate = self.gate.clone();
         let stats = self.stats.clone();
+        let draining = self.draining.subscribe();
         tokio::spawn(async move {
             let mut connections = JoinSet::new();
+            let mut listener = Some(listener);
+            let mut drain = draining.clone();
             loop {
                 tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                    Ok((stream, _)) = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
                         let _ = stream.set_nodelay(true);
                         let io = TokioIo::new(GatedIo::new(stream, gate.clone()));
                         let service = TowerToHyperService::new(routes.clone());
                         stats.accepted.fetch_add(1, Ordering::SeqCst);
                         let open = OpenConnection::new(stats.clone());
+                        let mut drain = draining.clone();
                         connections.spawn(async move {
                             let _open = open;
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, service)
-                                .await;
+                            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service);
+                            tokio::pin!(connection);
+                            tokio::select! {
+                                _ = connection.as_mut() => {}
+                                () = async { let _ = drain.wait_for(|d| *d).await; } => {
+                                    connection.as_mut().graceful_shutdown();
+                                    let _ = connection.await;
+                                }
+                            }
                         });
                     }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    () = async { let _ = drain.wait_for(|d| *d).await; }, if listener.is_some() => {
+                        listener = None;
+                        if connections.is_empty() {
+                            return;
+                        }
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {
+                        if listener.is_none() && connections.is_empty() {
+                            return;
+                        }
+                    }
                 }
             }
         })

@@ -18,8 +18,10 @@
 
 mod body;
 mod exchange;
+mod frames;
 mod keepalive;
 mod replay;
+mod watched_io;
 
 use std::io;
 use std::sync::Arc;
@@ -37,8 +39,10 @@ use keepalive::{OpenStream, StreamCount};
 use replay::Replay;
 pub(crate) use replay::WriteCount;
 
-use crate::settings_sniffer::{Preface, SettingsSniffer};
 use crate::subchannel::BoxedIo;
+pub(crate) use frames::{GoAway, Preface};
+pub(crate) use watched_io::Sightings;
+use watched_io::WatchedIo;
 
 /// Per-stream flow-control window we advertise (as hyper's client does:
 /// the HTTP/2 default of 64 KiB throttles bulk streams).
@@ -64,9 +68,10 @@ pub(crate) struct Keepalive {
 }
 
 /// Starts HTTP/2 on `io`: returns the sender, the connection's driver (to
-/// be spawned; it resolves when the connection ends) and a receiver that
-/// says what the server's first frame was. Firing `drain` (or dropping its
-/// sender) lets the connection close once its streams are done.
+/// be spawned; it resolves when the connection ends) and receivers that say
+/// what the server's first frame was and when it sent a GOAWAY. Firing
+/// `drain` (or dropping its sender) lets the connection close once its
+/// streams are done.
 pub(crate) async fn handshake(
     io: BoxedIo,
     keepalive: Option<Keepalive>,
@@ -74,11 +79,11 @@ pub(crate) async fn handshake(
 ) -> io::Result<(
     Sender,
     impl Future<Output = Result<(), TransportError>> + Send + 'static,
-    oneshot::Receiver<Preface>,
+    Sightings,
 )> {
     let last_read = keepalive.map(|_| Arc::new(LastRead::new()));
     let writes = Arc::new(WriteCount::default());
-    let (io, preface) = SettingsSniffer::new(io, last_read.clone(), writes.clone());
+    let (io, sightings) = WatchedIo::new(io, last_read.clone(), writes.clone());
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -108,7 +113,7 @@ pub(crate) async fn handshake(
             writes,
         },
         driver,
-        preface,
+        sightings,
     ))
 }
 
