@@ -283,7 +283,7 @@ async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
         .resolvers(parts.resolvers)
         .build()
         .unwrap();
-    let mut client = Client::new(channel);
+    let mut client = Client::new(channel.clone());
     until_all_serve(&mut client, &["b0"]).await;
 
     // A slow call in flight on b0's connection...
@@ -310,17 +310,30 @@ async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
     until_all_serve(&mut client, &["b0", "b1"]).await;
 
     // ...when b0 shuts down gracefully: GOAWAY, and its connection stays
-    // open until that call is done. New calls go to b1 at once — none waits
-    // for b0's connection to close.
+    // open until that call is done. The subchannel leaves it as the GOAWAY
+    // arrives (counted as a disconnect), not when it closes; new calls go
+    // to b1 from then on (rr over both could not serve ten in a row there).
+    let stats = || channel.stats();
+    let disconnects = stats().disconnects;
     backends[0].drain();
-    for _ in 0..20 {
-        assert_eq!(
-            call(&mut client, false, Duration::from_secs(5))
-                .await
-                .unwrap(),
-            "b1"
+    while stats().disconnects == disconnects {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the GOAWAY was not seen"
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut in_a_row = 0;
+    for _ in 0..200 {
+        let served = call(&mut client, false, Duration::from_secs(5))
+            .await
+            .unwrap();
+        in_a_row = if served == "b1" { in_a_row + 1 } else { 0 };
+        if in_a_row == 10 {
+            break;
+        }
+    }
+    assert_eq!(in_a_row, 10, "calls settled on b1");
     assert!(
         !in_flight.is_finished(),
         "b0's slow call was still running while the others went to b1"
