@@ -355,8 +355,9 @@ impl Drop for Driver {
 /// calls still on it have finished, as grpc-go's graceful close does.
 struct ConnectionTask {
     task: JoinHandle<Result<(), TransportError>>,
-    /// The server's first GOAWAY, seen as it arrives.
-    go_away: tokio::sync::oneshot::Receiver<GoAway>,
+    /// The server's first GOAWAY, seen as it arrives (`None` once the
+    /// connection ended without one).
+    go_away: Option<tokio::sync::oneshot::Receiver<GoAway>>,
     _drain: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -529,9 +530,20 @@ impl Driver {
     /// offering it at once rather than when its last stream ends (the
     /// connection drains in its own task). Returns why.
     async fn wait_closed(&self, connection: &mut ConnectionTask) -> String {
+        let ConnectionTask { task, go_away, .. } = connection;
+        let go_away = async {
+            if let Some(seen) = go_away.as_mut() {
+                match seen.await {
+                    Ok(go_away) => return go_away,
+                    // Ended without one: not to be polled again.
+                    Err(_) => *go_away = None,
+                }
+            }
+            std::future::pending().await
+        };
         let ended = tokio::select! {
-            ended = &mut connection.task => ended,
-            Ok(go_away) = &mut connection.go_away => {
+            ended = task => ended,
+            go_away = go_away => {
                 if go_away.code == u32::from(h2::Reason::ENHANCE_YOUR_CALM) {
                     self.too_many_pings();
                 }
@@ -598,7 +610,7 @@ impl Driver {
         let (send, driver, sightings) = transport::handshake(io, keepalive, drained).await?;
         let connection = ConnectionTask {
             task: tokio::spawn(driver),
-            go_away: sightings.go_away,
+            go_away: Some(sightings.go_away),
             _drain: drain,
         };
         // READY only once the server's SETTINGS arrived (the HTTP/2
