@@ -203,6 +203,28 @@ impl DnsServer {
         self.set_records(name, RecordType::SRV, rdata, ttl).await
     }
 
+    /// Publishes a grpclb balancer for `name` the way gRPC's DNS resolvers
+    /// look for one: `_grpclb._tcp.<name>` SRV → `<balancer>:<port>`, and
+    /// `<balancer>` A → 127.0.0.1 (names fully qualified, e.g.
+    /// `movies.test.`, `lb.test.`).
+    pub async fn set_grpclb_balancer(
+        &self,
+        name: &str,
+        balancer: &str,
+        port: u16,
+        ttl: u32,
+    ) -> Result<(), HarnessError> {
+        self.set_a(balancer, &[Ipv4Addr::LOCALHOST], ttl).await?;
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port,
+            target: balancer.into(),
+        };
+        self.set_srv(&format!("_grpclb._tcp.{name}"), &[target], ttl)
+            .await
+    }
+
     /// Replaces the TXT records of `name` with one record holding `text`,
     /// split into the 255-byte character-strings DNS requires.
     pub async fn set_txt(&self, name: &str, text: &str, ttl: u32) -> Result<(), HarnessError> {

@@ -11,7 +11,7 @@ use serde_json::json;
 use waypost_balancer::Channel;
 use waypost_balancer::policy::grpclb::DROP_MESSAGE;
 use waypost_integration::backend::{Backend, start_backends};
-use waypost_integration::dns::{DnsServer, SrvTarget};
+use waypost_integration::dns::DnsServer;
 use waypost_lbserver::assign::token;
 use waypost_lbserver::balance::BalanceOptions;
 use waypost_lbserver::config::Config;
@@ -61,21 +61,9 @@ async fn dns(lb_port: u16) -> DnsServer {
     dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
         .await
         .unwrap();
-    dns.set_a("lb.test.", &[Ipv4Addr::LOCALHOST], 1)
+    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb_port, 1)
         .await
         .unwrap();
-    dns.set_srv(
-        &format!("_grpclb._tcp.{SERVICE}."),
-        &[SrvTarget {
-            priority: 0,
-            weight: 0,
-            port: lb_port,
-            target: "lb.test.".into(),
-        }],
-        1,
-    )
-    .await
-    .unwrap();
     dns
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use waypost_integration::backend::{Backend, start_backends};
-use waypost_integration::dns::{DnsServer, SrvTarget};
+use waypost_integration::dns::DnsServer;
 use waypost_lbserver::config::Config;
 use waypost_lbserver::server::{Running, ServeOptions, start};
 
@@ -179,21 +179,9 @@ async fn grpc_core_clients_balance_through_waypost_serve() {
     dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
         .await
         .unwrap();
-    dns.set_a("lb.test.", &[Ipv4Addr::LOCALHOST], 1)
+    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb.listen.port(), 1)
         .await
         .unwrap();
-    dns.set_srv(
-        &format!("_grpclb._tcp.{SERVICE}."),
-        &[SrvTarget {
-            priority: 0,
-            weight: 0,
-            port: lb.listen.port(),
-            target: "lb.test.".into(),
-        }],
-        1,
-    )
-    .await
-    .unwrap();
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
