@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::limits::{CallLimits, FrameScanner, response_too_large};
+use super::limits::{CallLimits, MessageGuard, response_too_large};
 use crate::transport::{RecvBody, status_of};
 
 /// The body of a response received through a waypost channel.
@@ -25,19 +25,15 @@ pub struct ChannelBody {
     /// The call's limits, when its method config sets any.
     limits: Option<Arc<CallLimits>>,
     /// Checks response messages, when they have a limit.
-    scanner: Option<FrameScanner>,
-    /// A message over the limit, reported once the ones before it are
-    /// handed on.
-    failed: Option<tonic::Status>,
+    guard: Option<MessageGuard>,
 }
 
 impl ChannelBody {
     pub(crate) fn new(inner: RecvBody, limits: Option<Arc<CallLimits>>) -> Self {
         ChannelBody {
             inner: Some(inner),
-            scanner: limits.as_ref().and_then(|l| l.response_scanner()),
+            guard: limits.as_ref().and_then(|l| l.response_guard()),
             limits,
-            failed: None,
         }
     }
 }
@@ -51,7 +47,7 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        if let Some(status) = this.failed.take() {
+        if let Some(status) = this.guard.as_mut().and_then(MessageGuard::take_held) {
             return Poll::Ready(Some(Err(status)));
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -66,22 +62,15 @@ impl Body for ChannelBody {
             }
             None => return Poll::Ready(None),
         };
-        let (Some(scanner), Some(data)) = (&mut this.scanner, frame.data_ref()) else {
+        let Some(guard) = &mut this.guard else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        let Err(oversized) = scanner.scan(data) else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let status = response_too_large(oversized.length, scanner.limit());
-        // Dropping the stream resets it: the rest is not wanted.
-        this.inner = None;
-        if oversized.before == 0 {
-            return Poll::Ready(Some(Err(status)));
+        let passed = guard.pass(frame, response_too_large);
+        if guard.is_spent() {
+            // Dropping the stream resets it: the rest is not wanted.
+            this.inner = None;
         }
-        // The messages before it are delivered; the call fails next.
-        let before = data.slice(..oversized.before);
-        this.failed = Some(status);
-        Poll::Ready(Some(Ok(Frame::data(before))))
+        Poll::Ready(Some(passed))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -106,6 +106,64 @@ pub(crate) struct Oversized {
     pub(crate) before: usize,
 }
 
+/// Hands a gRPC byte stream's frames on up to the first message over the
+/// limit, then fails. Messages before it are delivered first, even when
+/// they share its chunk: the chunk is cut before its prefix and the
+/// failure held back for the next poll.
+#[derive(Debug)]
+pub(crate) struct MessageGuard {
+    scanner: FrameScanner,
+    /// The failure, held back while the messages before it are handed on.
+    held: Option<tonic::Status>,
+    /// A message over the limit was found.
+    spent: bool,
+}
+
+impl MessageGuard {
+    pub(crate) fn new(limit: u64) -> Self {
+        MessageGuard {
+            scanner: FrameScanner::new(limit),
+            held: None,
+            spent: false,
+        }
+    }
+
+    /// The failure held back for this poll, if there is one.
+    pub(crate) fn take_held(&mut self) -> Option<tonic::Status> {
+        self.held.take()
+    }
+
+    /// Whether a message over the limit was found (the stream's rest is
+    /// not wanted).
+    pub(crate) fn is_spent(&self) -> bool {
+        self.spent
+    }
+
+    /// `frame` as it may be handed on: whole, cut before the first message
+    /// over the limit (the failure is then held for the next poll), or the
+    /// failure, made by `too_large(length, limit)`.
+    pub(crate) fn pass(
+        &mut self,
+        frame: Frame<Bytes>,
+        too_large: impl FnOnce(u64, u64) -> tonic::Status,
+    ) -> Result<Frame<Bytes>, tonic::Status> {
+        let Some(data) = frame.data_ref() else {
+            return Ok(frame);
+        };
+        let Err(oversized) = self.scanner.scan(data) else {
+            return Ok(frame);
+        };
+        self.spent = true;
+        let status = too_large(oversized.length, self.scanner.limit());
+        if oversized.before == 0 {
+            return Err(status);
+        }
+        let before = data.slice(..oversized.before);
+        self.held = Some(status);
+        Ok(Frame::data(before))
+    }
+}
+
 /// The limits of one call, shared by its request body, the call and its
 /// response body. A request-side violation is recorded here, so the call
 /// fails with it rather than with the stream reset it causes.
@@ -138,9 +196,8 @@ impl CallLimits {
         match self.request {
             Some(limit) => tonic::body::Body::new(LimitedRequest {
                 inner: body,
-                scanner: FrameScanner::new(limit),
+                guard: MessageGuard::new(limit),
                 limits: self.clone(),
-                failed: None,
             }),
             None => body,
         }
@@ -151,9 +208,9 @@ impl CallLimits {
         self.violation.get().cloned()
     }
 
-    /// A scanner for the response, if it has a limit.
-    pub(crate) fn response_scanner(&self) -> Option<FrameScanner> {
-        self.response.map(FrameScanner::new)
+    /// A guard for the response's messages, if they have a limit.
+    pub(crate) fn response_guard(&self) -> Option<MessageGuard> {
+        self.response.map(MessageGuard::new)
     }
 }
 
@@ -165,13 +222,11 @@ pub(crate) fn response_too_large(length: u64, limit: u64) -> tonic::Status {
 }
 
 /// A request body that fails at the first message over the limit, before
-/// handing on any of its bytes.
+/// handing on any of its bytes, and records the failure for the call.
 struct LimitedRequest {
     inner: tonic::body::Body,
-    scanner: FrameScanner,
+    guard: MessageGuard,
     limits: Arc<CallLimits>,
-    /// The violation, once the messages before it have been handed on.
-    failed: Option<tonic::Status>,
 }
 
 impl Body for LimitedRequest {
@@ -183,32 +238,21 @@ impl Body for LimitedRequest {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        if let Some(status) = this.failed.take() {
+        if let Some(status) = this.guard.take_held() {
             return Poll::Ready(Some(Err(status)));
         }
         let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             other => return Poll::Ready(other),
         };
-        let Some(data) = frame.data_ref() else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let Err(oversized) = this.scanner.scan(data) else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let status = tonic::Status::resource_exhausted(format!(
-            "trying to send a message larger than the method's maxRequestMessageBytes ({} > {})",
-            oversized.length,
-            this.scanner.limit()
-        ));
-        let _ = this.limits.violation.set(status.clone());
-        if oversized.before == 0 {
-            return Poll::Ready(Some(Err(status)));
-        }
-        // The messages before it go out; the call fails at the next poll.
-        let before = data.slice(..oversized.before);
-        this.failed = Some(status);
-        Poll::Ready(Some(Ok(Frame::data(before))))
+        let limits = &this.limits;
+        Poll::Ready(Some(this.guard.pass(frame, |length, limit| {
+            let status = tonic::Status::resource_exhausted(format!(
+                "trying to send a message larger than the method's maxRequestMessageBytes ({length} > {limit})"
+            ));
+            let _ = limits.violation.set(status.clone());
+            status
+        })))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -304,7 +348,22 @@ mod tests {
             ..MethodConfig::default()
         })
         .unwrap();
-        assert_eq!(limits.response_scanner().map(|s| s.limit()), Some(5));
+        let mut guard = limits.response_guard().unwrap();
+        let mut over = vec![0, 0, 0, 0, 2, 1, 2];
+        over.extend_from_slice(&[0, 0, 0, 0, 6]);
+        let cut = guard
+            .pass(Frame::data(Bytes::from(over)), |length, limit| {
+                response_too_large(length, limit)
+            })
+            .unwrap();
+        assert_eq!(
+            cut.into_data().unwrap().len(),
+            7,
+            "the message before is kept"
+        );
+        assert!(guard.is_spent());
+        let held = guard.take_held().unwrap();
+        assert!(held.message().contains("(6 > 5)"), "{held:?}");
         assert!(limits.violation().is_none());
     }
 }
