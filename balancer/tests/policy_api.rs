@@ -217,6 +217,36 @@ async fn a_closed_transport_asks_the_resolver_to_resolve_again() {
     drop(channel);
 }
 
+/// Starts a call that `backend` (the only one the channel can reach now)
+/// answers after `delay_ms`; returns once the backend has it.
+async fn slow_call(
+    client: &Client,
+    backend: &waypost_integration::backend::Backend,
+    delay_ms: u64,
+) -> tokio::task::JoinHandle<Result<String, tonic::Status>> {
+    let calls_before = backend.calls();
+    let mut slow = client.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut request = tonic::Request::new(waypost_proto::movies::v1::MovieId { mid: 1 });
+        request
+            .metadata_mut()
+            .insert("x-delay-ms", delay_ms.to_string().parse().unwrap());
+        slow.get_movie(request)
+            .await
+            .map(|r| r.into_inner().served_by)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while backend.calls() == calls_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call reached {}",
+            backend.name()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    in_flight
+}
+
 #[tokio::test]
 async fn a_removed_backend_finishes_its_calls_in_flight_then_its_connection_closes() {
     let backends = start_backends(2).await.unwrap();
@@ -231,25 +261,8 @@ async fn a_removed_backend_finishes_its_calls_in_flight_then_its_connection_clos
     until_all_serve(&mut client, &["b0"]).await;
 
     // A slow call in flight on b0...
-    let calls_before = backends[0].calls();
-    let mut slow = client.clone();
-    let in_flight = tokio::spawn(async move {
-        let mut request = tonic::Request::new(waypost_proto::movies::v1::MovieId { mid: 1 });
-        request
-            .metadata_mut()
-            .insert("x-delay-ms", "400".parse().unwrap());
-        slow.get_movie(request)
-            .await
-            .map(|r| r.into_inner().served_by)
-    });
+    let in_flight = slow_call(&client, &backends[0], 400).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while backends[0].calls() == calls_before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call reached b0"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     // ...when the resolver drops b0: the call still completes there.
     manual.update(state(&[&backends[1]], Some(round_robin())));
     until_all_serve(&mut client, &["b1"]).await;
@@ -287,25 +300,8 @@ async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
     until_all_serve(&mut client, &["b0"]).await;
 
     // A slow call in flight on b0's connection...
-    let calls_before = backends[0].calls();
-    let mut slow = client.clone();
-    let in_flight = tokio::spawn(async move {
-        let mut request = tonic::Request::new(waypost_proto::movies::v1::MovieId { mid: 1 });
-        request
-            .metadata_mut()
-            .insert("x-delay-ms", "2000".parse().unwrap());
-        slow.get_movie(request)
-            .await
-            .map(|r| r.into_inner().served_by)
-    });
+    let in_flight = slow_call(&client, &backends[0], 2000).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while backends[0].calls() == calls_before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call reached b0"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     manual.update(state(&[&backends[0], &backends[1]], Some(round_robin())));
     until_all_serve(&mut client, &["b0", "b1"]).await;
 
