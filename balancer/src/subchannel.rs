@@ -5,11 +5,15 @@
 //! It tries the endpoint's addresses in order (TCP, unix socket, or a
 //! `host:port` for the system resolver), does the HTTP/2 handshake (the
 //! `h2` crate, driven by waypost's own transport), and is READY while that
-//! connection lives. When the connection
-//! closes it goes back to IDLE; a failed attempt goes to TRANSIENT_FAILURE,
-//! waits out the gRPC connection backoff (1 s × 1.6 ± 20 %, at most
-//! 120 s; reset after a successful connection), then goes to IDLE. The
-//! policy decides when to connect again. Keepalive PINGs follow gRPC's
+//! connection lives. A connection that was READY (the server's SETTINGS
+//! arrived) and then ends by the server's GOAWAY (NO_ERROR) or a clean
+//! close sends the subchannel back to IDLE at once, its backoff reset, so
+//! servers that recycle connections (`max_connection_age`, rolling
+//! restarts) cost no call. A failed attempt (including one closed before
+//! SETTINGS, and a connection that broke with an error within the backoff
+//! base) goes to TRANSIENT_FAILURE, waits out the gRPC connection backoff
+//! (1 s × 1.6 ± 20 %, at most 120 s), then goes to IDLE. The policy
+//! decides when to connect again. Keepalive PINGs follow gRPC's
 //! client keepalive; a GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") doubles the
 //! ping interval for this subchannel, as gRPC clients do.
 //!
@@ -398,21 +402,26 @@ impl Driver {
                             send,
                         }),
                     };
-                    let reason = self.while_connected(conn, connection).await;
+                    let closed = self.while_connected(conn, connection).await;
                     self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(id = self.id.0, %reason, "subchannel connection closed");
-                    if connected_at.elapsed() >= self.options.backoff.base {
-                        // A connection that stayed up resets the backoff.
+                    tracing::debug!(id = self.id.0, reason = %closed.reason, "subchannel connection closed");
+                    let lived = connected_at.elapsed();
+                    if closed.graceful || lived >= self.options.backoff.base {
+                        // The attempt succeeded (the server's SETTINGS came):
+                        // a server that recycles connections (GOAWAY, clean
+                        // close — `max_connection_age`, rolling restarts) is
+                        // reconnected at once, as in grpc-go. Backoff paces
+                        // failed attempts only.
                         backoff.reset();
                     } else {
-                        // One that dropped at once (a server that accepts and
-                        // closes, or GOAWAYs) counts as a failure, so a
-                        // flapping backend is not redialled in a tight loop.
+                        // A connection that broke at once with an error
+                        // counts as a failure, so a flapping backend is not
+                        // redialled in a tight loop.
                         self.set(
                             SubchannelState {
                                 connectivity: ConnectivityState::TransientFailure,
                                 connection: None,
-                                last_error: Some(reason.clone().into()),
+                                last_error: Some(closed.reason.clone().into()),
                             },
                             true,
                         );
@@ -422,7 +431,7 @@ impl Driver {
                         SubchannelState {
                             connectivity: ConnectivityState::Idle,
                             connection: None,
-                            last_error: Some(reason.into()),
+                            last_error: Some(closed.reason.into()),
                         },
                         true,
                     );
@@ -457,8 +466,8 @@ impl Driver {
 
     /// Serves a live connection until it ends: READY, or — with health
     /// checking on — READY only while the backend reports SERVING. Returns
-    /// why the connection ended.
-    async fn while_connected(&self, conn: Connection, mut connection: ConnectionTask) -> String {
+    /// how the connection ended.
+    async fn while_connected(&self, conn: Connection, mut connection: ConnectionTask) -> Closed {
         let mut health_service = self.health.service.clone();
         let ready = || SubchannelState {
             connectivity: ConnectivityState::Ready,
@@ -528,8 +537,8 @@ impl Driver {
     /// Waits for the connection to end, or for the server's GOAWAY — from
     /// then on the connection takes no new calls, so the subchannel stops
     /// offering it at once rather than when its last stream ends (the
-    /// connection drains in its own task). Returns why.
-    async fn wait_closed(&self, connection: &mut ConnectionTask) -> String {
+    /// connection drains in its own task). Returns how it ended.
+    async fn wait_closed(&self, connection: &mut ConnectionTask) -> Closed {
         let ConnectionTask { task, go_away, .. } = connection;
         let go_away = async {
             if let Some(seen) = go_away.as_mut() {
@@ -547,22 +556,37 @@ impl Driver {
                 if go_away.code == u32::from(h2::Reason::ENHANCE_YOUR_CALM) {
                     self.too_many_pings();
                 }
-                return format!(
-                    "the server sent GOAWAY ({:?}, last stream {})",
-                    h2::Reason::from(go_away.code),
-                    go_away.last_stream_id
-                );
+                return Closed {
+                    reason: format!(
+                        "the server sent GOAWAY ({:?}, last stream {})",
+                        h2::Reason::from(go_away.code),
+                        go_away.last_stream_id
+                    ),
+                    // NO_ERROR: the server retires the connection on
+                    // purpose. An error code (ENHANCE_YOUR_CALM, …) soon
+                    // after connecting is a failure, paced by backoff.
+                    graceful: go_away.code == u32::from(h2::Reason::NO_ERROR),
+                };
             }
         };
         match ended {
-            Ok(Ok(())) => "connection closed".into(),
+            Ok(Ok(())) => Closed {
+                reason: "connection closed".into(),
+                graceful: true,
+            },
             Ok(Err(e)) => {
                 if is_too_many_pings(&e) {
                     self.too_many_pings();
                 }
-                format!("connection error: {e}")
+                Closed {
+                    reason: format!("connection error: {e}"),
+                    graceful: false,
+                }
             }
-            Err(e) => format!("connection task ended: {e}"),
+            Err(e) => Closed {
+                reason: format!("connection task ended: {e}"),
+                graceful: false,
+            },
         }
     }
 
@@ -674,6 +698,15 @@ const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// capped at a day (`None` stays off).
 fn doubled_keepalive(current: Option<Duration>) -> Option<Duration> {
     current.map(|t| t.saturating_mul(2).min(MAX_KEEPALIVE_INTERVAL))
+}
+
+/// How a READY connection ended.
+struct Closed {
+    /// Why, for the subchannel's `last_error` and logs.
+    reason: String,
+    /// The server ended it on purpose (GOAWAY NO_ERROR, or a clean close),
+    /// rather than it breaking.
+    graceful: bool,
 }
 
 /// Whether the connection ended with GOAWAY ENHANCE_YOUR_CALM.

@@ -98,6 +98,8 @@ pub struct Backend {
     serve_health: bool,
     /// Set while the backend shuts down gracefully.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Each new connection is shut down gracefully after this long.
+    max_connection_age: Arc<parking_lot::Mutex<Option<Duration>>>,
 }
 
 impl Backend {
@@ -136,6 +138,7 @@ impl Backend {
             running: tokio::sync::Mutex::new(None),
             serve_health,
             draining: tokio::sync::watch::Sender::new(false),
+            max_connection_age: Arc::default(),
         };
         *backend.running.lock().await = Some(backend.serve(listener));
         Ok(backend)
@@ -189,6 +192,14 @@ impl Backend {
     /// at once; [`Backend::stop`] still cuts everything.
     pub fn drain(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// Recycles connections as a server with a `max_connection_age` does:
+    /// every connection accepted from now on gets a GOAWAY after `age`, its
+    /// calls in flight finish, and it closes once it has none; the listener
+    /// stays open. `None` turns it off for new connections.
+    pub fn set_max_connection_age(&self, age: Option<Duration>) {
+        *self.max_connection_age.lock() = age;
     }
 
     /// Starts a stopped (or drained) backend again on the same port (no-op
@@ -246,6 +257,7 @@ impl Backend {
         let gate = self.gate.clone();
         let stats = self.stats.clone();
         let draining = self.draining.subscribe();
+        let max_connection_age = self.max_connection_age.clone();
         tokio::spawn(async move {
             let mut connections = JoinSet::new();
             let mut listener = Some(listener);
@@ -259,14 +271,25 @@ impl Backend {
                         stats.accepted.fetch_add(1, Ordering::SeqCst);
                         let open = OpenConnection::new(stats.clone());
                         let mut drain = draining.clone();
+                        let max_age = *max_connection_age.lock();
                         connections.spawn(async move {
                             let _open = open;
                             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                                 .serve_connection(io, service);
                             tokio::pin!(connection);
+                            let aged = async {
+                                match max_age {
+                                    Some(age) => tokio::time::sleep(age).await,
+                                    None => std::future::pending().await,
+                                }
+                            };
                             tokio::select! {
                                 _ = connection.as_mut() => {}
                                 () = async { let _ = drain.wait_for(|d| *d).await; } => {
+                                    connection.as_mut().graceful_shutdown();
+                                    let _ = connection.await;
+                                }
+                                () = aged => {
                                     connection.as_mut().graceful_shutdown();
                                     let _ = connection.await;
                                 }

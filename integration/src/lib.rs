@@ -8,6 +8,8 @@
 //!   to hang, and have their health flipped.
 //! - [`dns::DnsServer`]: an in-process authoritative DNS server whose A,
 //!   AAAA, SRV and TXT records a test changes while it runs.
+//! - [`grpcio::GrpcioBackends`]: gRPC C-core servers (Python grpcio) with
+//!   any channel arguments, e.g. a `max_connection_age`.
 //!
 //! This crate depends only on `waypost-proto` and outside crates, so every
 //! waypost crate can use it as a dev-dependency without a cycle. Tests that
@@ -28,6 +30,7 @@ pub mod backend;
 pub mod dns;
 pub mod etcd;
 mod gate;
+pub mod grpcio;
 pub mod proxy;
 
 /// Why a harness server could not be started or changed.
@@ -43,4 +46,7 @@ pub enum HarnessError {
     /// etcd could not be found or did not start.
     #[error("harness etcd: {0}")]
     Etcd(String),
+    /// Another implementation's peer (grpcio, grpc-go) could not be run.
+    #[error("harness peer: {0}")]
+    Peer(String),
 }

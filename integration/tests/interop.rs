@@ -16,28 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::dns::DnsServer;
+use waypost_integration::grpcio::python_with_grpcio;
 use waypost_lbserver::config::Config;
 use waypost_lbserver::server::{Running, ServeOptions, start};
 
 const SERVICE: &str = "movies.test";
-
-/// A Python with `grpcio` importable (`$WAYPOST_PYTHON`, which
-/// `./scripts/test` sets, or `python3`), or a message saying how to get it.
-fn python_with_grpcio() -> Result<String, String> {
-    let python = std::env::var("WAYPOST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = std::process::Command::new(&python)
-        .args(["-c", "import grpc; print(grpc.__version__)"])
-        .output()
-        .map_err(|e| format!("{python}: {e}"))?;
-    if output.status.success() {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{python} cannot import grpc (install it with `python3 -m pip install grpcio`; ./scripts/test does): {}",
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
 
 /// Three backends and a `waypost serve` balancing them as [`SERVICE`],
 /// probing each one's whole-server health, with ClientStats every 100 ms.

@@ -2,13 +2,19 @@
 # needs are installed. On Debian/Ubuntu as root it installs them; elsewhere it
 # says exactly what to install and stops.
 #
-# usage: need_packages PACKAGE:COMMAND ...
+# usage: need_packages PACKAGE:WHAT ...
+# WHAT is a command on PATH, or an absolute path to a file the package
+# installs (for packages that provide files rather than commands, such as
+# libprotobuf-dev's google/protobuf/descriptor.proto).
 need_packages() {
-    local missing=() spec pkg cmd
+    local missing=() spec pkg what
     for spec in "$@"; do
         pkg=${spec%%:*}
-        cmd=${spec##*:}
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        what=${spec#*:}
+        case "$what" in
+            /*) [ -e "$what" ] || missing+=("$pkg") ;;
+            *) command -v "$what" >/dev/null 2>&1 || missing+=("$pkg") ;;
+        esac
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -21,9 +27,10 @@ need_packages() {
     if command -v apt-get >/dev/null 2>&1; then
         echo "  install them with: sudo apt-get install ${missing[*]}" >&2
     else
-        echo "  protobuf-compiler provides \`protoc\` (needed by etcd-client's build script);" >&2
+        echo "  protobuf-compiler provides \`protoc\` and libprotobuf-dev its well-known types" >&2
+        echo "  (google/protobuf/*.proto); etcd-client's build script needs both;" >&2
         echo "  etcd-server provides \`etcd\` 3.4 or newer (needed by the tests)." >&2
-        echo "  Install both with your system's package manager and run this again." >&2
+        echo "  Install them with your system's package manager and run this again." >&2
     fi
     exit 1
 }
@@ -81,3 +88,8 @@ need_go_grpc() {
     echo "  sudo apt-get install golang-go golang-google-grpc-dev" >&2
     exit 1
 }
+
+# What etcd-client's build script needs: `protoc` and the well-known types'
+# .proto files it imports (protobuf-compiler only *recommends* libprotobuf-dev,
+# so an install without recommends has the binary and not the includes).
+PROTOC_NEEDS=(protobuf-compiler:protoc libprotobuf-dev:/usr/include/google/protobuf/descriptor.proto)

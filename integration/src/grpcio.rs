@@ -1,0 +1,118 @@
+//! gRPC C-core peers through Python's `grpcio`: the interpreter that has
+//! it, and grpcio backends serving `movies.v1.MoviesService/GetMovie`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
+//! use waypost_integration::grpcio::GrpcioBackends;
+//!
+//! // Three grpcio servers that recycle every connection after 300 ms.
+//! let backends = GrpcioBackends::start(
+//!     &["g0", "g1", "g2"],
+//!     &[("grpc.max_connection_age_ms", 300)],
+//! )
+//! .await?;
+//! println!("{:?}", backends.addrs());
+//! # Ok(()) }
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::HarnessError;
+
+/// A Python with `grpcio` importable (`$WAYPOST_PYTHON`, which
+/// `./scripts/test` sets, or `python3`), or a message saying how to get it.
+pub fn python_with_grpcio() -> Result<String, HarnessError> {
+    let python = std::env::var("WAYPOST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(&python)
+        .args(["-c", "import grpc; print(grpc.__version__)"])
+        .output()
+        .map_err(|e| HarnessError::Peer(format!("{python}: {e}")))?;
+    if output.status.success() {
+        Ok(python)
+    } else {
+        Err(HarnessError::Peer(format!(
+            "{python} cannot import grpc (install it with `python3 -m pip install grpcio`; ./scripts/test does): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+/// grpcio servers in one Python process, one per name, each answering
+/// `GetMovie` with its name in `served_by`. Stopped when dropped.
+#[derive(Debug)]
+pub struct GrpcioBackends {
+    servers: Vec<(String, SocketAddr)>,
+    _process: Child,
+}
+
+impl GrpcioBackends {
+    /// Starts one server per name, each given `options` as grpcio channel
+    /// arguments (e.g. `("grpc.max_connection_age_ms", 300)`). Returns once
+    /// every one listens.
+    pub async fn start(names: &[&str], options: &[(&str, i64)]) -> Result<Self, HarnessError> {
+        let python = python_with_grpcio()?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/movies_backend.py");
+        let mut command = Command::new(python);
+        command.arg(script).args(names);
+        for (key, value) in options {
+            command.arg("--option").arg(format!("{key}={value}"));
+        }
+        let mut process = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = process.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut servers = Vec::new();
+        let started = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line == "ready" {
+                    return Ok(true);
+                }
+                let mut words = line.split(' ');
+                if let (Some("listening"), Some(name), Some(port)) =
+                    (words.next(), words.next(), words.next())
+                {
+                    let port: u16 = port.parse().map_err(|_| {
+                        HarnessError::Peer(format!("grpcio backend printed {line:?}"))
+                    })?;
+                    servers.push((
+                        name.to_owned(),
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    ));
+                }
+            }
+            Ok::<_, HarnessError>(false)
+        })
+        .await;
+        match started {
+            Ok(Ok(true)) => Ok(GrpcioBackends {
+                servers,
+                _process: process,
+            }),
+            Ok(Ok(false)) => Err(HarnessError::Peer(
+                "the grpcio backends exited before they were ready".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HarnessError::Peer(
+                "the grpcio backends were not ready within 30 s".into(),
+            )),
+        }
+    }
+
+    /// The servers' addresses, in the order of their names.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|(_, addr)| *addr).collect()
+    }
+
+    /// The servers' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.servers.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
