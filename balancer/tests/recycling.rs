@@ -98,7 +98,7 @@ async fn recycling_grpcio_backends() -> GrpcioBackends {
 async fn round_robin_over_grpcio_servers_with_max_connection_age_fails_no_call() {
     let backends = recycling_grpcio_backends().await;
     // The default connection backoff (1 s base): what a user gets.
-    let channel = Channel::builder(&target(&backends.addrs()))
+    let channel = Channel::builder(target(&backends.addrs()))
         .default_service_config(round_robin())
         .build()
         .unwrap();
@@ -112,7 +112,7 @@ async fn round_robin_over_grpcio_servers_with_max_connection_age_fails_no_call()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pick_first_over_grpcio_servers_with_max_connection_age_fails_no_call() {
     let backends = recycling_grpcio_backends().await;
-    let channel = Channel::builder(&target(&backends.addrs()))
+    let channel = Channel::builder(target(&backends.addrs()))
         .default_service_config(json!({"loadBalancingConfig": [{"pick_first": {}}]}))
         .build()
         .unwrap();
@@ -132,7 +132,7 @@ async fn round_robin_over_backends_that_drain_every_200ms_fails_no_call() {
         backend.set_max_connection_age(Some(Duration::from_millis(200)));
     }
     let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
-    let channel = Channel::builder(&target(&addrs))
+    let channel = Channel::builder(target(&addrs))
         .default_service_config(round_robin())
         .build()
         .unwrap();
