@@ -92,6 +92,18 @@ impl Picker for FailPicker {
     }
 }
 
+/// Fails every call with UNAVAILABLE "channel closed", wait-for-ready
+/// included: what a channel publishes when its last handle is dropped, so
+/// calls still waiting end (grpc-go's `ErrClientConnClosing`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ClosedPicker;
+
+impl Picker for ClosedPicker {
+    fn pick(&self, _path: &str) -> Pick {
+        Pick::Drop("channel closed".into())
+    }
+}
+
 /// Always the same connection (`pick_first`).
 #[derive(Debug, Clone)]
 pub struct SinglePicker(pub Connection);

@@ -639,3 +639,33 @@ async fn a_call_with_a_deadline_can_start_outside_the_runtime() {
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(backends[0].calls(), before + 1);
 }
+
+#[tokio::test]
+async fn a_waiting_call_without_deadline_ends_when_the_channel_is_dropped() {
+    use tower::Service;
+    // Nothing listens there: the call waits for a READY backend.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut channel = builder(&format!("ipv4:{unused}")).build().unwrap();
+    let request = http::Request::builder()
+        .uri("/movies.v1.MoviesService/GetMovie")
+        .header("content-type", "application/grpc")
+        .extension(waypost_balancer::WaitForReady(true))
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let response = channel.call(request);
+    let pending = tokio::spawn(response);
+    // Let it start waiting, then drop the last handle.
+    tokio::task::yield_now().await;
+    drop(channel);
+    let error = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the waiting call ended once the channel was dropped")
+        .unwrap()
+        .unwrap_err();
+    let status = tonic::Status::from_error(error);
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("channel closed"), "{status:?}");
+}

@@ -558,10 +558,14 @@ async fn attempt_after(
         shared.counters.queued.fetch_add(1, Ordering::Relaxed);
         let rx = generations.get_or_insert_with(|| shared.generation.subscribe());
         if *rx.borrow_and_update() == waiting.generation {
-            let changed = rx.changed();
-            let waited = match deadline {
+            // The sender lives in `shared`, which this call holds: it never
+            // closes. A closed channel publishes a picker that fails calls.
+            let changed = async {
+                let _ = rx.changed().await;
+            };
+            match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
-                    Ok(result) => result,
+                    Ok(()) => {}
                     Err(_) => {
                         return Err(match waiting.reason {
                             Some(reason) => tonic::Status::deadline_exceeded(format!(
@@ -573,9 +577,6 @@ async fn attempt_after(
                     }
                 },
                 None => changed.await,
-            };
-            if waited.is_err() {
-                return Err(tonic::Status::unavailable("the channel was closed"));
             }
         }
         waiting = match place_and_land(&shared, waiting.request, wait_for_ready, deadline).await {

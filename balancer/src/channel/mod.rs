@@ -35,7 +35,7 @@ pub use self::body::ChannelBody;
 pub use self::call::{ResponseFuture, WaitForReady, parse_grpc_timeout};
 pub use self::retry::MAX_REPLAY_BYTES;
 use crate::connectivity::ConnectivityState;
-use crate::picker::{FailPicker, Picker, QueuePicker};
+use crate::picker::{ClosedPicker, Picker, QueuePicker};
 use crate::policy::PolicyRegistry;
 use crate::service_config::ServiceConfig;
 use crate::subchannel::{ConnectOptions, KeepaliveConfig, SubchannelCounters};
@@ -209,7 +209,8 @@ impl Shared {
 }
 
 /// Stops the controller when the last [`Channel`] clone is dropped, and
-/// fails calls still waiting.
+/// fails every call still waiting, wait-for-ready ones included (they hold
+/// the shared state, not a `Channel`, so they see the closed picker).
 struct ControllerGuard {
     task: JoinHandle<()>,
     shared: Arc<Shared>,
@@ -218,10 +219,8 @@ struct ControllerGuard {
 impl Drop for ControllerGuard {
     fn drop(&mut self) {
         self.task.abort();
-        self.shared.publish(
-            ConnectivityState::Shutdown,
-            Arc::new(FailPicker("the channel was closed".into())),
-        );
+        self.shared
+            .publish(ConnectivityState::Shutdown, Arc::new(ClosedPicker));
     }
 }
 
