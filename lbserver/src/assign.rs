@@ -83,54 +83,6 @@ pub fn overload_drop_fraction(
     (1.0 - spare / observed_rate).clamp(0.0, 0.9)
 }
 
-/// A call rate estimated from a growing counter (calls started, as clients
-/// report them): an exponentially weighted average over samples. Pure: the
-/// caller passes the time.
-#[derive(Debug, Clone)]
-pub struct RateEstimator {
-    last: Option<(u64, std::time::Instant)>,
-    rate: f64,
-}
-
-impl Default for RateEstimator {
-    fn default() -> Self {
-        RateEstimator::new()
-    }
-}
-
-impl RateEstimator {
-    /// No samples yet: rate 0.
-    pub fn new() -> RateEstimator {
-        RateEstimator {
-            last: None,
-            rate: 0.0,
-        }
-    }
-
-    /// Adds a sample of the counter at `now`; returns the new rate (per
-    /// second). Half the weight goes to the newest interval.
-    pub fn sample(&mut self, count: u64, now: std::time::Instant) -> f64 {
-        if let Some((last_count, last_time)) = self.last {
-            let dt = now.saturating_duration_since(last_time).as_secs_f64();
-            if dt > 0.0 {
-                let instant = count.saturating_sub(last_count) as f64 / dt;
-                self.rate = if self.rate == 0.0 {
-                    instant
-                } else {
-                    0.5 * self.rate + 0.5 * instant
-                };
-            }
-        }
-        self.last = Some((count, now));
-        self.rate
-    }
-
-    /// The current estimate.
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-}
-
 /// A stable load-balance token for `addr` in `service` (16 hex digits).
 pub fn token(service: &str, addr: SocketAddr) -> String {
     // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
@@ -409,19 +361,6 @@ mod tests {
         assert_eq!(overload_drop_fraction(&views, 10.0, 1e9), 0.9);
         assert_eq!(overload_drop_fraction(&views, 0.0, 40.0), 0.0);
         assert_eq!(overload_drop_fraction(&views, 10.0, f64::NAN), 0.0);
-    }
-
-    #[test]
-    fn rate_estimator_follows_a_counter() {
-        let t0 = std::time::Instant::now();
-        let mut r = RateEstimator::new();
-        assert_eq!(r.sample(0, t0), 0.0);
-        assert_eq!(r.sample(100, t0 + std::time::Duration::from_secs(1)), 100.0);
-        // Next second: 300 calls/s; the average moves halfway.
-        assert_eq!(r.sample(400, t0 + std::time::Duration::from_secs(2)), 200.0);
-        // A counter that goes backwards (a restart) counts as no calls.
-        assert_eq!(r.sample(10, t0 + std::time::Duration::from_secs(3)), 100.0);
-        assert_eq!(r.rate(), 100.0);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
 use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancer;
 use waypost_proto::grpc::lb::v1::{
-    ClientStats, InitialLoadBalanceResponse, LoadBalanceRequest, LoadBalanceResponse, ServerList,
+    InitialLoadBalanceResponse, LoadBalanceRequest, LoadBalanceResponse, ServerList,
 };
 
 use crate::config::ListPolicy;
@@ -137,12 +137,17 @@ impl LoadBalancer for Balancer {
     }
 }
 
-/// Counts a stream as open while alive.
-struct OpenStream(Arc<Service>);
+/// Counts a stream as open while alive; when it ends, its client's
+/// reported call rate leaves the service's estimate.
+struct OpenStream {
+    service: Arc<Service>,
+    client: u64,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        self.service.streams.fetch_sub(1, Ordering::Relaxed);
+        self.service.client_left(self.client);
     }
 }
 
@@ -172,6 +177,7 @@ impl BalanceStream {
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> BalanceStream {
         service.streams.fetch_add(1, Ordering::Relaxed);
+        let client = service.next_client.fetch_add(1, Ordering::Relaxed);
         let initial = LoadBalanceResponse {
             load_balance_response_type: Some(LoadBalanceResponseType::InitialResponse(
                 InitialLoadBalanceResponse {
@@ -182,14 +188,17 @@ impl BalanceStream {
             )),
         };
         BalanceStream {
-            _open: OpenStream(service.clone()),
+            _open: OpenStream {
+                service: service.clone(),
+                client,
+            },
             initial: Some(initial),
             inbound,
             lists: WatchStream::new(service.subscribe()),
             stopping: WatchStream::new(stopping),
             throttle: None,
             sent_version: None,
-            client: service.next_client.fetch_add(1, Ordering::Relaxed),
+            client,
             service,
             ended: false,
         }
@@ -234,7 +243,7 @@ impl Stream for BalanceStream {
                 Poll::Ready(Some(Ok(LoadBalanceRequest {
                     load_balance_request_type: Some(LoadBalanceRequestType::ClientStats(stats)),
                 }))) => {
-                    record(&this.service, &stats);
+                    this.service.record_report(this.client, &stats);
                     let half = this.service.config.client_stats_interval / 2;
                     this.throttle = Some(Box::pin(tokio::time::sleep(half)));
                 }
@@ -286,31 +295,5 @@ fn for_client(
             }
         }
         _ => response.clone(),
-    }
-}
-
-fn record(service: &Service, stats: &ClientStats) {
-    let totals = &service.stats;
-    let add = |counter: &std::sync::atomic::AtomicU64, value: i64| {
-        counter.fetch_add(u64::try_from(value).unwrap_or(0), Ordering::Relaxed);
-    };
-    add(&totals.started, stats.num_calls_started);
-    add(&totals.finished, stats.num_calls_finished);
-    add(
-        &totals.failed_to_send,
-        stats.num_calls_finished_with_client_failed_to_send,
-    );
-    add(
-        &totals.known_received,
-        stats.num_calls_finished_known_received,
-    );
-    totals.reports.fetch_add(1, Ordering::Relaxed);
-    let mut drops = totals.drops.lock();
-    for per_token in &stats.calls_finished_with_drop {
-        if service.knows_token(&per_token.load_balance_token) {
-            *drops
-                .entry(per_token.load_balance_token.clone())
-                .or_default() += u64::try_from(per_token.num_calls).unwrap_or(0);
-        }
     }
 }

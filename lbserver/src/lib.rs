@@ -13,7 +13,8 @@
 //! The pieces: [`config`] (TOML, flags, embedded default), [`registry`]
 //! (backends, health, drains, the published lists), [`source`] (static lists
 //! or any resolver target), [`probe`] (health probes reusing the balancer
-//! crate's channel), [`assign`] (the pure list computation), [`balance`]
+//! crate's channel), [`assign`] (the pure list computation), [`rates`] (the clients'
+//! reported call rate, robust to a lying client), [`balance`]
 //! (the BalanceLoad service), [`admin`] (HTTP status, metrics, drain) and
 //! [`server`] (wiring and shutdown).
 
@@ -23,6 +24,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod probe;
+pub mod rates;
 pub mod registry;
 pub mod server;
 pub mod source;

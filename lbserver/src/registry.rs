@@ -5,20 +5,21 @@
 //! only send when the list actually changed. The encoded list is built once
 //! per change and shared by every stream.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use waypost_proto::grpc::lb::v1::{
-    LoadBalanceResponse, ServerList, load_balance_response::LoadBalanceResponseType,
+    ClientStats, LoadBalanceResponse, ServerList, load_balance_response::LoadBalanceResponseType,
 };
 
 use crate::assign::{BackendView, DROP_TOKEN, assign, token};
 use crate::config::{ListPolicy, ServiceConfig, strip_port};
+use crate::rates::ClientRates;
 
 /// One published list.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,8 +83,11 @@ pub struct Service {
     pub lists_sent: AtomicU64,
     /// Numbers the clients of a `subset` service.
     pub(crate) next_client: AtomicU64,
-    /// The call rate clients report (calls started per second).
-    rate: Mutex<crate::assign::RateEstimator>,
+    /// The call rate each client reports (calls started per second).
+    rates: Mutex<ClientRates>,
+    /// The tokens this service hands out, rebuilt when its backends
+    /// change, so a report's tokens are checked in O(1) each.
+    tokens: Mutex<Arc<HashSet<String>>>,
     /// Set while a debounce task coalesces changes (see [`Service::debounce`]).
     debouncing: std::sync::atomic::AtomicBool,
     pending: tokio::sync::Notify,
@@ -97,6 +101,8 @@ impl Service {
             version: 0,
         });
         let service = Service {
+            rates: Mutex::new(ClientRates::new(config.client_stats_interval)),
+            tokens: Mutex::new(Arc::new(HashSet::from([DROP_TOKEN.to_owned()]))),
             config,
             backends: Mutex::default(),
             drained: Mutex::default(),
@@ -105,7 +111,6 @@ impl Service {
             streams: AtomicU64::new(0),
             lists_sent: AtomicU64::new(0),
             next_client: AtomicU64::new(0),
-            rate: Mutex::new(crate::assign::RateEstimator::new()),
             debouncing: std::sync::atomic::AtomicBool::new(false),
             pending: tokio::sync::Notify::new(),
         };
@@ -132,7 +137,8 @@ impl Service {
     ) {
         {
             let mut backends = self.backends.lock();
-            backends.retain(|addr, _| wanted.iter().any(|(a, _, _)| a == addr));
+            let wanted_addrs: HashSet<SocketAddr> = wanted.iter().map(|(a, _, _)| *a).collect();
+            backends.retain(|addr, _| wanted_addrs.contains(addr));
             for (addr, weight, load) in wanted {
                 match backends.get_mut(&addr) {
                     Some(existing) => {
@@ -154,6 +160,12 @@ impl Service {
                     }
                 }
             }
+            let tokens = backends
+                .keys()
+                .map(|addr| token(&self.config.name, *addr))
+                .chain([DROP_TOKEN.to_owned()])
+                .collect();
+            *self.tokens.lock() = Arc::new(tokens);
         }
         self.changed();
     }
@@ -205,9 +217,69 @@ impl Service {
             .collect()
     }
 
-    /// The call rate (calls/s) clients of this service report starting.
+    /// The call rate (calls/s) clients of this service report starting,
+    /// trimmed so one client cannot dominate it (see [`crate::rates`]).
     pub fn observed_rate(&self) -> f64 {
-        self.rate.lock().rate()
+        self.rates.lock().total(std::time::Instant::now())
+    }
+
+    /// Adds one client's ClientStats report to the service's totals
+    /// (saturating) and to that client's call rate. Drops are counted only
+    /// under tokens this service hands out; each token is looked up once,
+    /// and the totals' lock is taken once, for the known tokens only.
+    pub fn record_report(&self, client: u64, stats: &ClientStats) {
+        let totals = &self.stats;
+        let count = |value: i64| u64::try_from(value).unwrap_or(0);
+        saturating_add(&totals.started, count(stats.num_calls_started));
+        saturating_add(&totals.finished, count(stats.num_calls_finished));
+        saturating_add(
+            &totals.failed_to_send,
+            count(stats.num_calls_finished_with_client_failed_to_send),
+        );
+        saturating_add(
+            &totals.known_received,
+            count(stats.num_calls_finished_known_received),
+        );
+        saturating_add(&totals.reports, 1);
+        if self.config.capacity_per_weight.is_some() {
+            self.rates.lock().report(
+                client,
+                count(stats.num_calls_started),
+                std::time::Instant::now(),
+            );
+        }
+        if stats.calls_finished_with_drop.is_empty() {
+            return;
+        }
+        let known = self.tokens.lock().clone();
+        let mut counted: HashMap<&str, u64> = HashMap::new();
+        for per_token in &stats.calls_finished_with_drop {
+            if let Some(known) = known.get(per_token.load_balance_token.as_str()) {
+                let n = counted.entry(known.as_str()).or_default();
+                *n = n.saturating_add(count(per_token.num_calls));
+            }
+        }
+        if counted.is_empty() {
+            return;
+        }
+        let mut drops = totals.drops.lock();
+        for (token, n) in counted {
+            let total = drops.entry(token.to_owned()).or_default();
+            *total = total.saturating_add(n);
+        }
+    }
+
+    /// A client's stream ended: its reported rate no longer counts.
+    pub fn client_left(&self, client: u64) {
+        let removed = {
+            let mut rates = self.rates.lock();
+            let before = rates.len();
+            rates.remove(client);
+            rates.len() != before
+        };
+        if removed {
+            self.changed();
+        }
     }
 
     /// The share of list entries dropped now: the configured fraction, or
@@ -230,17 +302,13 @@ impl Service {
         }
     }
 
-    /// Feeds ClientStats into the list: every `every`, samples the reported
-    /// calls-started counter and republishes (a no-op unless the drops
-    /// change). Runs for services with `capacity_per_weight`.
+    /// Feeds the clients' reported call rate into the list: every `every`,
+    /// republishes (a no-op unless the drops change), so drops follow the
+    /// rate as reports arrive and as silent clients age out. Runs for
+    /// services with `capacity_per_weight`.
     pub async fn track_load(self: Arc<Self>, every: std::time::Duration) {
         loop {
             tokio::time::sleep(every).await;
-            let started = self
-                .stats
-                .started
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.rate.lock().sample(started, std::time::Instant::now());
             self.changed();
         }
     }
@@ -307,13 +375,16 @@ impl Service {
     /// Whether `token` is one this service hands out (so per-token counts
     /// stay bounded by the list, whatever clients send).
     pub fn knows_token(&self, token_value: &str) -> bool {
-        token_value == DROP_TOKEN
-            || self
-                .backends
-                .lock()
-                .keys()
-                .any(|addr| token(&self.config.name, *addr) == token_value)
+        self.tokens.lock().contains(token_value)
     }
+}
+
+/// Adds to a counter, stopping at `u64::MAX` instead of wrapping (clients
+/// may report `i64::MAX`, again and again).
+fn saturating_add(counter: &AtomicU64, value: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+        Some(current.saturating_add(value))
+    });
 }
 
 fn list_response(servers: Vec<waypost_proto::grpc::lb::v1::Server>) -> LoadBalanceResponse {

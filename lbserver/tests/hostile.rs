@@ -1,0 +1,221 @@
+//! `waypost serve` under clients that lie or flood: each must cost the
+//! server bounded work, and other clients must not notice.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
+use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
+use waypost_proto::grpc::lb::v1::{ClientStats, ClientStatsPerToken, LoadBalanceRequest};
+
+fn report(stats: ClientStats) -> LoadBalanceRequest {
+    LoadBalanceRequest {
+        load_balance_request_type: Some(LoadBalanceRequestType::ClientStats(stats)),
+    }
+}
+
+/// A static source of `n` backends (never probed: all healthy).
+fn many_backends(n: u16) -> String {
+    (1..=n)
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_drop_tokens_does_not_stall_the_server() {
+    let lb = serve(&format!(
+        "admin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"{}\"\nclient_stats_interval = \"100ms\"\n",
+        many_backends(2000)
+    ))
+    .await;
+    let admin = lb.admin.unwrap();
+    let flood = ClientStats {
+        num_calls_started: 1,
+        calls_finished_with_drop: (0..2500)
+            .map(|i| ClientStatsPerToken {
+                load_balance_token: format!("not-a-token-{i:08}"),
+                num_calls: 1,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut flooders = Vec::new();
+    for _ in 0..8 {
+        let mut stream = open(lb.listen, initial("movies")).await.unwrap();
+        next(&mut stream).await; // initial response
+        let flood = flood.clone();
+        flooders.push(tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(4);
+            while tokio::time::Instant::now() < until {
+                if stream.tx.send(report(flood.clone())).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    let service = lb.registry.find("movies").unwrap();
+    let reports_before = service
+        .stats
+        .reports
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..10 {
+        let started = tokio::time::Instant::now();
+        let answer = http(admin, "GET", "/healthz").await;
+        let took = started.elapsed();
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        assert!(took < Duration::from_millis(200), "/healthz took {took:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let mut fresh = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut fresh).await;
+    let list = list_where(&mut fresh, |s| s.len() == 2000).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a new client waited {:?} for its list",
+        started.elapsed()
+    );
+    assert!(list.iter().all(|s| !s.drop));
+
+    // The reports were read (throttled), and no unknown token was kept.
+    assert!(
+        service
+            .stats
+            .reports
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > reports_before
+    );
+    assert!(service.stats.drops.lock().is_empty());
+    for flooder in flooders {
+        flooder.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_saturate_instead_of_wrapping() {
+    let lb = serve("[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\nclient_stats_interval = \"100ms\"\n").await;
+    let service = lb.registry.find("movies").unwrap();
+    let token = waypost_lbserver::assign::token("movies", "127.0.0.1:1".parse().unwrap());
+    let mut stream = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut stream).await;
+    for _ in 0..4 {
+        stream
+            .tx
+            .send(report(ClientStats {
+                num_calls_started: i64::MAX,
+                num_calls_finished: i64::MAX,
+                calls_finished_with_drop: vec![ClientStatsPerToken {
+                    load_balance_token: token.clone(),
+                    num_calls: i64::MAX,
+                }],
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while load(&service.stats.reports) < 4 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(load(&service.stats.started), u64::MAX);
+    assert_eq!(load(&service.stats.finished), u64::MAX);
+    assert_eq!(service.stats.drops.lock().get(&token), Some(&u64::MAX));
+}
+
+/// Whether a server list has drop entries.
+fn has_drops(response: &LoadBalanceResponseType) -> Option<bool> {
+    match response {
+        LoadBalanceResponseType::ServerList(list) => Some(list.servers.iter().any(|s| s.drop)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_client_cannot_drive_the_others_into_drops_once_it_left() {
+    // 2 backends × weight 1 × 100 calls/s: 200 calls/s of capacity.
+    let lb = serve(
+        "[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1,127.0.0.1:2\"\npolicy = \"weighted\"\ncapacity_per_weight = 100.0\nclient_stats_interval = \"200ms\"\n",
+    )
+    .await;
+    let service = lb.registry.find("movies").unwrap();
+
+    // An honest client: 20 calls per 200 ms (100 calls/s).
+    let mut honest = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut honest).await;
+    let honest_tx = honest.tx.clone();
+    let reporter = tokio::spawn(async move {
+        for _ in 0..500 {
+            let stats = ClientStats {
+                num_calls_started: 20,
+                num_calls_finished: 20,
+                ..Default::default()
+            };
+            if honest_tx.send(report(stats)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    // A rogue client claims 10^9 calls per report, for 10 s: beside the
+    // honest one it counts for at most four of it (400 calls/s), so the
+    // estimate stays bounded.
+    let mut rogue = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut rogue).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        let stats = ClientStats {
+            num_calls_started: 1_000_000_000,
+            ..Default::default()
+        };
+        rogue.tx.send(report(stats)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rate = service.observed_rate();
+        assert!(rate <= 5.0 * 100.0 * 1.5, "one liar dominates: {rate}");
+    }
+    drop(rogue);
+
+    // Its contribution leaves within one stats interval of its stream's end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while service.observed_rate() > 150.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rate still {} after the liar left",
+            service.observed_rate()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The list follows (after at most one debounce window), and a fresh
+    // client's list carries no drops (100 calls/s < 200 of capacity).
+    while has_drops(
+        service
+            .current()
+            .response
+            .load_balance_response_type
+            .as_ref()
+            .unwrap(),
+    ) != Some(false)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "drops stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut fresh = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut fresh).await;
+    let first = next(&mut fresh).await;
+    assert_eq!(
+        has_drops(&first),
+        Some(false),
+        "{first:?} rate {} drop {}",
+        service.observed_rate(),
+        service.drop_fraction()
+    );
+    assert_eq!(service.drop_fraction(), 0.0);
+    reporter.abort();
+}
