@@ -1,22 +1,112 @@
 //! The admin HTTP endpoint: `GET /healthz`, `GET /status` (JSON),
 //! `GET /metrics` (Prometheus text), `POST /drain?service=S&backend=ADDR`
-//! (with `&undo=true` to undo).
+//! (with `&undo=true` to undo). Every GET route answers HEAD too; query
+//! parameters are percent-decoded.
+//!
+//! Who may use it ([`Access`]):
+//! - a request with an `Origin` header other than the admin's own
+//!   (`http://<Host>`) is refused with 403, whatever else it carries — a
+//!   web page elsewhere cannot drive the balancer through a browser;
+//! - with `admin_token_file` set, mutations (`POST /drain`) need
+//!   `Authorization: Bearer <token>` (401 otherwise, nothing changed), and
+//!   so do reads when `admin_auth_reads = true`; `/healthz` stays open for
+//!   load balancers' probes.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::assign::token;
+use crate::config::quote;
+use crate::listener::Limited;
 use crate::registry::Registry;
+
+/// Who may use the admin endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The bearer token mutations need (`None`: none needed).
+    pub token: Option<String>,
+    /// Whether reads need the token too.
+    pub auth_reads: bool,
+}
+
+/// The longest token a token file may hold.
+const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// Reads an admin token file: its content without surrounding white
+/// space; it must be 1 to 4096 bytes of visible ASCII.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut raw = Vec::new();
+    file.take(MAX_TOKEN_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if raw.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(format!("longer than {MAX_TOKEN_BYTES} bytes"));
+    }
+    let text = String::from_utf8(raw).map_err(|_| "not UTF-8".to_owned())?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("empty".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII (no spaces or control characters)".into());
+    }
+    Ok(token.to_owned())
+}
+
+/// Compares in time independent of where the inputs first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Access {
+    /// Whether `request` carries the token (or none is needed).
+    fn authorized<B>(&self, request: &http::Request<B>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|given| same_secret(given, token.as_bytes()))
+    }
+}
+
+/// Whether the request comes from another origin than the admin's own: a
+/// browser sends `Origin` on cross-origin requests (and on same-origin
+/// POSTs, where it matches `http://<Host>`).
+fn foreign_origin<B>(request: &http::Request<B>) -> bool {
+    let Some(origin) = request.headers().get(http::header::ORIGIN) else {
+        return false;
+    };
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(origin), Some(host)) => {
+            !(origin.strip_prefix("http://") == Some(host)
+                || origin.strip_prefix("https://") == Some(host))
+        }
+        _ => true,
+    }
+}
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -158,96 +248,170 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The query's parameters, percent-decoded (`+` is a space).
 fn query(uri: &http::Uri) -> Vec<(String, String)> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.replace("%3A", ":").replace("%3a", ":")))
-        })
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
         .collect()
 }
 
 async fn handle(
     registry: Registry,
+    access: Arc<Access>,
     request: http::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let head = request.method() == Method::HEAD;
+    let mut response = route(&registry, &access, &request);
+    if head {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    Ok(response)
+}
+
+fn route<B>(
+    registry: &Registry,
+    access: &Access,
+    request: &http::Request<B>,
+) -> Response<Full<Bytes>> {
     let text = "text/plain; charset=utf-8";
-    Ok(match (request.method(), request.uri().path()) {
+    if foreign_origin(request) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            text,
+            "requests from other origins are refused\n".into(),
+        );
+    }
+    let method = match request.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
+    let path = request.uri().path();
+    let unauthorized = || {
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            text,
+            "this needs Authorization: Bearer <admin token>\n".into(),
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        response
+    };
+    match (method, path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
+        (&Method::GET, "/status" | "/metrics")
+            if access.auth_reads && !access.authorized(request) =>
+        {
+            unauthorized()
+        }
         (&Method::GET, "/status") => reply(
             StatusCode::OK,
             "application/json",
-            format!("{}\n", status(&registry)),
+            format!("{}\n", status(registry)),
         ),
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics(&registry),
+            metrics(registry),
         ),
-        (&Method::POST, "/drain") => {
-            let params = query(request.uri());
-            let get = |k: &str| {
-                params
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
+        (&Method::POST, "/drain") if !access.authorized(request) => unauthorized(),
+        (&Method::POST, "/drain") => drain(registry, request.uri()),
+        (_, "/healthz" | "/status" | "/metrics" | "/drain") => {
+            let mut response = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                "method not allowed\n".into(),
+            );
+            let allow = if path == "/drain" {
+                "POST"
+            } else {
+                "GET, HEAD"
             };
-            let undo = get("undo").is_some_and(|v| v == "true" || v == "1");
-            match (
-                get("service"),
-                get("backend").and_then(|b| b.parse::<SocketAddr>().ok()),
-            ) {
-                (Some(name), Some(backend)) => match registry.find(&name) {
-                    Some(service) if service.set_draining(backend, !undo) => reply(
-                        StatusCode::OK,
-                        "application/json",
-                        format!(
-                            "{}\n",
-                            json!({"service": name, "backend": backend.to_string(), "draining": !undo})
-                        ),
-                    ),
-                    Some(_) => reply(
-                        StatusCode::NOT_FOUND,
-                        text,
-                        format!("service {name:?} has no backend {backend}\n"),
-                    ),
-                    None => reply(
-                        StatusCode::NOT_FOUND,
-                        text,
-                        format!("no service {name:?}\n"),
-                    ),
-                },
-                _ => reply(
-                    StatusCode::BAD_REQUEST,
-                    text,
-                    "need service=NAME and backend=IP:PORT\n".into(),
-                ),
-            }
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+            response
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
             "not found; try /status, /metrics, /healthz or POST /drain\n".into(),
         ),
-    })
+    }
 }
 
-/// Serves the admin endpoint on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Registry) {
-    let mut connections = tokio::task::JoinSet::new();
+/// `POST /drain?service=S&backend=ADDR[&undo=true]`.
+fn drain(registry: &Registry, uri: &http::Uri) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    let params = query(uri);
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let undo = get("undo").is_some_and(|v| v == "true" || v == "1");
+    match (
+        get("service"),
+        get("backend").and_then(|b| b.parse::<SocketAddr>().ok()),
+    ) {
+        (Some(name), Some(backend)) => match registry.find(name) {
+            Some(service) if service.set_draining(backend, !undo) => reply(
+                StatusCode::OK,
+                "application/json",
+                format!(
+                    "{}\n",
+                    json!({"service": name, "backend": backend.to_string(), "draining": !undo})
+                ),
+            ),
+            Some(_) => reply(
+                StatusCode::NOT_FOUND,
+                text,
+                format!("service {} has no backend {backend}\n", quote(name)),
+            ),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                text,
+                format!("no service {}\n", quote(name)),
+            ),
+        },
+        _ => reply(
+            StatusCode::BAD_REQUEST,
+            text,
+            "need service=NAME and backend=IP:PORT\n".into(),
+        ),
+    }
+}
+
+/// Serves the admin endpoint on the accepted `connections` until the task
+/// is dropped: HTTP/1.1, one request per connection, whose headers must
+/// arrive within `header_timeout`.
+pub async fn serve(
+    mut connections: mpsc::Receiver<Limited>,
+    registry: Registry,
+    access: Access,
+    header_timeout: std::time::Duration,
+) {
+    let access = Arc::new(access);
+    let mut open = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            accepted = connections.recv() => {
+                let Some(stream) = accepted else { return };
                 let registry = registry.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| handle(registry.clone(), request));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let access = access.clone();
+                open.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| handle(registry.clone(), access.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = open.join_next(), if !open.is_empty() => {}
         }
     }
 }

@@ -109,7 +109,8 @@ impl LoadBalancer for Balancer {
                     "no initial request within {:?}",
                     self.options.initial_request_timeout
                 ))
-            })??
+            })?
+            .map_err(oversized_is_resource_exhausted)?
             .ok_or_else(|| {
                 Status::invalid_argument("the stream ended before an initial request")
             })?;
@@ -252,6 +253,9 @@ impl Stream for BalanceStream {
                         "only client_stats may follow the initial request",
                     )));
                 }
+                Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
+                    return this.end(Some(oversized_is_resource_exhausted(status)));
+                }
                 Poll::Ready(Some(Err(_)) | None) => return this.end(None),
                 Poll::Pending => break,
             }
@@ -295,5 +299,15 @@ fn for_client(
             }
         }
         _ => response.clone(),
+    }
+}
+
+/// tonic reports a request message over the size limit as OUT_OF_RANGE;
+/// gRPC's convention (and grpc-go's and C-core's) is RESOURCE_EXHAUSTED.
+fn oversized_is_resource_exhausted(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
     }
 }

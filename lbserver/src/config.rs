@@ -5,6 +5,10 @@
 //! listen = "127.0.0.1:50050"          # grpc.lb.v1 BalanceLoad
 //! admin = "127.0.0.1:50051"           # /metrics, /status, /healthz, /drain
 //! etcd = ["127.0.0.1:2379"]           # for etcd:/// sources (optional)
+//! admin_token_file = "/etc/waypost/admin-token"  # mutations need `Authorization: Bearer <token>`
+//! admin_auth_reads = false            # true: reads need the token too
+//! connection_limit = 10000            # open connections per listener, at most
+//! handshake_timeout = "10s"           # a connection must send its first bytes within this
 //!
 //! [[service]]
 //! name = "movies"                     # matched with or without ":port"
@@ -17,15 +21,30 @@
 //! client_stats_interval = "10s"
 //! fallback = false                    # no healthy backend: tell clients to fall back
 //! ```
+//!
+//! Every error names the file, the line of the value at fault (from the
+//! spans toml reports) and the field, and quotes long values cut short.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
+use toml::Value;
 
 /// The embedded default registry: three demo backends on loopback.
 pub const DEFAULT_REGISTRY: &str = include_str!("../default-registry.toml");
+
+/// The default BalanceLoad address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50050";
+
+/// The longest service name, exclusive (the grpclb initial request's limit).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// The longest duration a config accepts (one day).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Why a configuration was rejected. Its message names the file, the line
 /// and the field.
@@ -43,8 +62,7 @@ pub struct ConfigError {
 }
 
 /// How a service's server list is ordered and filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListPolicy {
     /// Every healthy backend once, in a stable order.
     RoundRobin,
@@ -80,6 +98,51 @@ pub struct ServiceConfig {
     pub fallback: bool,
 }
 
+impl ServiceConfig {
+    /// A round-robin service over `source` with the defaults, probing each
+    /// backend's whole-server health (what the flag form `--service` gives).
+    pub fn new(name: impl Into<String>, source: impl Into<String>) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            source: source.into(),
+            policy: ListPolicy::RoundRobin,
+            subset_size: 10,
+            drop_fraction: 0.0,
+            capacity_per_weight: None,
+            health_service: Some(String::new()),
+            client_stats_interval: Duration::from_secs(10),
+            fallback: false,
+        }
+    }
+}
+
+/// Who may use the admin endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminAuth {
+    /// A file holding the bearer token mutations need (`None`: no token).
+    pub token_file: Option<PathBuf>,
+    /// Whether reads (`/status`, `/metrics`) need the token too.
+    pub auth_reads: bool,
+}
+
+/// Bounds on what connecting clients may hold, per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing within this is closed.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -91,35 +154,143 @@ pub struct Config {
     pub etcd: Vec<String>,
     /// The services.
     pub services: Vec<ServiceConfig>,
+    /// Who may use the admin endpoint.
+    pub admin_auth: AdminAuth,
+    /// Connection bounds of both listeners.
+    pub limits: ConnectionLimits,
 }
+
+type Field = Option<Spanned<Value>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Option<String>,
-    admin: Option<String>,
-    #[serde(default)]
-    etcd: Vec<String>,
-    #[serde(default, rename = "service")]
-    services: Vec<RawService>,
+    listen: Field,
+    admin: Field,
+    etcd: Field,
+    admin_token_file: Field,
+    admin_auth_reads: Field,
+    connection_limit: Field,
+    handshake_timeout: Field,
+    service: Option<Spanned<Vec<Spanned<RawService>>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
-    name: String,
-    source: String,
-    policy: Option<ListPolicy>,
-    subset_size: Option<usize>,
-    drop_fraction: Option<f64>,
-    capacity_per_weight: Option<f64>,
-    health_service: Option<String>,
-    client_stats_interval: Option<String>,
-    fallback: Option<bool>,
+    name: Field,
+    source: Field,
+    policy: Field,
+    subset_size: Field,
+    drop_fraction: Field,
+    capacity_per_weight: Field,
+    health_service: Field,
+    client_stats_interval: Field,
+    fallback: Field,
 }
 
-/// The default BalanceLoad address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50050";
+/// Where errors point: the file's name and text.
+struct Doc<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Doc<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, offset: Option<usize>, field: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: offset.map_or(0, |o| self.line_of(o)),
+            field: field.to_owned(),
+            message,
+        }
+    }
+
+    fn at(&self, value: &Spanned<Value>, field: &str, message: String) -> ConfigError {
+        self.error(Some(value.span().start), field, message)
+    }
+
+    fn string<'v>(&self, value: &'v Spanned<Value>, field: &str) -> Result<&'v str, ConfigError> {
+        match value.get_ref() {
+            Value::String(s) => Ok(s),
+            other => Err(self.at(value, field, wrong_type(other, "a string"))),
+        }
+    }
+
+    fn bool(&self, value: &Spanned<Value>, field: &str) -> Result<bool, ConfigError> {
+        match value.get_ref() {
+            Value::Boolean(b) => Ok(*b),
+            other => Err(self.at(value, field, wrong_type(other, "true or false"))),
+        }
+    }
+
+    fn float(&self, value: &Spanned<Value>, field: &str) -> Result<f64, ConfigError> {
+        match value.get_ref() {
+            Value::Float(f) => Ok(*f),
+            Value::Integer(i) => Ok(*i as f64),
+            other => Err(self.at(value, field, wrong_type(other, "a number"))),
+        }
+    }
+
+    fn integer(
+        &self,
+        value: &Spanned<Value>,
+        field: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ConfigError> {
+        match value.get_ref() {
+            Value::Integer(i) if range.contains(i) => Ok(*i),
+            Value::Integer(i) => Err(self.at(
+                value,
+                field,
+                format!("{i} is not in {}..={}", range.start(), range.end()),
+            )),
+            other => Err(self.at(value, field, wrong_type(other, "a whole number"))),
+        }
+    }
+
+    fn duration(&self, value: &Spanned<Value>, field: &str) -> Result<Duration, ConfigError> {
+        let text = self.string(value, field)?;
+        parse_duration(text).map_err(|why| self.at(value, field, format!("{}: {why}", quote(text))))
+    }
+
+    fn address(&self, value: &Spanned<Value>, field: &str) -> Result<SocketAddr, ConfigError> {
+        let text = self.string(value, field)?;
+        text.parse()
+            .map_err(|e| self.at(value, field, format!("{} is not ip:port: {e}", quote(text))))
+    }
+}
+
+/// `"expected a string, got integer 50050"`.
+fn wrong_type(value: &Value, expected: &str) -> String {
+    let shown = match value {
+        Value::String(text) => quote(text),
+        other => {
+            let text = other.to_string();
+            // As written when short (`50050`, `true`); quoted and cut when long.
+            if text.chars().nth(80).is_none() {
+                text
+            } else {
+                quote(&text)
+            }
+        }
+    };
+    format!("expected {expected}, got {} {shown}", value.type_str())
+}
+
+/// `text` in quotes, cut to 80 characters, so a huge value is not echoed
+/// whole into an error or a log line.
+pub fn quote(text: &str) -> String {
+    waypost_resolver::Quoted(text).to_string()
+}
 
 impl Config {
     /// Reads and parses a TOML file.
@@ -136,129 +307,116 @@ impl Config {
 
     /// Parses TOML `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let doc = Doc { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(s.start)).unwrap_or(0);
             let message = e.message().to_owned();
             let field = field_from_message(&message).unwrap_or_else(|| "-".into());
-            ConfigError {
-                file: file.into(),
-                line,
-                field,
-                message,
-            }
+            doc.error(e.span().map(|s| s.start), &field, message)
         })?;
-        // Field errors after parsing: find the line by searching for the key.
-        let at = |field: &str, key: &str, message: String| ConfigError {
-            file: file.into(),
-            line: text
-                .lines()
-                .position(|l| l.trim_start().starts_with(key))
-                .map(|i| i + 1)
-                .unwrap_or(0),
-            field: field.into(),
-            message,
+        let listen = match &raw.listen {
+            Some(v) => doc.address(v, "listen")?,
+            None => DEFAULT_LISTEN.parse().expect("a valid default"),
         };
-        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen.parse().map_err(|e| {
-            at(
-                "listen",
-                "listen",
-                format!("{listen:?} is not ip:port: {e}"),
-            )
-        })?;
-        let admin = match &raw.admin {
-            Some(a) => Some(
-                a.parse()
-                    .map_err(|e| at("admin", "admin", format!("{a:?} is not ip:port: {e}")))?,
-            ),
-            None => None,
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|v| doc.address(v, "admin"))
+            .transpose()?;
+        let etcd = match &raw.etcd {
+            None => Vec::new(),
+            Some(v) => match v.get_ref() {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+                        other => Err(doc.at(v, "etcd", wrong_type(other, "an endpoint string"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => return Err(doc.at(v, "etcd", wrong_type(other, "a list of endpoints"))),
+            },
         };
-        let mut services = Vec::new();
-        for (i, s) in raw.services.into_iter().enumerate() {
-            let field = |name: &str| format!("service[{i}].{name}");
-            if s.name.is_empty() || s.name.len() >= 256 {
-                return Err(at(&field("name"), "name", "must be 1 to 255 bytes".into()));
+        let admin_auth = AdminAuth {
+            token_file: raw
+                .admin_token_file
+                .as_ref()
+                .map(|v| doc.string(v, "admin_token_file").map(PathBuf::from))
+                .transpose()?,
+            auth_reads: raw
+                .admin_auth_reads
+                .as_ref()
+                .map(|v| doc.bool(v, "admin_auth_reads"))
+                .transpose()?
+                .unwrap_or(false),
+        };
+        let mut limits = ConnectionLimits::default();
+        if let Some(v) = &raw.connection_limit {
+            limits.max_connections = doc.integer(v, "connection_limit", 1..=1_000_000)? as usize;
+        }
+        if let Some(v) = &raw.handshake_timeout {
+            limits.handshake_timeout = doc.duration(v, "handshake_timeout")?;
+            if limits.handshake_timeout.is_zero() {
+                return Err(doc.at(v, "handshake_timeout", "must be more than 0".into()));
             }
-            if services
-                .iter()
-                .any(|other: &ServiceConfig| other.name == s.name)
-            {
-                return Err(at(
-                    &field("name"),
-                    "name",
-                    format!("service {:?} is defined twice", s.name),
+        }
+
+        let raw_services = raw.service.map(Spanned::into_inner).unwrap_or_default();
+        let mut services = Vec::with_capacity(raw_services.len());
+        let mut names = HashSet::with_capacity(raw_services.len());
+        for (i, s) in raw_services.iter().enumerate() {
+            let service = parse_service(&doc, i, s, !etcd.is_empty())?;
+            if !names.insert(service.name.clone()) {
+                let name = s.get_ref().name.as_ref().expect("parsed");
+                return Err(doc.at(
+                    name,
+                    &format!("service[{i}].name"),
+                    format!("service {} is defined twice", quote(&service.name)),
                 ));
             }
-            if s.source.trim().is_empty() {
-                return Err(at(
-                    &field("source"),
-                    "source",
-                    "must name backends or a resolver target".into(),
-                ));
-            }
-            let drop_fraction = s.drop_fraction.unwrap_or(0.0);
-            if !(0.0..1.0).contains(&drop_fraction) {
-                return Err(at(
-                    &field("drop_fraction"),
-                    "drop_fraction",
-                    format!("{drop_fraction} is not in [0, 1)"),
-                ));
-            }
-            let client_stats_interval = match &s.client_stats_interval {
-                None => Duration::from_secs(10),
-                Some(text) => parse_duration(text).ok_or_else(|| {
-                    at(
-                        &field("client_stats_interval"),
-                        "client_stats_interval",
-                        format!("{text:?} is not a duration like \"10s\" or \"500ms\""),
-                    )
-                })?,
-            };
-            let policy = s.policy.unwrap_or(ListPolicy::RoundRobin);
-            if let Some(capacity) = s.capacity_per_weight {
-                if !(capacity > 0.0 && capacity.is_finite()) {
-                    return Err(at(
-                        &field("capacity_per_weight"),
-                        "capacity_per_weight",
-                        format!("{capacity} is not a positive number of calls per second"),
-                    ));
-                }
-                if policy != ListPolicy::Weighted {
-                    return Err(at(
-                        &field("capacity_per_weight"),
-                        "capacity_per_weight",
-                        "only applies with policy = \"weighted\"".into(),
-                    ));
-                }
-            }
-            services.push(ServiceConfig {
-                name: s.name,
-                source: s.source,
-                policy,
-                capacity_per_weight: s.capacity_per_weight,
-                subset_size: match s.subset_size {
-                    Some(0) => {
-                        return Err(at(
-                            &field("subset_size"),
-                            "subset_size",
-                            "must be at least 1".into(),
-                        ));
-                    }
-                    Some(k) => k,
-                    None => 10,
-                },
-                drop_fraction,
-                health_service: s.health_service,
-                client_stats_interval,
-                fallback: s.fallback.unwrap_or(false),
-            });
+            services.push(service);
         }
         Ok(Config {
             listen,
             admin,
-            etcd: raw.etcd,
+            etcd,
             services,
+            admin_auth,
+            limits,
+        })
+    }
+
+    /// The flag form: `--service NAME=SOURCE` (repeatable), checked as a
+    /// file's services are; errors name `<flags>` and the flag.
+    pub fn from_service_flags(specs: &[String], has_etcd: bool) -> Result<Config, ConfigError> {
+        let flag_error = |field: String, message: String| ConfigError {
+            file: "<flags>".into(),
+            line: 0,
+            field,
+            message,
+        };
+        let mut services = Vec::with_capacity(specs.len());
+        let mut names = HashSet::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let field = format!("--service[{i}]");
+            let (name, source) = spec.split_once('=').ok_or_else(|| {
+                flag_error(field.clone(), format!("{} is not NAME=SOURCE", quote(spec)))
+            })?;
+            check_name(name).map_err(|m| flag_error(field.clone(), m))?;
+            check_source(source, has_etcd).map_err(|m| flag_error(field.clone(), m))?;
+            if !names.insert(name) {
+                return Err(flag_error(
+                    field,
+                    format!("service {} is given twice", quote(name)),
+                ));
+            }
+            services.push(ServiceConfig::new(name, source));
+        }
+        Ok(Config {
+            listen: DEFAULT_LISTEN.parse().expect("a valid default"),
+            admin: None,
+            etcd: Vec::new(),
+            services,
+            admin_auth: AdminAuth::default(),
+            limits: ConnectionLimits::default(),
         })
     }
 
@@ -272,6 +430,145 @@ impl Config {
     /// match, else the name without its `:port`.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         find_service(&self.services, name)
+    }
+}
+
+fn parse_service(
+    doc: &Doc<'_>,
+    i: usize,
+    raw: &Spanned<RawService>,
+    has_etcd: bool,
+) -> Result<ServiceConfig, ConfigError> {
+    let field = |name: &str| format!("service[{i}].{name}");
+    let table = raw.span().start;
+    let s = raw.get_ref();
+    fn required<'v>(
+        doc: &Doc<'_>,
+        value: &'v Field,
+        table: usize,
+        field: String,
+    ) -> Result<&'v Spanned<Value>, ConfigError> {
+        value
+            .as_ref()
+            .ok_or_else(|| doc.error(Some(table), &field, "missing".into()))
+    }
+    let name_value = required(doc, &s.name, table, field("name"))?;
+    let name = doc.string(name_value, &field("name"))?;
+    check_name(name).map_err(|m| doc.at(name_value, &field("name"), m))?;
+    let source_value = required(doc, &s.source, table, field("source"))?;
+    let source = doc.string(source_value, &field("source"))?;
+    check_source(source, has_etcd).map_err(|m| doc.at(source_value, &field("source"), m))?;
+
+    let mut service = ServiceConfig::new(name, source);
+    service.health_service = None;
+    if let Some(v) = &s.policy {
+        service.policy = match doc.string(v, &field("policy"))? {
+            "round_robin" => ListPolicy::RoundRobin,
+            "weighted" => ListPolicy::Weighted,
+            "subset" => ListPolicy::Subset,
+            other => {
+                return Err(doc.at(
+                    v,
+                    &field("policy"),
+                    format!(
+                        "{} is not \"round_robin\", \"weighted\" or \"subset\"",
+                        quote(other)
+                    ),
+                ));
+            }
+        };
+    }
+    if let Some(v) = &s.subset_size {
+        service.subset_size = doc.integer(v, &field("subset_size"), 1..=100_000)? as usize;
+    }
+    if let Some(v) = &s.drop_fraction {
+        let fraction = doc.float(v, &field("drop_fraction"))?;
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(doc.at(
+                v,
+                &field("drop_fraction"),
+                format!("{fraction} is not in [0, 1)"),
+            ));
+        }
+        service.drop_fraction = fraction;
+    }
+    if let Some(v) = &s.capacity_per_weight {
+        let capacity = doc.float(v, &field("capacity_per_weight"))?;
+        if !(capacity > 0.0 && capacity.is_finite()) {
+            return Err(doc.at(
+                v,
+                &field("capacity_per_weight"),
+                format!("{capacity} is not a positive number of calls per second"),
+            ));
+        }
+        if service.policy != ListPolicy::Weighted {
+            return Err(doc.at(
+                v,
+                &field("capacity_per_weight"),
+                "only applies with policy = \"weighted\"".into(),
+            ));
+        }
+        service.capacity_per_weight = Some(capacity);
+    }
+    if let Some(v) = &s.health_service {
+        service.health_service = Some(doc.string(v, &field("health_service"))?.to_owned());
+    }
+    if let Some(v) = &s.client_stats_interval {
+        let interval = doc.duration(v, &field("client_stats_interval"))?;
+        if interval.is_zero() {
+            return Err(doc.at(
+                v,
+                &field("client_stats_interval"),
+                "must be more than 0".into(),
+            ));
+        }
+        service.client_stats_interval = interval;
+    }
+    if let Some(v) = &s.fallback {
+        service.fallback = doc.bool(v, &field("fallback"))?;
+    }
+    Ok(service)
+}
+
+/// A service name: 1 to 255 bytes.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() >= MAX_NAME_BYTES {
+        return Err(format!(
+            "a service name must be 1 to {} bytes, got {}",
+            MAX_NAME_BYTES - 1,
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A source that can resolve: a static `ip:port,…` list, or a target
+/// whose shape is valid (`etcd:///` only with `etcd` endpoints). The
+/// resolver itself checks its endpoint when the server starts.
+fn check_source(source: &str, has_etcd: bool) -> Result<(), String> {
+    if crate::source::static_list(source).is_some() {
+        return Ok(());
+    }
+    let target = waypost_resolver::Target::parse(source)
+        .map_err(|e| format!("{} is neither ip:port,… nor a target: {e}", quote(source)))?;
+    match target.scheme() {
+        "etcd" if !has_etcd => Err(format!(
+            "{} needs etcd endpoints (`etcd = [\"host:port\"]` or --etcd)",
+            quote(source)
+        )),
+        "etcd" | "ipv4" | "ipv6" | "unix" | "unix-abstract" | "passthrough" => Ok(()),
+        // `dns`, and any other scheme (read as a DNS name, as gRPC does):
+        // the name must be host[:port].
+        _ => {
+            let dns = if target.scheme() == "dns" {
+                target
+            } else {
+                waypost_resolver::Target::dns_fallback(source)
+            };
+            waypost_resolver::parse_host_port(dns.endpoint(), 443)
+                .map(drop)
+                .map_err(|e| format!("{} cannot resolve: {e}", quote(source)))
+        }
     }
 }
 
@@ -290,22 +587,33 @@ pub fn strip_port(name: &str) -> Option<&str> {
         .map(|(host, _)| host)
 }
 
-/// `"10s"`, `"500ms"`, `"1m"`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))?;
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
+/// `"10s"`, `"500ms"`, `"1m"`, `"1h"`: a whole number and a unit, at most
+/// [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
+    const SHAPE: &str = "not a duration like \"10s\", \"500ms\", \"1m\" or \"1h\"";
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or(SHAPE)?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(SHAPE);
     }
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(SHAPE),
+    };
+    let too_long = "longer than a day";
+    let n: u64 = number.parse().map_err(|_| too_long)?;
+    let millis = n.checked_mul(millis_per_unit).ok_or(too_long)?;
+    let duration = Duration::from_millis(millis);
+    if duration > MAX_DURATION {
+        return Err(too_long);
+    }
+    Ok(duration)
 }
 
-/// Pulls the field name out of a toml/serde message (`unknown field `x``,
-/// `missing field `x``).
+/// Pulls the field name out of a toml/serde message (`unknown field `x``).
 fn field_from_message(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let end = start + message[start..].find('`')?;
@@ -322,6 +630,9 @@ mod tests {
 listen = "127.0.0.1:7000"
 admin = "127.0.0.1:7001"
 etcd = ["127.0.0.1:2379"]
+admin_token_file = "/run/token"
+connection_limit = 50
+handshake_timeout = "2s"
 
 [[service]]
 name = "movies"
@@ -345,44 +656,157 @@ policy = "weighted"
         );
         assert_eq!(c.services[0].health_service.as_deref(), Some(""));
         assert_eq!(c.services[1].policy, ListPolicy::Weighted);
+        assert_eq!(c.services[1].health_service, None);
         assert_eq!(c.service("movies:443").unwrap().name, "movies");
         assert!(c.service("nope").is_none());
+        assert_eq!(c.admin_auth.token_file, Some(PathBuf::from("/run/token")));
+        assert_eq!(c.limits.max_connections, 50);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let cases = [
-            ("listen = \"nowhere\"\n", 1, "listen"),
+        let two =
+            "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\n\n[[service]]\nname = \"b\"\n";
+        let cases: Vec<(String, usize, &str)> = vec![
+            ("listen = \"nowhere\"\n".into(), 1, "listen"),
+            ("listen = 50050\n".into(), 1, "listen"),
             (
-                "\n\n[[service]]\nname = \"a\"\nsource = \"x\"\nbogus = 1\n",
+                "\n\n[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\nbogus = 1\n".into(),
                 6,
                 "bogus",
             ),
-            ("[[service]]\nname = \"a\"\n", 1, "source"),
+            ("[[service]]\nname = \"a\"\n".into(), 1, "service[0].source"),
             (
-                "[[service]]\nname = \"a\"\nsource = \"x\"\ndrop_fraction = 1.5\n",
+                "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\ndrop_fraction = 1.5\n"
+                    .into(),
                 4,
                 "service[0].drop_fraction",
             ),
             (
-                "[[service]]\nname = \"a\"\nsource = \"x\"\nclient_stats_interval = \"soon\"\n",
+                "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\nclient_stats_interval = \"soon\"\n"
+                    .into(),
                 4,
                 "service[0].client_stats_interval",
             ),
+            // The second service's error names the second service's line.
+            (format!("{two}source = \"127.0.0.1:5006l\"\n"), 7, "service[1].source"),
+            (format!("{two}source = \"127.0.0.1:2\"\ndrop_fraction = 2.0\n"), 8, "service[1].drop_fraction"),
+            // A duplicate names the second definition.
             (
-                "[[service]]\nname = \"a\"\nsource = \"x\"\n[[service]]\nname = \"a\"\nsource = \"y\"\n",
-                2,
+                "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\n[[service]]\nname = \"a\"\nsource = \"127.0.0.1:2\"\n"
+                    .into(),
+                5,
                 "service[1].name",
             ),
+            (
+                "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\nsubset_size = \"ten\"\n".into(),
+                4,
+                "service[0].subset_size",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsource = \"!!not a target!!\"\n".into(),
+                3,
+                "service[0].source",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsource = \"etcd:///a\"\n".into(),
+                3,
+                "service[0].source",
+            ),
+            (
+                "[[service]]\nname = \"\"\nsource = \"127.0.0.1:1\"\n".into(),
+                2,
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\nclient_stats_interval = \"18446744073709551615s\"\n"
+                    .into(),
+                4,
+                "service[0].client_stats_interval",
+            ),
+            ("connection_limit = 0\n".into(), 1, "connection_limit"),
         ];
         for (text, line, field) in cases {
-            let e = Config::parse(text, "bad.toml").unwrap_err();
+            let e = Config::parse(&text, "bad.toml").unwrap_err();
             assert_eq!((e.line, e.field.as_str()), (line, field), "{text:?}: {e}");
             assert!(
                 e.to_string()
                     .starts_with(&format!("bad.toml:{line}: {field}: ")),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn a_type_error_names_the_field_and_the_value() {
+        let e = Config::parse("listen = 50050\n", "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml:1: listen: expected a string, got integer 50050"
+        );
+    }
+
+    #[test]
+    fn huge_values_are_not_echoed_whole() {
+        let big = "x".repeat(10 << 20);
+        let text = format!("[[service]]\nname = \"a\"\nsource = \"{big}:1\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+    }
+
+    #[test]
+    fn many_services_parse_in_linear_time() {
+        let mut text = String::new();
+        for i in 0..80_000 {
+            text.push_str(&format!(
+                "[[service]]\nname = \"s{i}\"\nsource = \"127.0.0.1:1\"\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.services.len(), 80_000);
+        // Quadratic duplicate checks took 43 s; linear ones take well under.
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_flag_form_is_checked_like_the_file() {
+        let flags = |specs: &[&str]| {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            Config::from_service_flags(&specs, false)
+        };
+        assert!(flags(&["movies=127.0.0.1:1"]).is_ok());
+        for bad in [
+            &["=127.0.0.1:1"][..],
+            &["a=127.0.0.1:1", "a=127.0.0.1:2"],
+            &["a=etcd:///a"],
+            &["a=!!not a target!!"],
+            &["nothing"],
+        ] {
+            let e = flags(bad).unwrap_err();
+            assert_eq!(e.file, "<flags>", "{bad:?}");
+            assert!(e.field.starts_with("--service["), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_and_reject_overflow() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        for bad in [
+            "",
+            "s",
+            "10",
+            "10x",
+            "25h",
+            "18446744073709551615s",
+            "-1s",
+            "1.5s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

@@ -15,7 +15,8 @@
 //! or any resolver target), [`probe`] (health probes reusing the balancer
 //! crate's channel), [`assign`] (the pure list computation), [`rates`] (the clients'
 //! reported call rate, robust to a lying client), [`balance`]
-//! (the BalanceLoad service), [`admin`] (HTTP status, metrics, drain) and
+//! (the BalanceLoad service), [`listener`] (connection limits and
+//! timeouts for both ports), [`admin`] (HTTP status, metrics, drain) and
 //! [`server`] (wiring and shutdown).
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod assign;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod listener;
 pub mod probe;
 pub mod rates;
 pub mod registry;

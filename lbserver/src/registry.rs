@@ -399,30 +399,32 @@ fn list_response(servers: Vec<waypost_proto::grpc::lb::v1::Server>) -> LoadBalan
 #[derive(Debug, Clone)]
 pub struct Registry {
     services: Arc<Vec<Arc<Service>>>,
+    /// Index into `services` by name.
+    by_name: Arc<HashMap<String, usize>>,
 }
 
 impl Registry {
     /// A registry with these services and no backends yet.
     pub fn new(services: &[ServiceConfig]) -> Registry {
+        let services: Vec<Arc<Service>> = services
+            .iter()
+            .cloned()
+            .map(|c| Arc::new(Service::new(c)))
+            .collect();
+        let by_name = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.config.name.clone(), i))
+            .collect();
         Registry {
-            services: Arc::new(
-                services
-                    .iter()
-                    .cloned()
-                    .map(|c| Arc::new(Service::new(c)))
-                    .collect(),
-            ),
+            services: Arc::new(services),
+            by_name: Arc::new(by_name),
         }
     }
 
     /// The service a client's name refers to (with or without `:port`).
     pub fn find(&self, name: &str) -> Option<Arc<Service>> {
-        let by_name = |wanted: &str| {
-            self.services
-                .iter()
-                .find(|s| s.config.name == wanted)
-                .cloned()
-        };
+        let by_name = |wanted: &str| self.by_name.get(wanted).map(|i| self.services[*i].clone());
         by_name(name).or_else(|| by_name(strip_port(name)?))
     }
 

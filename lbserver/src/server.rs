@@ -7,12 +7,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancerServer;
 use waypost_resolver::ResolverRegistry;
 
 use crate::balance::{BalanceOptions, Balancer};
-use crate::config::Config;
+use crate::config::{Config, quote};
+use crate::listener::incoming;
 use crate::probe::ProbeOptions;
 use crate::registry::Registry;
 
@@ -46,6 +48,35 @@ pub enum ServeError {
     /// etcd could not be reached for `etcd:///` sources.
     #[error("cannot connect to etcd: {0}")]
     Etcd(String),
+    /// A service's source can never resolve (a configuration error).
+    #[error("service {service}: source {source_text}: {error}")]
+    Source {
+        /// The service (quoted, cut short).
+        service: String,
+        /// Its source (quoted, cut short).
+        source_text: String,
+        /// Why.
+        error: waypost_resolver::ResolveError,
+    },
+    /// The admin token file could not be read, or holds no usable token.
+    #[error("admin_token_file {path}: {message}")]
+    AdminToken {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl ServeError {
+    /// Whether the configuration is at fault (the command exits 64), rather
+    /// than the environment.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ServeError::Source { .. } | ServeError::AdminToken { .. }
+        )
+    }
 }
 
 /// A running balancer.
@@ -106,6 +137,40 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             .map_err(|e| ServeError::Etcd(e.to_string()))?;
         resolvers.register(waypost_resolver::etcd::EtcdResolverBuilder::new(client));
     }
+    // Every source is opened before anything runs: one that can never
+    // resolve is a configuration error, not a service with no backends.
+    let mut sources = Vec::with_capacity(registry.services().len());
+    for service in registry.services() {
+        let source = crate::source::open(&service.config.source, &resolvers).map_err(|error| {
+            ServeError::Source {
+                service: quote(&service.config.name),
+                source_text: quote(&service.config.source),
+                error,
+            }
+        })?;
+        sources.push(source);
+    }
+    let admin_token = match &config.admin_auth.token_file {
+        Some(path) => {
+            Some(
+                crate::admin::read_token(path).map_err(|message| ServeError::AdminToken {
+                    path: path.display().to_string(),
+                    message,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let listener = bind(config.listen).await?;
+    let listen = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_listener = match config.admin {
+        Some(addr) => Some((addr, bind(addr).await?)),
+        None => None,
+    };
+
     let mut helpers = Vec::new();
     for service in registry.services() {
         helpers.push(tokio::spawn(
@@ -119,28 +184,27 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             helpers.push(tokio::spawn(service.clone().track_load(every)));
         }
     }
-    for service in registry.services() {
+    for (service, source) in registry.services().iter().zip(sources) {
         helpers.push(crate::source::follow(
             service.clone(),
-            resolvers.clone(),
+            source,
             options.probe.clone(),
         ));
     }
-
-    let listener = bind(config.listen).await?;
-    let listen = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let admin = match config.admin {
-        Some(addr) => {
-            let admin_listener = bind(addr).await?;
+    let admin = match admin_listener {
+        Some((addr, admin_listener)) => {
             let bound = admin_listener
                 .local_addr()
                 .map_err(|source| ServeError::Bind { addr, source })?;
+            let access = crate::admin::Access {
+                token: admin_token,
+                auth_reads: config.admin_auth.auth_reads,
+            };
             helpers.push(tokio::spawn(crate::admin::serve(
-                admin_listener,
+                incoming(admin_listener, config.limits),
                 registry.clone(),
+                access,
+                config.limits.handshake_timeout,
             )));
             Some(bound)
         }
@@ -150,12 +214,14 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
     let (balancer, stop_streams) = Balancer::new(registry.clone(), options.balance);
     let service = LoadBalancerServer::new(balancer).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let connections =
+        ReceiverStream::new(incoming(listener, config.limits)).map(Ok::<_, std::io::Error>);
     let server = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(connections, async {
                 let _ = shutdown_rx.await;
             })
             .await;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use waypost_resolver::{Address, ResolverRegistry, ResolverState};
+use waypost_resolver::{Address, Resolution, ResolveError, ResolverRegistry, ResolverState};
 
 use crate::probe::ProbeOptions;
 use crate::registry::Service;
@@ -43,28 +43,39 @@ fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32, f64)> {
     out
 }
 
-/// Starts following `service`'s source; the task ends when dropped/aborted.
-pub fn follow(
-    service: Arc<Service>,
-    resolvers: ResolverRegistry,
-    probe: ProbeOptions,
-) -> JoinHandle<()> {
+/// A service's source, opened: a static list, or a resolver already built
+/// (so a target that cannot resolve is an error before the server starts).
+#[derive(Debug)]
+pub enum Source {
+    /// Fixed backends.
+    Static(Vec<SocketAddr>),
+    /// Followed as it changes.
+    Resolved(Resolution),
+}
+
+/// Opens `source` with `resolvers`.
+pub fn open(source: &str, resolvers: &ResolverRegistry) -> Result<Source, ResolveError> {
+    match static_list(source) {
+        Some(list) => Ok(Source::Static(list)),
+        None => resolvers.resolve(source).map(Source::Resolved),
+    }
+}
+
+/// Starts following `service`'s opened source; the task ends when
+/// dropped/aborted.
+pub fn follow(service: Arc<Service>, source: Source, probe: ProbeOptions) -> JoinHandle<()> {
     let probe_fn = move |service: Arc<Service>, addr: SocketAddr| {
         crate::probe::spawn(service, addr, probe.clone())
     };
-    if let Some(list) = static_list(&service.config.source) {
-        service.set_backends(list.into_iter().map(|a| (a, 1, 0.0)).collect(), &probe_fn);
-        // Nothing to follow; keep a task so every service has one.
-        return tokio::spawn(std::future::pending());
-    }
+    let mut resolution = match source {
+        Source::Static(list) => {
+            service.set_backends(list.into_iter().map(|a| (a, 1, 0.0)).collect(), &probe_fn);
+            // Nothing to follow; keep a task so every service has one.
+            return tokio::spawn(std::future::pending());
+        }
+        Source::Resolved(resolution) => resolution,
+    };
     tokio::spawn(async move {
-        let mut resolution = match resolvers.resolve(&service.config.source) {
-            Ok(resolution) => resolution,
-            Err(error) => {
-                tracing::error!(service = %service.config.name, %error, "cannot resolve the source");
-                return;
-            }
-        };
         loop {
             let update = resolution.first().await;
             if let Some(error) = &update.error {

@@ -48,4 +48,4 @@ pub use manual::ManualResolver;
 pub use publish::{Publisher, Resolution, ResolverEnded, ResolverUpdate};
 pub use registry::{ResolverBuilder, ResolverRegistry};
 pub use state::{Address, BalancerAddress, Endpoint, ResolverState};
-pub use target::{Host, Target, TargetError, parse_host_port};
+pub use target::{Host, Quoted, Target, TargetError, parse_host_port};

@@ -36,13 +36,13 @@ pub enum TargetError {
         position: usize,
     },
     /// The endpoint has no host (e.g. `dns:///:50051`).
-    #[error("missing host in {0:?}")]
+    #[error("missing host in {}", Quoted(.0))]
     MissingHost(String),
     /// A `:` is followed by nothing (e.g. `orders:`).
-    #[error("missing port after ':' in {0:?}")]
+    #[error("missing port after ':' in {}", Quoted(.0))]
     MissingPort(String),
     /// The port is not a number from 0 to 65535.
-    #[error("invalid port {port:?} in {input:?}")]
+    #[error("invalid port {} in {}", Quoted(port), Quoted(input))]
     InvalidPort {
         /// The port text.
         port: String,
@@ -50,19 +50,23 @@ pub enum TargetError {
         input: String,
     },
     /// A `[` has no matching `]`, or text follows the `]` other than `:port`.
-    #[error("malformed bracketed IPv6 address in {0:?}")]
+    #[error("malformed bracketed IPv6 address in {}", Quoted(.0))]
     BadBrackets(String),
     /// The text in brackets is not an IPv6 address.
-    #[error("{0:?} is not an IPv6 address")]
+    #[error("{} is not an IPv6 address", Quoted(.0))]
     NotIpv6(String),
     /// An `ipv4:` entry is not an IPv4 address.
-    #[error("{0:?} is not an IPv4 address")]
+    #[error("{} is not an IPv4 address", Quoted(.0))]
     NotIpv4(String),
     /// The host name is not a valid DNS name.
-    #[error("invalid host name {0:?}")]
+    #[error("invalid host name {}", Quoted(.0))]
     InvalidHostName(String),
     /// The scheme does not allow an authority (e.g. `unix://host/path`).
-    #[error("scheme {scheme:?} does not take an authority, got {authority:?}")]
+    #[error(
+        "scheme {} does not take an authority, got {}",
+        Quoted(scheme),
+        Quoted(authority)
+    )]
     AuthorityNotAllowed {
         /// The scheme.
         scheme: String,
@@ -70,8 +74,29 @@ pub enum TargetError {
         authority: String,
     },
     /// The endpoint is empty where one is required.
-    #[error("missing endpoint in target {0:?}")]
+    #[error("missing endpoint in target {}", Quoted(.0))]
     MissingEndpoint(String),
+}
+
+/// A string for an error message or a log line: quoted, and cut after 80
+/// characters so a huge input is not echoed whole.
+///
+/// ```
+/// use waypost_resolver::Quoted;
+/// assert_eq!(Quoted("orders").to_string(), "\"orders\"");
+/// let long = "x".repeat(100_000);
+/// assert!(Quoted(&long).to_string().ends_with("… (100000 bytes)"));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(80) {
+            None => write!(f, "{:?}", self.0),
+            Some((at, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..at], self.0.len()),
+        }
+    }
 }
 
 /// A parsed target URI.

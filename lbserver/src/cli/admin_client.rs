@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::EXIT_FAILURE;
+use std::path::PathBuf;
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
 
 /// Arguments of `waypost drain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +23,9 @@ pub struct DrainArgs {
     /// Put it back in the lists.
     #[arg(long)]
     pub undo: bool,
+    /// A file holding the admin token (else `$WAYPOST_ADMIN_TOKEN`, if set).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Arguments of `waypost status`.
@@ -29,16 +34,52 @@ pub struct StatusArgs {
     /// The balancer's admin address.
     #[arg(long, value_name = "ADDR")]
     pub admin: String,
+    /// A file holding the admin token, for a balancer with
+    /// `admin_auth_reads` (else `$WAYPOST_ADMIN_TOKEN`, if set).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
-/// One HTTP/1.1 request; returns (status code, body).
-async fn request(admin: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+/// The token from `file`, else from `$WAYPOST_ADMIN_TOKEN`, else none.
+fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => crate::admin::read_token(path)
+            .map(Some)
+            .map_err(|e| format!("--admin-token-file {}: {e}", path.display())),
+        None => match std::env::var("WAYPOST_ADMIN_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => {
+                let token = token.trim();
+                if token.bytes().all(|b| b.is_ascii_graphic()) {
+                    Ok(Some(token.to_owned()))
+                } else {
+                    Err("WAYPOST_ADMIN_TOKEN must be visible ASCII".into())
+                }
+            }
+            _ => Ok(None),
+        },
+    }
+}
+
+/// One HTTP/1.1 request; returns (status code, body). `path` must already
+/// be percent-encoded; the address must be a socket address.
+async fn request(
+    admin: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let addr: std::net::SocketAddr = admin
+        .parse()
+        .map_err(|e| format!("--admin {}: {e}", crate::config::quote(admin)))?;
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(admin)
+        let mut stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot reach {admin}: {e}"))?;
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream
             .write_all(head.as_bytes())
@@ -66,21 +107,35 @@ async fn request(admin: &str, method: &str, path: &str) -> Result<(u16, String),
         .map_err(|_| format!("{admin} did not answer in 10 s"))?
 }
 
+/// The drain request's path and query, percent-encoded (a service name
+/// with `&`, spaces or line breaks stays one parameter).
+fn drain_path(service: &str, backend: &str, undo: bool) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("service", service);
+    query.append_pair("backend", backend);
+    if undo {
+        query.append_pair("undo", "true");
+    }
+    format!("/drain?{}", query.finish())
+}
+
 /// Runs `waypost drain`.
 pub async fn drain(args: DrainArgs, out: &mut impl std::io::Write) -> u8 {
-    let path = format!(
-        "/drain?service={}&backend={}{}",
-        args.service,
-        args.backend,
-        if args.undo { "&undo=true" } else { "" }
-    );
-    match request(&args.admin, "POST", &path).await {
+    let token = match admin_token(args.admin_token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("waypost drain: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let path = drain_path(&args.service, &args.backend, args.undo);
+    match request(&args.admin, "POST", &path, token.as_deref()).await {
         Ok((200, body)) => {
             let _ = write!(out, "{body}");
             0
         }
-        Ok((_, body)) => {
-            eprintln!("waypost drain: {}", body.trim());
+        Ok((code, body)) => {
+            eprintln!("waypost drain: HTTP {code}: {}", printable(body.trim()));
             EXIT_FAILURE
         }
         Err(e) => {
@@ -92,10 +147,17 @@ pub async fn drain(args: DrainArgs, out: &mut impl std::io::Write) -> u8 {
 
 /// Runs `waypost status`: the admin `/status` as a table.
 pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
-    let body = match request(&args.admin, "GET", "/status").await {
+    let token = match admin_token(args.admin_token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("waypost status: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let body = match request(&args.admin, "GET", "/status", token.as_deref()).await {
         Ok((200, body)) => body,
         Ok((code, body)) => {
-            eprintln!("waypost status: HTTP {code}: {}", body.trim());
+            eprintln!("waypost status: HTTP {code}: {}", printable(body.trim()));
             return EXIT_FAILURE;
         }
         Err(e) => {
@@ -113,7 +175,7 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
         "SERVICE", "BACKEND", "HEALTHY", "DRAINING", "WEIGHT", "TOKEN", "CLIENTS"
     );
     for service in status["services"].as_array().into_iter().flatten() {
-        let name = service["name"].as_str().unwrap_or("?");
+        let name = printable(service["name"].as_str().unwrap_or("?"));
         let clients = service["clients"].as_u64().unwrap_or(0);
         let backends = service["backends"].as_array().cloned().unwrap_or_default();
         if backends.is_empty() {
@@ -127,13 +189,49 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
             let _ = writeln!(
                 out,
                 "{name:<20} {:<24} {:<8} {:<9} {:<7} {:<17} {clients:>7}",
-                b["addr"].as_str().unwrap_or("?"),
+                printable(b["addr"].as_str().unwrap_or("?")),
                 b["healthy"].as_bool().unwrap_or(false),
                 b["draining"].as_bool().unwrap_or(false),
                 b["weight"].as_u64().unwrap_or(0),
-                b["token"].as_str().unwrap_or("?"),
+                printable(b["token"].as_str().unwrap_or("?")),
             );
         }
     }
     0
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so a service
+/// name cannot move the terminal's cursor or forge table rows.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_parameters_are_encoded() {
+        assert_eq!(
+            drain_path("a b&c=d\r\nHost: x", "127.0.0.1:1", true),
+            "/drain?service=a+b%26c%3Dd%0D%0AHost%3A+x&backend=127.0.0.1%3A1&undo=true"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("movies"), "movies");
+        assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+    }
 }

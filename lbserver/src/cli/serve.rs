@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use super::{EXIT_FAILURE, EXIT_USAGE, emit, shutdown_signal};
-use crate::config::{Config, ConfigError, ListPolicy, ServiceConfig};
+use crate::config::{Config, ConfigError, quote};
 use crate::server::{ServeOptions, start};
 
 /// Arguments of `waypost serve`.
@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// etcd endpoints for `etcd:///` sources.
     #[arg(long, value_name = "ENDPOINTS")]
     pub etcd: Option<String>,
+    /// A file holding the token admin mutations need (`Authorization:
+    /// Bearer <token>`); overrides the file's `admin_token_file`.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn flag_error(field: &str, message: String) -> ConfigError {
@@ -43,49 +47,25 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
     let mut config = match (&args.config, args.service.is_empty()) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => Config::embedded_default(),
-        (None, false) => {
-            let mut services = Vec::new();
-            for (i, spec) in args.service.iter().enumerate() {
-                let (name, source) = spec.split_once('=').ok_or_else(|| {
-                    flag_error(
-                        &format!("--service[{i}]"),
-                        format!("{spec:?} is not NAME=SOURCE"),
-                    )
-                })?;
-                services.push(ServiceConfig {
-                    name: name.to_owned(),
-                    source: source.to_owned(),
-                    policy: ListPolicy::RoundRobin,
-                    subset_size: 10,
-                    drop_fraction: 0.0,
-                    capacity_per_weight: None,
-                    health_service: Some(String::new()),
-                    client_stats_interval: std::time::Duration::from_secs(10),
-                    fallback: false,
-                });
-            }
-            Config {
-                listen: crate::config::DEFAULT_LISTEN.parse().expect("valid"),
-                admin: None,
-                etcd: Vec::new(),
-                services,
-            }
-        }
+        (None, false) => Config::from_service_flags(&args.service, args.etcd.is_some())?,
     };
     if let Some(listen) = &args.listen {
         config.listen = listen
             .parse()
-            .map_err(|e| flag_error("--listen", format!("{listen:?}: {e}")))?;
+            .map_err(|e| flag_error("--listen", format!("{}: {e}", quote(listen))))?;
     }
     if let Some(admin) = &args.admin {
         config.admin = Some(
             admin
                 .parse()
-                .map_err(|e| flag_error("--admin", format!("{admin:?}: {e}")))?,
+                .map_err(|e| flag_error("--admin", format!("{}: {e}", quote(admin))))?,
         );
     }
     if let Some(etcd) = &args.etcd {
         config.etcd = super::etcd_endpoints(etcd);
+    }
+    if let Some(path) = &args.admin_token_file {
+        config.admin_auth.token_file = Some(path.clone());
     }
     Ok(config)
 }
@@ -105,7 +85,11 @@ pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
         Ok(running) => running,
         Err(error) => {
             eprintln!("waypost serve: {error}");
-            return EXIT_FAILURE;
+            return if error.is_config() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            };
         }
     };
     emit(
