@@ -1,68 +1,15 @@
 //! The `waypost` binary's `resolve` and `register` commands, run as real
 //! processes against the harness's DNS server and a real etcd.
 
+mod support;
+
 use std::net::Ipv4Addr;
-use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use support::*;
+use tokio::process::Command;
 use waypost_integration::dns::{DnsServer, SrvTarget};
 use waypost_integration::etcd::EtcdServer;
-
-const WAYPOST: &str = env!("CARGO_BIN_EXE_waypost");
-
-async fn run(args: &[&str]) -> (Vec<Value>, i32) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(WAYPOST).args(args).output(),
-    )
-    .await
-    .expect("waypost finished within 30 s")
-    .unwrap();
-    let lines = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect();
-    (lines, output.status.code().unwrap_or(-1))
-}
-
-fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(WAYPOST)
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
-}
-
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("a line within 20 s")
-        .unwrap()
-        .expect("the process is still printing");
-    serde_json::from_str(&line).unwrap()
-}
-
-async fn terminate(child: &mut Child) -> i32 {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap()
-        .code()
-        .unwrap_or(-1)
-}
 
 #[tokio::test]
 async fn resolve_prints_one_update_and_exits() {

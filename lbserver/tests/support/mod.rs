@@ -1,7 +1,12 @@
 //! Helpers shared by the lbserver's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+use std::process::Stdio;
 use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -136,4 +141,62 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Strin
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// The `waypost` binary under test.
+pub const WAYPOST: &str = env!("CARGO_BIN_EXE_waypost");
+
+/// Runs `waypost ARGS` to the end: its JSON lines and exit code.
+pub async fn run(args: &[&str]) -> (Vec<Value>, i32) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(WAYPOST).args(args).output(),
+    )
+    .await
+    .expect("waypost finished within 30 s")
+    .unwrap();
+    let lines = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    (lines, output.status.code().unwrap_or(-1))
+}
+
+/// Starts `waypost ARGS`, reading its standard output by lines.
+pub fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(WAYPOST)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The next JSON line (at most 20 s).
+pub async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line within 20 s")
+        .unwrap()
+        .expect("the process is still printing");
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Sends SIGTERM and waits for the exit code (at most 20 s).
+pub async fn terminate(child: &mut Child) -> i32 {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
 }
