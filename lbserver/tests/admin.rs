@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use waypost_lbserver::server::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypost_lbserver::server::Running;
 
 /// One request with extra header lines; returns the whole response.
 async fn request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> String {

@@ -219,3 +219,39 @@ async fn a_lying_client_cannot_drive_the_others_into_drops_once_it_left() {
     assert_eq!(service.drop_fraction(), 0.0);
     reporter.abort();
 }
+
+#[tokio::test]
+async fn an_oversized_request_gets_resource_exhausted() {
+    let lb = serve("[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\n").await;
+    let huge = initial(&"m".repeat(100 * 1024));
+    let status = match open(lb.listen, huge).await {
+        Err(status) => status,
+        Ok(mut stream) => stream.rx.message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // Also after the initial request.
+    let mut stream = open(lb.listen, initial("movies")).await.unwrap();
+    next(&mut stream).await;
+    let stats = ClientStats {
+        calls_finished_with_drop: (0..5000)
+            .map(|i| ClientStatsPerToken {
+                load_balance_token: format!("token-{i:020}"),
+                num_calls: 1,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    stream.tx.send(report(stats)).await.unwrap();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.rx.message())
+            .await
+            .expect("an answer within 10 s")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+}
