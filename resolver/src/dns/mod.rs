@@ -53,7 +53,7 @@ pub struct DnsOptions {
     pub txt_lookups: bool,
     /// How long one query may take (default 5 s).
     pub query_timeout: Duration,
-    /// This client's host name, for `clientHostName` in TXT choices.
+    /// This client's host name, for `clientHostname` (or `clientHostName`) in TXT choices.
     pub client_host_name: Option<String>,
 }
 

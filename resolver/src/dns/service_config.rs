@@ -2,9 +2,21 @@
 //!
 //! The record's strings are concatenated; the text must start with
 //! `grpc_config=` followed by a JSON list of choices
-//! `{clientLanguage, percentage, clientHostName, serviceConfig}`. The first
-//! choice that applies to this client wins; none applying means no config.
-//! Pure: the percentage draw is passed in.
+//! `{clientLanguage, percentage, clientHostname, serviceConfig}` (gRFC A2).
+//! The first choice that applies to this client wins; none applying means
+//! no config. Pure: the percentage draw is passed in.
+//!
+//! Where gRPC's implementations differ, a record that works for one works
+//! here:
+//! - the host names are `clientHostname` (gRFC A2, and the only spelling
+//!   gRPC C-core accepts) or `clientHostName` (what grpc-go reads, its JSON
+//!   matching names case-insensitively); both are read, and a choice naming
+//!   both applies to the hosts of either;
+//! - a field a choice has beyond those four is ignored, as C-core and
+//!   grpc-go do (A2's text calls such a choice invalid, but neither
+//!   implementation rejects it, so a record with one works for their
+//!   clients and must for ours). A field that is present with the wrong
+//!   type is an error for the whole record, as A21 says.
 
 use serde_json::Value;
 
@@ -34,21 +46,14 @@ pub fn choose_service_config(
         let Value::Object(mut choice) = choice else {
             return Err(format!("choice {i} is not a JSON object"));
         };
-        if let Some(unknown) = choice.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "clientLanguage" | "percentage" | "clientHostName" | "serviceConfig"
-            )
-        }) {
-            return Err(format!("choice {i} has unknown field {unknown:?}"));
-        }
         if let Some(languages) = choice.get("clientLanguage") {
             let languages = string_list(languages).ok_or(format!(
                 "choice {i}: clientLanguage is not a list of strings"
             ))?;
-            if !languages
-                .iter()
-                .any(|l| l.eq_ignore_ascii_case(CLIENT_LANGUAGE))
+            if !languages.is_empty()
+                && !languages
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(CLIENT_LANGUAGE))
             {
                 continue;
             }
@@ -61,10 +66,16 @@ pub fn choose_service_config(
                 continue;
             }
         }
-        if let Some(hosts) = choice.get("clientHostName") {
-            let hosts = string_list(hosts).ok_or(format!(
-                "choice {i}: clientHostName is not a list of strings"
-            ))?;
+        let mut hosts: Option<Vec<&str>> = None;
+        for spelling in ["clientHostname", "clientHostName"] {
+            if let Some(list) = choice.get(spelling) {
+                let list = string_list(list)
+                    .ok_or(format!("choice {i}: {spelling} is not a list of strings"))?;
+                hosts.get_or_insert_with(Vec::new).extend(list);
+            }
+        }
+        // An empty list, like an absent field, matches every client.
+        if let Some(hosts) = hosts.filter(|h| !h.is_empty()) {
             if !client_host_name.is_some_and(|h| hosts.contains(&h)) {
                 continue;
             }
@@ -96,7 +107,8 @@ mod tests {
         let text = r#"grpc_config=[
             {"clientLanguage":["go","java"],"serviceConfig":{"n":"go"}},
             {"clientLanguage":["RUST"],"percentage":50,"serviceConfig":{"n":"half"}},
-            {"clientHostName":["web-1"],"serviceConfig":{"n":"web1"}},
+            {"clientHostname":["web-1"],"serviceConfig":{"n":"web1"}},
+            {"clientHostName":["web-2"],"serviceConfig":{"n":"web2"}},
             {"serviceConfig":{"n":"all"}}
         ]"#;
         assert_eq!(choose(text, None, 10).unwrap(), Some(json!({"n":"half"})));
@@ -104,8 +116,43 @@ mod tests {
         assert_eq!(choose(text, None, 51).unwrap(), Some(json!({"n":"all"})));
         assert_eq!(
             choose(text, Some("web-1"), 99).unwrap(),
+            Some(json!({"n":"web1"})),
+            "gRFC A2's and C-core's spelling"
+        );
+        assert_eq!(
+            choose(text, Some("web-2"), 99).unwrap(),
+            Some(json!({"n":"web2"})),
+            "grpc-go's spelling"
+        );
+        assert_eq!(
+            choose(text, Some("web-3"), 99).unwrap(),
+            Some(json!({"n":"all"}))
+        );
+        // Empty lists match every client (gRFC A2).
+        let empty =
+            r#"grpc_config=[{"clientLanguage":[],"clientHostname":[],"serviceConfig":{"n":"e"}}]"#;
+        assert_eq!(choose(empty, None, 1).unwrap(), Some(json!({"n":"e"})));
+    }
+
+    #[test]
+    fn unknown_fields_in_a_choice_are_ignored_as_c_core_and_grpc_go_do() {
+        let text = r#"grpc_config=[{"clientHostname":["web-1"],"futureField":{"x":1},"serviceConfig":{"n":"web1"}},{"serviceConfig":{"n":"all"}}]"#;
+        assert_eq!(
+            choose(text, Some("web-1"), 1).unwrap(),
             Some(json!({"n":"web1"}))
         );
+        assert_eq!(
+            choose(text, Some("web-2"), 1).unwrap(),
+            Some(json!({"n":"all"}))
+        );
+    }
+
+    #[test]
+    fn a_choice_with_both_spellings_matches_the_hosts_of_either() {
+        let text = r#"grpc_config=[{"clientHostname":["a"],"clientHostName":["b"],"serviceConfig":{"n":"ab"}}]"#;
+        assert_eq!(choose(text, Some("a"), 1).unwrap(), Some(json!({"n":"ab"})));
+        assert_eq!(choose(text, Some("b"), 1).unwrap(), Some(json!({"n":"ab"})));
+        assert_eq!(choose(text, Some("c"), 1).unwrap(), None);
     }
 
     #[test]
@@ -130,8 +177,8 @@ mod tests {
             ("grpc_config={}", "not a JSON list"),
             ("grpc_config=[1]", "choice 0 is not a JSON object"),
             (
-                r#"grpc_config=[{"bogus":1,"serviceConfig":{}}]"#,
-                "unknown field \"bogus\"",
+                r#"grpc_config=[{"clientHostname":"web-1","serviceConfig":{}}]"#,
+                "clientHostname",
             ),
             (
                 r#"grpc_config=[{"percentage":101,"serviceConfig":{}}]"#,
