@@ -27,9 +27,10 @@ async fn resolve_prints_one_update_and_exits() {
 
 #[tokio::test]
 async fn resolve_reports_errors_as_json_and_fails() {
+    // Malformed targets are usage errors, as for the other subcommands.
     for target in ["dns:///orders:", "unix://host/x.sock", "ipv4:nope"] {
         let (lines, code) = run(&["resolve", target]).await;
-        assert_eq!(code, 1, "{target}");
+        assert_eq!(code, 64, "{target}");
         assert_eq!(lines.len(), 1);
         assert!(
             lines[0]["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -233,4 +234,87 @@ async fn serve_status_and_drain_work_together_and_sigterm_stops_serve() {
 
     assert_eq!(terminate(&mut server).await, 0);
     assert_eq!(next_json(&mut out).await["stopped"], true);
+}
+
+#[tokio::test]
+async fn resolve_prints_endpoints_and_a_txt_error_together_every_time() {
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("orders.test.", &[Ipv4Addr::new(127, 0, 0, 1)], 60)
+        .await
+        .unwrap();
+    dns.set_txt("_grpc_config.orders.test.", "grpc_config=[{", 60)
+        .await
+        .unwrap();
+    let target = format!("dns://{}/orders.test:50051", dns.addr());
+    for _ in 0..10 {
+        let (lines, code) = run(&["resolve", &target]).await;
+        assert_eq!(code, 0, "endpoints were resolved: {lines:?}");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            lines[0]["endpoints"],
+            json!([{"addr":"127.0.0.1:50051","metadata":null}])
+        );
+        assert!(
+            lines[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("service config")),
+            "{lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resolve_fails_when_standard_output_cannot_be_written() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    // `output()` would capture standard output; spawn with it on the file.
+    let output = Command::new(WAYPOST)
+        .args(["resolve", "ipv4:127.0.0.1:1"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot write"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn resolve_errors_are_plain_and_cut_short() {
+    let dns = DnsServer::start("test.").await.unwrap();
+    let target = format!("dns://{}/missing.test:1", dns.addr());
+    let (lines, code) = run(&["resolve", &target, "--timeout", "10"]).await;
+    assert_eq!(code, 1);
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(
+        !error.contains("Query {") && !error.contains("Name("),
+        "{error}"
+    );
+
+    let long = format!("dns:///{}:1:2", "a".repeat(100_000));
+    let (lines, code) = run(&["resolve", &long]).await;
+    assert_eq!(code, 64);
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(error.len() < 400, "{} bytes", error.len());
+}
+
+#[tokio::test]
+async fn register_rejects_a_ttl_or_address_out_of_range() {
+    for args in [
+        ["--ttl", "9223372036854775808", "--addr", "127.0.0.1:1"],
+        ["--ttl", "10", "--addr", "garbage"],
+    ] {
+        let mut all = vec!["register", "--etcd", "127.0.0.1:1", "--service", "s"];
+        all.extend(args);
+        let (lines, code) = run(&all).await;
+        assert_eq!(code, 64, "{args:?}: {lines:?}");
+    }
 }

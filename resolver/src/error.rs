@@ -41,7 +41,7 @@ pub enum ResolveError {
         reason: String,
     },
     /// A DNS lookup failed.
-    #[error("dns lookup of {host} failed ({kind:?}): {message}")]
+    #[error("dns lookup of {host} failed: {message}")]
     Dns {
         /// The name looked up.
         host: String,

@@ -39,9 +39,16 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes a new good state (and clears the error).
     pub fn update(&self, state: ResolverState) {
+        self.publish(state, None);
+    }
+
+    /// Publishes a new good state together with a problem found while
+    /// making it (a skipped value, a failed side lookup), in one update:
+    /// every consumer sees both, never one and then the other.
+    pub fn publish(&self, state: ResolverState, warning: Option<ResolveError>) {
         self.tx.send_replace(ResolverUpdate {
             state: Some(Arc::new(state)),
-            error: None,
+            error: warning,
         });
     }
 

@@ -290,3 +290,71 @@ async fn dropping_the_resolution_stops_querying() {
         "no queries after drop"
     );
 }
+
+#[tokio::test]
+async fn an_srv_target_that_does_not_resolve_is_skipped_and_the_others_kept() {
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("orders.test.", &[Ipv4Addr::new(127, 0, 0, 1)], 60)
+        .await
+        .unwrap();
+    dns.set_a("lb1.test.", &[Ipv4Addr::new(127, 0, 0, 8)], 60)
+        .await
+        .unwrap();
+    let target = |name: &str, port| SrvTarget {
+        priority: 0,
+        weight: 0,
+        port,
+        target: name.into(),
+    };
+    // lb2.test. has no address records.
+    dns.set_srv(
+        "_grpclb._tcp.orders.test.",
+        &[target("lb1.test.", 9000), target("lb2.test.", 9001)],
+        60,
+    )
+    .await
+    .unwrap();
+    let mut resolution = resolve(&dns, "orders.test:50051", options().lookups(true, false));
+    let update = resolution.first().await;
+    let state = update.state.expect("resolved");
+    let balancers: Vec<String> = state
+        .balancer_addresses
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    assert_eq!(balancers, ["127.0.0.8:9000"]);
+    assert_eq!(addrs_of(&state), ["127.0.0.1:50051"]);
+    // The skipped target is reported in the same update, by name.
+    let error = update
+        .error
+        .expect("the skipped target is reported")
+        .to_string();
+    assert!(error.contains("lb2.test"), "{error}");
+    assert!(!error.contains("Query {"), "no Debug formatting: {error}");
+}
+
+fn addrs_of(state: &waypost_resolver::ResolverState) -> Vec<String> {
+    state.addresses().map(ToString::to_string).collect()
+}
+
+#[tokio::test]
+async fn an_invalid_txt_record_comes_with_the_endpoints_in_the_first_answer() {
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("orders.test.", &[Ipv4Addr::new(127, 0, 0, 1)], 60)
+        .await
+        .unwrap();
+    dns.set_txt("_grpc_config.orders.test.", "grpc_config={", 60)
+        .await
+        .unwrap();
+    // Every time: the first answer has both (it used to have one or the other).
+    for _ in 0..10 {
+        let mut resolution = resolve(&dns, "orders.test:1", options());
+        let first = resolution.first().await;
+        assert_eq!(addrs(&first), vec!["127.0.0.1:1"]);
+        assert!(
+            matches!(first.error, Some(ResolveError::ServiceConfig { .. })),
+            "{:?}",
+            first.error
+        );
+    }
+}

@@ -108,8 +108,15 @@ async fn garbage_values_are_skipped_counted_and_never_remove_a_good_endpoint() {
     .await
     .unwrap();
     let (mut resolution, builder) = resolve(&c, "etcd:///orders");
+    // The first answer carries the endpoints and the skipped value together
+    // (they used to arrive as two updates, so a reader saw either).
     let first = resolution.first().await;
     assert_eq!(addrs(&first), vec!["127.0.0.1:1"]);
+    assert!(
+        matches!(&first.error, Some(ResolveError::BadEtcdValue { key, .. }) if key == "orders/a"),
+        "{:?}",
+        first.error
+    );
 
     // A bad value over a good key keeps the good endpoint.
     c.put("orders/127.0.0.1:1", r#"{"Op":0}"#, None)
@@ -428,4 +435,50 @@ async fn a_registration_updates_its_metadata_under_the_same_lease() {
     );
     registration.shutdown().await.unwrap();
     wait_for(&mut resolution, |u| addrs(u).is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_registration_key_deleted_while_its_lease_lives_is_put_back() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    let registration = Registration::register(
+        c.clone(),
+        RegistrationOptions::new("movies", "127.0.0.1:7005").ttl(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    let lease = registration.status().borrow().lease_id;
+    let (mut resolution, _) = resolve(&c, "etcd:///movies");
+    assert_eq!(addrs(&resolution.first().await), vec!["127.0.0.1:7005"]);
+
+    c.delete("movies/127.0.0.1:7005", None).await.unwrap();
+    wait_for(&mut resolution, |u| addrs(u).is_empty()).await;
+    wait_for(&mut resolution, |u| addrs(u) == vec!["127.0.0.1:7005"]).await;
+    let kvs = c.get("movies/127.0.0.1:7005", None).await.unwrap();
+    assert_eq!(kvs.kvs()[0].lease(), lease, "restored under the same lease");
+    assert!(registration.status().borrow().registrations >= 2);
+    registration.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn registrations_with_a_bad_address_or_ttl_are_refused() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let c = client(&etcd).await;
+    for (addr, ttl) in [
+        ("garbage", 10),
+        ("127.0.0.1", 10),
+        ("127.0.0.1:99999", 10),
+        ("127.0.0.1:1", 1),
+        ("127.0.0.1:1", 1 << 63),
+        ("127.0.0.1:1", 9_000_000_001),
+    ] {
+        let options = RegistrationOptions::new("movies", addr).ttl(Duration::from_secs(ttl));
+        let error = Registration::register(c.clone(), options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, waypost_resolver::etcd::RegisterError::Invalid(_)),
+            "{addr} {ttl}: {error}"
+        );
+    }
 }

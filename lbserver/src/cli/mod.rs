@@ -27,30 +27,38 @@ pub(crate) fn etcd_endpoints(list: &str) -> Vec<String> {
 
 /// Resolves on SIGINT, SIGTERM or SIGHUP: `waypost serve` shuts down
 /// gracefully on each (SIGHUP does not reload the configuration; a
-/// supervisor restarts the process with the new one).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// supervisor restarts the process with the new one). The handlers are
+/// installed when this is called, not when it is first awaited, so a
+/// signal that arrives in between is not lost (nor kills the process).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut hup) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(term), Ok(hup)) => (term, hup),
-            _ => {
-                let _ = ctrl_c.await;
+        let signals: Vec<_> = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .filter_map(|kind| signal(kind).ok())
+        .collect();
+        async move {
+            if signals.is_empty() {
+                let _ = tokio::signal::ctrl_c().await;
                 return;
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
+            let waits = signals.into_iter().map(|mut s| {
+                Box::pin(async move {
+                    s.recv().await;
+                })
+            });
+            futures_util::future::select_all(waits).await;
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Writes one JSON value as a line and flushes, so watchers see it at once.

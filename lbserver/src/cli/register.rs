@@ -30,6 +30,9 @@ pub struct RegisterArgs {
 
 /// Runs `waypost register`; returns the exit code.
 pub async fn register(args: RegisterArgs, out: &mut impl std::io::Write) -> u8 {
+    // Before anything is printed: a signal right after "registered" must
+    // deregister, not kill the process.
+    let shutdown = shutdown_signal();
     let mut options =
         RegistrationOptions::new(&args.service, &args.addr).ttl(Duration::from_secs(args.ttl));
     if let Some(text) = &args.metadata {
@@ -71,7 +74,7 @@ pub async fn register(args: RegisterArgs, out: &mut impl std::io::Write) -> u8 {
         out,
         &json!({ "registered": key, "lease_id": registration.status().borrow().lease_id }),
     );
-    shutdown_signal().await;
+    shutdown.await;
     match registration.shutdown().await {
         Ok(()) => {
             emit(out, &json!({ "deregistered": key }));

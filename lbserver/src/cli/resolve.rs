@@ -1,12 +1,20 @@
 //! `waypost resolve TARGET [--watch] [--etcd ENDPOINTS]`: prints resolver
 //! updates as JSON lines.
+//!
+//! Each line carries what the resolver said in one update: the endpoints
+//! (`endpoints`, `service_config`, `balancer_addresses`) when it has them,
+//! and `error` when something went wrong — both at once when it resolved
+//! with a problem (a skipped etcd value, an invalid TXT record). Without
+//! `--watch` the exit code is 0 when endpoints were resolved (even with an
+//! `error` beside them), 1 when nothing was, 64 for a malformed target, and
+//! 1 when standard output cannot be written.
 
 use std::time::Duration;
 
 use serde_json::json;
-use waypost_resolver::{ResolverRegistry, ResolverUpdate};
+use waypost_resolver::{ResolveError, ResolverRegistry, ResolverUpdate};
 
-use super::{EXIT_FAILURE, emit, etcd_endpoints, shutdown_signal};
+use super::{EXIT_FAILURE, EXIT_USAGE, emit, etcd_endpoints, shutdown_signal};
 
 /// Arguments of `waypost resolve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,11 +33,19 @@ pub struct ResolveArgs {
 }
 
 fn update_json(update: &ResolverUpdate) -> serde_json::Value {
-    match (&update.error, &update.state) {
-        (Some(error), _) => json!({ "error": error.to_string() }),
-        (None, Some(state)) => state.to_json(),
-        (None, None) => json!({ "error": "the resolver ended without an answer" }),
+    let mut line = match &update.state {
+        Some(state) => state.to_json(),
+        None => json!({}),
+    };
+    let error = match (&update.error, &update.state) {
+        (Some(error), _) => Some(error.to_string()),
+        (None, Some(_)) => None,
+        (None, None) => Some("the resolver ended without an answer".to_owned()),
+    };
+    if let (Some(error), Some(fields)) = (error, line.as_object_mut()) {
+        fields.insert("error".into(), error.into());
     }
+    line
 }
 
 /// Runs `waypost resolve`; returns the exit code.
@@ -52,40 +68,67 @@ pub async fn resolve(args: ResolveArgs, out: &mut impl std::io::Write) -> u8 {
     let mut resolution = match registry.resolve(&args.target) {
         Ok(resolution) => resolution,
         Err(e) => {
-            emit(out, &json!({ "error": e.to_string() }));
-            return EXIT_FAILURE;
+            let code = match e {
+                // The target itself is malformed: a usage error.
+                ResolveError::Target(_) | ResolveError::Unsupported { .. } => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            };
+            return finish(out, &json!({ "error": e.to_string() }), code);
         }
     };
 
     if !args.watch {
         let timeout = Duration::from_secs(args.timeout);
         let Ok(update) = tokio::time::timeout(timeout, resolution.first()).await else {
-            emit(
-                out,
-                &json!({ "error": format!("no answer within {}s", args.timeout) }),
-            );
-            return EXIT_FAILURE;
+            let line = json!({ "error": format!("no answer within {}s", args.timeout) });
+            return finish(out, &line, EXIT_FAILURE);
         };
-        emit(out, &update_json(&update));
-        return if update.error.is_none() && update.state.is_some() {
+        let code = if update.state.is_some() {
             0
         } else {
             EXIT_FAILURE
         };
+        return finish(out, &update_json(&update), code);
     }
 
     let first = resolution.first().await;
-    emit(out, &update_json(&first));
+    if let Err(code) = print(out, &update_json(&first)) {
+        return code;
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return 0,
             changed = resolution.changed() => match changed {
-                Ok(update) => emit(out, &update_json(&update)),
+                Ok(update) => {
+                    if let Err(code) = print(out, &update_json(&update)) {
+                        return code;
+                    }
+                }
                 // A static resolver has said all it will.
                 Err(_) => return 0,
             },
         }
+    }
+}
+
+/// Writes one JSON line; `Err(1)` (after saying why on standard error)
+/// when standard output cannot take it, so `resolve > /dev/full` fails.
+fn print(out: &mut impl std::io::Write, line: &serde_json::Value) -> Result<(), u8> {
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            eprintln!("waypost resolve: cannot write the answer: {e}");
+            EXIT_FAILURE
+        })
+}
+
+/// Writes the last line and returns `code`, or a failure if the line could
+/// not be written.
+fn finish(out: &mut impl std::io::Write, line: &serde_json::Value, code: u8) -> u8 {
+    match print(out, line) {
+        Ok(()) => code,
+        Err(failed) => failed.max(code),
     }
 }

@@ -72,6 +72,9 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
 
 /// Runs `waypost serve`; returns the exit code.
 pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
+    // Before anything is printed, so a signal right after "listening"
+    // shuts down gracefully.
+    let shutdown = shutdown_signal();
     let config = match config_from(&args) {
         Ok(config) => config,
         Err(error) => {
@@ -100,7 +103,7 @@ pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
             "services": services,
         }),
     );
-    shutdown_signal().await;
+    shutdown.await;
     running.shutdown().await;
     emit(out, &json!({"stopped": true}));
     0

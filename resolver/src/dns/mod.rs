@@ -228,11 +228,12 @@ async fn run(mut lookup: Lookup, publisher: Publisher) {
         let mut next = match outcome {
             Ok(answer) => {
                 backoff.reset();
-                publisher.update(answer.state);
-                for warning in answer.warnings {
+                for warning in &answer.warnings {
                     tracing::warn!(host = %lookup.name, error = %warning, "dns");
-                    publisher.report_error(warning);
                 }
+                // The state and its first warning in one update, so every
+                // consumer sees both (never one, then the other).
+                publisher.publish(answer.state, answer.warnings.into_iter().next());
                 started + refresh_after(answer.ttl, &lookup.options)
             }
             Err(error) => {
@@ -255,6 +256,10 @@ async fn run(mut lookup: Lookup, publisher: Publisher) {
     }
 }
 
+/// Balancer addresses from SRV, their shortest TTL, and the SRV targets
+/// that were skipped because they did not resolve.
+type Balancers = (Vec<BalancerAddress>, Duration, Vec<ResolveError>);
+
 /// When to resolve again after a good answer whose shortest TTL is `ttl`.
 pub fn refresh_after(ttl: Duration, options: &DnsOptions) -> Duration {
     ttl.clamp(options.min_ttl, options.max_ttl.max(options.min_ttl))
@@ -270,10 +275,18 @@ fn dns_error(host: &str, error: &NetError) -> ResolveError {
     } else {
         DnsErrorKind::Other
     };
+    // hickory's own text for these names its query with Rust's Debug
+    // formatting (`Query { name: Name("…"), … }`): say it plainly instead.
+    let message = match kind {
+        DnsErrorKind::NxDomain => "no such name (NXDOMAIN)".to_owned(),
+        DnsErrorKind::NoRecords => "no records of the type asked for".to_owned(),
+        DnsErrorKind::Timeout => "the DNS server did not answer in time".to_owned(),
+        _ => crate::Quoted(&error.to_string()).to_string(),
+    };
     ResolveError::Dns {
         host: host.to_owned(),
         kind,
-        message: error.to_string(),
+        message,
     }
 }
 
@@ -293,8 +306,9 @@ impl Lookup {
         let mut ttl = self.options.max_ttl;
 
         let balancer_addresses = match balancers {
-            Ok(Some((balancers, balancers_ttl))) => {
+            Ok(Some((balancers, balancers_ttl, skipped))) => {
                 ttl = ttl.min(balancers_ttl);
+                warnings.extend(skipped);
                 balancers
             }
             Ok(None) => Vec::new(),
@@ -363,11 +377,11 @@ impl Lookup {
         Ok((addrs, remaining(lookup.valid_until())))
     }
 
-    /// SRV `_grpclb._tcp.<host>` and each target's addresses. `Ok(None)`
-    /// when there is no such record.
-    async fn lookup_balancers(
-        &self,
-    ) -> Result<Option<(Vec<BalancerAddress>, Duration)>, ResolveError> {
+    /// SRV `_grpclb._tcp.<host>` and each target's addresses, with the
+    /// targets that did not resolve (skipped, as grpc-go does: one bad
+    /// target does not cost the others). `Ok(None)` when there is no such
+    /// record; an error when no target resolved.
+    async fn lookup_balancers(&self) -> Result<Option<Balancers>, ResolveError> {
         if !self.options.srv_lookups {
             return Ok(None);
         }
@@ -379,17 +393,22 @@ impl Lookup {
         };
         let mut ttl = remaining(lookup.valid_until());
         let mut balancers = Vec::new();
+        let mut skipped = Vec::new();
+        let mut targets = 0;
         for record in lookup.answers() {
             let RData::SRV(srv) = &record.data else {
                 continue;
             };
+            targets += 1;
             let target = srv.target.to_ascii();
             let server_name = target.trim_end_matches('.').to_owned();
-            let ips = self
-                .resolver
-                .lookup_ip(target.as_str())
-                .await
-                .map_err(|e| dns_error(&target, &e))?;
+            let ips = match self.resolver.lookup_ip(target.as_str()).await {
+                Ok(ips) => ips,
+                Err(e) => {
+                    skipped.push(dns_error(&target, &e));
+                    continue;
+                }
+            };
             ttl = ttl.min(remaining(ips.valid_until()));
             for ip in ips.iter() {
                 balancers.push(BalancerAddress {
@@ -398,9 +417,12 @@ impl Lookup {
                 });
             }
         }
+        if targets > 0 && skipped.len() == targets {
+            return Err(skipped.swap_remove(0));
+        }
         balancers.sort();
         balancers.dedup();
-        Ok(Some((balancers, ttl)))
+        Ok(Some((balancers, ttl, skipped)))
     }
 
     /// TXT `_grpc_config.<host>` and the config chosen from it. `Ok(None)`

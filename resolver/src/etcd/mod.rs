@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 
-pub use self::registrar::{RegisterError, Registration, RegistrationOptions, RegistrationStatus};
+pub use self::registrar::{
+    MAX_TTL, MIN_TTL, RegisterError, Registration, RegistrationOptions, RegistrationStatus,
+};
 pub use self::value::{MAX_VALUE_BYTES, ValueOp, encode_value, parse_value};
 use crate::ResolveError;
 use crate::backoff::{Backoff, BackoffConfig};
@@ -329,14 +331,16 @@ impl Watcher {
         Ok(revision)
     }
 
+    /// Publishes the endpoints and, in the same update, the first value
+    /// that was skipped (all of them are counted and logged).
     fn publish(&self, publisher: &Publisher, skipped: Vec<ResolveError>) {
-        publisher.update(ResolverState::from_endpoints(
-            self.endpoints.values().cloned(),
-        ));
-        for error in skipped {
+        for error in &skipped {
             self.stats.skipped_values.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "etcd resolver skipped a value");
-            publisher.report_error(error);
         }
+        publisher.publish(
+            ResolverState::from_endpoints(self.endpoints.values().cloned()),
+            skipped.into_iter().next(),
+        );
     }
 }

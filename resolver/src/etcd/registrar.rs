@@ -18,6 +18,12 @@ use tokio::task::JoinHandle;
 use super::value::encode_value;
 use crate::backoff::{Backoff, BackoffConfig};
 
+/// The shortest lease etcd grants.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// The longest lease etcd grants (its `MaxLeaseTTL`, 9·10⁹ s).
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
 /// What to register.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -125,13 +131,27 @@ impl Registration {
                 options.service
             )));
         }
-        if options.addr.is_empty() {
-            return Err(RegisterError::Invalid("empty address".into()));
+        match crate::target::parse_host_port(&options.addr, 0) {
+            Ok((_, port)) if port != 0 => {}
+            Ok(_) => {
+                return Err(RegisterError::Invalid(format!(
+                    "address {} needs a port (host:port)",
+                    crate::Quoted(&options.addr)
+                )));
+            }
+            Err(e) => {
+                return Err(RegisterError::Invalid(format!(
+                    "address {} is not host:port: {e}",
+                    crate::Quoted(&options.addr)
+                )));
+            }
         }
-        if options.ttl < Duration::from_secs(2) {
+        if options.ttl < MIN_TTL || options.ttl > MAX_TTL {
             return Err(RegisterError::Invalid(format!(
-                "TTL {:?} is below etcd's 2 s minimum",
-                options.ttl
+                "TTL {} s is outside etcd's {} to {} s",
+                options.ttl.as_secs(),
+                MIN_TTL.as_secs(),
+                MAX_TTL.as_secs()
             )));
         }
         let metadata = std::sync::Arc::new(parking_lot::Mutex::new(options.metadata.clone()));
@@ -220,48 +240,86 @@ struct Keeper {
 impl Keeper {
     /// Grants a lease and puts the key under it.
     async fn put(&mut self) -> Result<(), etcd_client::Error> {
-        let ttl = self.options.ttl.as_secs().max(2) as i64;
+        // In range (checked at registration), so it fits an i64.
+        let ttl = i64::try_from(self.options.ttl.as_secs()).unwrap_or(i64::MAX);
         let lease = self.client.lease_grant(ttl, None).await?;
+        self.lease_id = lease.id();
+        self.put_key().await
+    }
+
+    /// Puts the key under the current lease (again, if it was deleted).
+    async fn put_key(&mut self) -> Result<(), etcd_client::Error> {
         let metadata = self.metadata.lock().clone();
         let value = encode_value(&self.options.addr, metadata.as_ref());
         self.client
             .put(
                 self.options.key(),
                 value,
-                Some(PutOptions::new().with_lease(lease.id())),
+                Some(PutOptions::new().with_lease(self.lease_id)),
             )
             .await?;
-        self.lease_id = lease.id();
         Ok(())
     }
 
-    /// Keeps the lease alive until it is lost or the stream fails; returns
-    /// why it stopped.
-    async fn keep_alive(&mut self) -> String {
+    /// Keeps the lease alive until it is lost or the stream fails, and puts
+    /// the key back if someone deletes it while the lease lives; returns why
+    /// it stopped.
+    async fn keep_alive(&mut self, status: &watch::Sender<RegistrationStatus>) -> String {
         let (mut keeper, mut stream) = match self.client.lease_keep_alive(self.lease_id).await {
             Ok(pair) => pair,
             Err(e) => return e.to_string(),
         };
-        let interval = (self.options.ttl / 3).max(Duration::from_millis(500));
+        let key = self.options.key();
+        let mut changes = match self.client.watch(key.as_str(), None).await {
+            Ok(stream) => stream,
+            Err(e) => return format!("watching {key}: {e}"),
+        };
+        // At most a third of the TTL (so two renewals can be missed), at
+        // least half a second, and never longer than a day.
+        let interval = (self.options.ttl / 3)
+            .clamp(Duration::from_millis(500), Duration::from_secs(24 * 3600));
+        let mut next_renewal = tokio::time::Instant::now();
         loop {
-            if let Err(e) = keeper.keep_alive().await {
-                return e.to_string();
+            tokio::select! {
+                () = tokio::time::sleep_until(next_renewal) => {
+                    if let Err(e) = keeper.keep_alive().await {
+                        return e.to_string();
+                    }
+                    let answer_within = self.options.ttl.min(Duration::from_secs(60));
+                    match tokio::time::timeout(answer_within, stream.message()).await {
+                        Ok(Ok(Some(response))) if response.ttl() > 0 => {}
+                        Ok(Ok(Some(_))) => return "lease expired".into(),
+                        Ok(Ok(None)) => return "keep-alive stream ended".into(),
+                        Ok(Err(e)) => return e.to_string(),
+                        Err(_) => return "no keep-alive answer in time".into(),
+                    }
+                    next_renewal = tokio::time::Instant::now() + interval;
+                }
+                change = changes.message() => match change {
+                    Ok(Some(response)) => {
+                        let deleted = response
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                        if deleted {
+                            tracing::warn!(%key, "registration key deleted while its lease lives; putting it back");
+                            if let Err(e) = self.put_key().await {
+                                return format!("restoring {key}: {e}");
+                            }
+                            status.send_modify(|s| s.registrations += 1);
+                        }
+                    }
+                    Ok(None) => return "key watch ended".into(),
+                    Err(e) => return format!("watching {key}: {e}"),
+                },
             }
-            match tokio::time::timeout(self.options.ttl, stream.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => return "lease expired".into(),
-                Ok(Ok(None)) => return "keep-alive stream ended".into(),
-                Ok(Err(e)) => return e.to_string(),
-                Err(_) => return "no keep-alive answer within the TTL".into(),
-            }
-            tokio::time::sleep(interval).await;
         }
     }
 
     async fn run(mut self, status: watch::Sender<RegistrationStatus>) {
         let mut backoff = Backoff::new(self.options.backoff, crate::backoff::seeded_rng());
         loop {
-            let lost = self.keep_alive().await;
+            let lost = self.keep_alive(&status).await;
             tracing::warn!(key = %self.options.key(), reason = %lost, "etcd registration lost; registering again");
             status.send_modify(|s| s.last_error = Some(lost));
             loop {
