@@ -69,15 +69,49 @@ fn show(title: &str, spread: &BTreeMap<String, usize>) {
     }
 }
 
-async fn admin_post(admin: SocketAddr, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+async fn admin(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
     let mut stream = tokio::net::TcpStream::connect(admin).await?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
+}
+
+/// Waits (at most 30 s) until the balancer's `/status` says `service` has
+/// `n` healthy backends: it probes them before listing them.
+async fn until_healthy(
+    at: SocketAddr,
+    service: &str,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = admin(at, "GET", "/status").await?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let healthy = status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == service)
+            .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
+            .filter(|b| b["healthy"] == true)
+            .count();
+        if healthy >= n {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("only {healthy} of {n} backends healthy after 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Calls until `pred` holds for a batch (at most 20 batches).
@@ -119,8 +153,12 @@ pub async fn run(setup: Setup) -> Result<Observed, Box<dyn std::error::Error>> {
     let mut client = MoviesServiceClient::new(channel.clone());
     println!("client: grpclb via the balancer at {}", setup.balancer);
 
-    // The balancer probes the backends before listing them; wait for all three.
-    let all = settle(&mut client, |s| s.len() == 3).await?;
+    // The balancer probes the backends before listing them: wait until it
+    // reports all three healthy, and until this client has reached each
+    // (its connections are up), so the spread shown is the steady one.
+    until_healthy(setup.admin, "movies", 3).await?;
+    settle(&mut client, |s| s.len() == 3).await?;
+    let all = spread(&mut client).await?;
     show(
         &format!("{CALLS} calls, balanced by waypost serve over three backends:"),
         &all,
@@ -130,17 +168,18 @@ pub async fn run(setup: Setup) -> Result<Observed, Box<dyn std::error::Error>> {
         "/drain?service=movies&backend=127.0.0.1:{}",
         setup.backend_ports[1]
     );
-    let answer = admin_post(setup.admin, &drain).await?;
+    let answer = admin(setup.admin, "POST", &drain).await?;
     if !answer.starts_with("HTTP/1.1 200") {
         return Err(format!("drain failed: {answer}").into());
     }
     println!("\ndrained backend-2 at the balancer (POST {drain}) …");
-    let drained = settle(&mut client, |s| !s.contains_key("backend-2")).await?;
+    settle(&mut client, |s| !s.contains_key("backend-2")).await?;
+    let drained = spread(&mut client).await?;
     show(
         &format!("{CALLS} calls while backend-2 is drained:"),
         &drained,
     );
-    admin_post(setup.admin, &format!("{drain}&undo=true")).await?;
+    admin(setup.admin, "POST", &format!("{drain}&undo=true")).await?;
 
     let stats = channel.stats();
     println!(

@@ -89,7 +89,16 @@ need_go_grpc() {
     exit 1
 }
 
-# What etcd-client's build script needs: `protoc` and the well-known types'
-# .proto files it imports (protobuf-compiler only *recommends* libprotobuf-dev,
-# so an install without recommends has the binary and not the includes).
-PROTOC_NEEDS=(protobuf-compiler:protoc libprotobuf-dev:/usr/include/google/protobuf/descriptor.proto)
+# What building waypost needs besides the Rust toolchain: a C linker and
+# libc's development files (rustc links through `cc`; gcc only *recommends*
+# libc6-dev), the CA certificates cargo fetches crates with, and for
+# etcd-client's build script `protoc` plus the well-known types' .proto
+# files it imports (protobuf-compiler only *recommends* libprotobuf-dev, so
+# an install without recommends has the binary and not the includes).
+BUILD_NEEDS=(
+    gcc:cc
+    libc6-dev:/usr/include/stdio.h
+    ca-certificates:/etc/ssl/certs/ca-certificates.crt
+    protobuf-compiler:protoc
+    libprotobuf-dev:/usr/include/google/protobuf/descriptor.proto
+)
