@@ -336,3 +336,116 @@ async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
     );
     assert_eq!(in_flight.await.unwrap().unwrap(), "b0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_round_robin_to_pick_first_under_load_fails_no_call() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use waypost_integration::proxy::Proxy;
+
+    let backends = start_backends(3).await.unwrap();
+    // Each backend behind a proxy, so new connections can be made slow.
+    let mut proxies = Vec::new();
+    for backend in &backends {
+        proxies.push(Proxy::start(backend.addr()).await.unwrap());
+    }
+    let config = |policy: &str| {
+        let endpoints = proxies.iter().map(|p| Endpoint::new(p.addr())).collect();
+        ResolverState {
+            endpoints,
+            service_config: Some(json!({"loadBalancingConfig": [{policy: {}}]})),
+            ..Default::default()
+        }
+    };
+    let manual = ManualResolver::new("manual");
+    manual.update(config("round_robin"));
+    let parts = manual_channel(&manual);
+    let channel = builder("manual:///movies")
+        .resolvers(parts.resolvers)
+        .policies(parts.policies)
+        .build()
+        .unwrap();
+    let mut client = Client::new(channel.clone());
+    until_all_serve(&mut client, &["b0", "b1", "b2"]).await;
+
+    // From now on a new connection takes 1 s to reach its backend: the new
+    // policy's connections are slow, the old policy's are up.
+    for proxy in &proxies {
+        proxy.set_connect_delay(Duration::from_secs(1));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let mut client = client.clone();
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        callers.push(tokio::spawn(async move {
+            let mut first_failure = None;
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Fail-fast, with a deadline far below the slow connect.
+                match call(&mut client, false, Duration::from_millis(300)).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => {
+                        first_failure.get_or_insert(status);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            first_failure
+        }));
+    }
+    let until = |n: u64| {
+        let ok = ok.clone();
+        async move {
+            while ok.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // Some calls under round_robin, then the switch; calls go on while
+    // pick_first connects (1 s), then under pick_first.
+    tokio::time::timeout(Duration::from_secs(10), until(200))
+        .await
+        .unwrap();
+    manual.update(config("pick_first"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut served = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            if let Ok(name) = call(&mut client, false, Duration::from_secs(5)).await {
+                served.insert(name);
+            }
+        }
+        if served.len() == 1 {
+            break; // pick_first took over
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pick_first never took over"
+        );
+    }
+    let switched = ok.load(Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(10), until(switched + 200))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let first_failure = caller.await.unwrap();
+        assert!(first_failure.is_none(), "{first_failure:?}");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+
+    // round_robin's other subchannels are gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while channel.stats().subchannels_ready != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            channel.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

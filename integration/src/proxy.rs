@@ -28,6 +28,7 @@ pub struct Proxy {
     gate: Arc<Gate>,
     task: tokio::task::JoinHandle<()>,
     cut: Arc<tokio::sync::Notify>,
+    connect_delay: Arc<parking_lot::Mutex<std::time::Duration>>,
 }
 
 impl Proxy {
@@ -37,12 +38,20 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let gate = Arc::new(Gate::default());
         let cut = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(run(listener, upstream, gate.clone(), cut.clone()));
+        let connect_delay = Arc::default();
+        let task = tokio::spawn(run(
+            listener,
+            upstream,
+            gate.clone(),
+            cut.clone(),
+            Arc::clone(&connect_delay),
+        ));
         Ok(Proxy {
             addr,
             gate,
             task,
             cut,
+            connect_delay,
         })
     }
 
@@ -59,6 +68,13 @@ impl Proxy {
     /// Resumes forwarding.
     pub fn thaw(&self) {
         self.gate.set_frozen(false);
+    }
+
+    /// Connections accepted from now on reach the upstream only after
+    /// `delay` (a slow network or a busy server's accept queue); existing
+    /// ones are untouched.
+    pub fn set_connect_delay(&self, delay: std::time::Duration) {
+        *self.connect_delay.lock() = delay;
     }
 
     /// Closes every proxied connection at once (both peers see the
@@ -79,6 +95,7 @@ async fn run(
     upstream: SocketAddr,
     gate: Arc<Gate>,
     cut: Arc<tokio::sync::Notify>,
+    connect_delay: Arc<parking_lot::Mutex<std::time::Duration>>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -86,7 +103,9 @@ async fn run(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 let gate = gate.clone();
+                let delay = *connect_delay.lock();
                 connections.spawn(async move {
+                    tokio::time::sleep(delay).await;
                     let Ok(server) = TcpStream::connect(upstream).await else { return };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);

@@ -1,6 +1,13 @@
 //! The channel's controller: one task that feeds resolver updates and
 //! subchannel state changes to the policy, owns the subchannels, runs the
 //! policy's timers, and applies service configs.
+//!
+//! A change of policy is graceful, as grpc-go's `gracefulswitch` is: the new
+//! policy is built *pending* beside the current one and gets the resolver's
+//! updates; the current one keeps its subchannels and keeps serving calls
+//! until the pending one reports anything but CONNECTING (usually READY),
+//! or the current one leaves READY. Then the pending one's picker is
+//! published and the old policy and its subchannels go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +19,7 @@ use waypost_resolver::{Address, Resolution, ResolverState, ResolverUpdate};
 
 use super::Shared;
 use crate::connectivity::ConnectivityState;
-use crate::picker::Picker;
+use crate::picker::{Picker, QueuePicker};
 use crate::policy::{Helper, Policy, PolicyRegistry};
 use crate::service_config::ServiceConfig;
 use crate::subchannel::{
@@ -32,71 +39,151 @@ pub(crate) struct Controller {
     default_config: Option<serde_json::Value>,
     /// The service config JSON in force (to skip re-parsing the same one).
     config_json: Option<serde_json::Value>,
-    policy: Option<(String, Box<dyn Policy>)>,
+    /// The policy whose picker is in force.
+    current: Option<Slot>,
+    /// A policy being switched to, while it is not yet READY.
+    pending: Option<Slot>,
     last_state: Option<Arc<ResolverState>>,
     world: World,
 }
 
-/// What the helper needs, apart from the policy it is lent to.
+/// One policy instance, numbered so its subchannels, timers and events are
+/// told apart from another's during a switch.
+struct Slot {
+    generation: u64,
+    name: String,
+    policy: Box<dyn Policy>,
+}
+
+/// What the helpers need, apart from the policies they are lent to.
 struct World {
     shared: Arc<Shared>,
     subchannels: HashMap<SubchannelId, Subchannel>,
+    /// The generation of the policy that created each subchannel.
+    owners: HashMap<SubchannelId, u64>,
     next_id: u64,
     options: ConnectOptions,
     // Unbounded but bounded in practice: a subchannel sends at most three
     // events per connection attempt, and attempts are paced by backoff.
     events_tx: mpsc::UnboundedSender<SubchannelEvent>,
-    timers: Vec<(Instant, u64)>,
+    /// (when, policy generation, token).
+    timers: Vec<(Instant, u64, u64)>,
     resolve_now: bool,
     health: HealthSettings,
     health_tx: watch::Sender<Option<String>>,
     policy_events: mpsc::UnboundedSender<(u64, Box<dyn std::any::Any + Send>)>,
-    /// Bumped when the policy is replaced, so its stale events are dropped.
-    policy_generation: u64,
+    next_generation: u64,
+    /// The switch in progress: which generation is current, which pending,
+    /// what they last reported.
+    switch: Switch,
 }
 
-impl Helper for World {
+/// The graceful switch's bookkeeping (see the module docs).
+#[derive(Default)]
+struct Switch {
+    current: u64,
+    pending: Option<u64>,
+    /// The current policy's last reported state.
+    current_state: Option<ConnectivityState>,
+    /// The pending policy's last picker, published when it takes over.
+    pending_picker: Option<(ConnectivityState, Arc<dyn Picker>)>,
+    /// Set by a report that makes the pending policy take over; the
+    /// controller swaps once the policy call returns.
+    take_over: bool,
+}
+
+/// The helper lent to one policy: everything it does is tagged with its
+/// generation.
+struct SlotHelper<'a> {
+    world: &'a mut World,
+    generation: u64,
+}
+
+impl Helper for SlotHelper<'_> {
     fn events(&mut self) -> crate::policy::PolicyEvents {
         crate::policy::PolicyEvents {
-            tx: self.policy_events.clone(),
-            generation: self.policy_generation,
+            tx: self.world.policy_events.clone(),
+            generation: self.generation,
         }
     }
 
     fn authority(&self) -> String {
-        self.shared.authority.to_string()
+        self.world.shared.authority.to_string()
     }
 
     fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle {
-        self.next_id += 1;
-        let id = SubchannelId(self.next_id);
+        let world = &mut *self.world;
+        world.next_id += 1;
+        let id = SubchannelId(world.next_id);
         let subchannel = Subchannel::spawn(
             id,
             addresses.to_vec(),
-            self.options.clone(),
-            self.events_tx.clone(),
-            self.shared.subchannel_counters.clone(),
-            self.health.clone(),
+            world.options.clone(),
+            world.events_tx.clone(),
+            world.shared.subchannel_counters.clone(),
+            world.health.clone(),
         );
         let handle = subchannel.handle().clone();
-        self.subchannels.insert(id, subchannel);
+        world.subchannels.insert(id, subchannel);
+        world.owners.insert(id, self.generation);
         handle
     }
 
     fn remove_subchannel(&mut self, id: SubchannelId) {
-        self.subchannels.remove(&id);
+        if self.world.owners.get(&id) == Some(&self.generation) {
+            self.world.subchannels.remove(&id);
+            self.world.owners.remove(&id);
+        }
     }
 
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.shared.publish(state, picker);
+        let switch = &mut self.world.switch;
+        if switch.pending == Some(self.generation) {
+            // Held until it takes over: when it has something other than
+            // CONNECTING to say, or the current policy is not READY.
+            let current_ready = switch.current_state == Some(ConnectivityState::Ready);
+            switch.pending_picker = Some((state, picker));
+            if state != ConnectivityState::Connecting || !current_ready {
+                switch.take_over = true;
+            }
+        } else if switch.current == self.generation {
+            switch.current_state = Some(state);
+            if switch.pending.is_some() && state != ConnectivityState::Ready {
+                // The old policy lost READY: the new one takes over now.
+                switch.take_over = true;
+            } else {
+                self.world.shared.publish(state, picker);
+            }
+        }
+        // Any other generation is a policy already gone: ignored.
     }
 
     fn resolve_now(&mut self) {
-        self.resolve_now = true;
+        self.world.resolve_now = true;
     }
 
     fn set_timer(&mut self, after: Duration, token: u64) {
-        self.timers.push((Instant::now() + after, token));
+        self.world
+            .timers
+            .push((Instant::now() + after, self.generation, token));
+    }
+}
+
+impl World {
+    fn helper(&mut self, generation: u64) -> SlotHelper<'_> {
+        SlotHelper {
+            world: self,
+            generation,
+        }
+    }
+
+    /// Shuts down every subchannel, timer and event of `generation`.
+    fn forget(&mut self, generation: u64) {
+        let owners = &mut self.owners;
+        self.subchannels
+            .retain(|id, _| owners.get(id) != Some(&generation));
+        owners.retain(|_, owner| *owner != generation);
+        self.timers.retain(|(_, owner, _)| *owner != generation);
     }
 }
 
@@ -118,6 +205,7 @@ impl Controller {
         let world = World {
             shared: shared.clone(),
             subchannels: HashMap::new(),
+            owners: HashMap::new(),
             next_id: 0,
             options,
             events_tx,
@@ -126,7 +214,8 @@ impl Controller {
             health,
             health_tx,
             policy_events,
-            policy_generation: 0,
+            next_generation: 0,
+            switch: Switch::default(),
         };
         (
             Controller {
@@ -135,7 +224,8 @@ impl Controller {
                 policies,
                 default_config,
                 config_json: None,
-                policy: None,
+                current: None,
+                pending: None,
                 last_state: None,
                 world,
             },
@@ -154,16 +244,12 @@ impl Controller {
         let mut this = self;
         let mut resolver_live = true;
         loop {
-            let next_timer = this.world.timers.iter().map(|(at, _)| *at).min();
+            let next_timer = this.world.timers.iter().map(|(at, _, _)| *at).min();
             tokio::select! {
                 biased;
                 Some(event) = events.recv() => this.on_subchannel(event),
                 Some((generation, event)) = policy_events.recv() => {
-                    if generation == this.world.policy_generation {
-                        if let Some((_, policy)) = &mut this.policy {
-                            policy.event(event, &mut this.world);
-                        }
-                    }
+                    this.with_policy(generation, |policy, helper| policy.event(event, helper));
                 }
                 changed = this.resolution.changed(), if resolver_live => match changed {
                     Ok(update) => this.on_resolver(update),
@@ -182,26 +268,71 @@ impl Controller {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) =
-            self.world.timers.drain(..).partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .world
+            .timers
+            .drain(..)
+            .partition(|(at, _, _)| *at <= now);
         self.world.timers = later;
-        if let Some((_, policy)) = &mut self.policy {
-            for (_, token) in due {
-                policy.timer(token, &mut self.world);
-            }
+        for (_, generation, token) in due {
+            self.with_policy(generation, |policy, helper| policy.timer(token, helper));
         }
     }
 
     fn on_subchannel(&mut self, event: SubchannelEvent) {
-        if !self.world.subchannels.contains_key(&event.id) {
+        let Some(&owner) = self.world.owners.get(&event.id) else {
             return; // A late event from a removed subchannel.
-        }
+        };
         if event.transport_closed {
             self.world.resolve_now = true;
         }
-        if let Some((_, policy)) = &mut self.policy {
-            policy.subchannel_update(event.id, &event.state, &mut self.world);
+        self.with_policy(owner, |policy, helper| {
+            policy.subchannel_update(event.id, &event.state, helper)
+        });
+    }
+
+    /// Calls the policy of `generation` (current or pending; none if it is
+    /// gone) with its helper, then completes a switch it caused.
+    fn with_policy(
+        &mut self,
+        generation: u64,
+        call: impl FnOnce(&mut dyn Policy, &mut dyn Helper),
+    ) {
+        let slot = [self.current.as_mut(), self.pending.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|slot| slot.generation == generation);
+        if let Some(slot) = slot {
+            call(slot.policy.as_mut(), &mut self.world.helper(generation));
         }
+        self.finish_switch();
+    }
+
+    /// The newest policy: the one resolver updates go to.
+    fn newest(&mut self) -> Option<&mut Slot> {
+        self.pending.as_mut().or(self.current.as_mut())
+    }
+
+    /// The pending policy takes over if a report asked for it: its held
+    /// picker is published, the old policy and its subchannels go.
+    fn finish_switch(&mut self) {
+        if !std::mem::take(&mut self.world.switch.take_over) {
+            return;
+        }
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if let Some(old) = self.current.replace(pending) {
+            self.world.forget(old.generation);
+        }
+        let switch = &mut self.world.switch;
+        switch.current = switch.pending.take().expect("a pending generation");
+        let (state, picker) = switch
+            .pending_picker
+            .take()
+            .unwrap_or_else(|| (ConnectivityState::Connecting, Arc::new(QueuePicker)));
+        switch.current_state = Some(state);
+        self.shared.publish(state, picker);
     }
 
     fn on_resolver(&mut self, update: ResolverUpdate) {
@@ -216,19 +347,23 @@ impl Controller {
                 let config = self.shared.config.load_full();
                 self.ensure_policy(config.policy_name());
                 let policy_config = config.policy_config();
-                if let Some((_, policy)) = &mut self.policy {
-                    policy.resolver_update(state, &policy_config, &mut self.world);
+                if let Some(generation) = self.newest().map(|slot| slot.generation) {
+                    self.with_policy(generation, |policy, helper| {
+                        policy.resolver_update(state, &policy_config, helper)
+                    });
                 }
             }
         }
         if let Some(error) = &update.error {
             tracing::warn!(%error, "resolver error");
-            if self.policy.is_none() {
+            if self.current.is_none() {
                 let config = self.shared.config.load_full();
                 self.ensure_policy(config.policy_name());
             }
-            if let Some((_, policy)) = &mut self.policy {
-                policy.resolver_error(error, &mut self.world);
+            if let Some(generation) = self.newest().map(|slot| slot.generation) {
+                self.with_policy(generation, |policy, helper| {
+                    policy.resolver_error(error, helper)
+                });
             }
         }
     }
@@ -237,7 +372,7 @@ impl Controller {
     /// reported and the previous one kept.
     fn apply_service_config(&mut self, from_resolver: Option<&serde_json::Value>) {
         let json = from_resolver.or(self.default_config.as_ref()).cloned();
-        if json == self.config_json && self.policy.is_some() {
+        if json == self.config_json && self.current.is_some() {
             return;
         }
         let parsed = match &json {
@@ -257,24 +392,45 @@ impl Controller {
         }
     }
 
-    /// Switches to `name` if another policy (or none) is running.
+    /// Makes `name` the newest policy: nothing to do if it already is; the
+    /// first policy becomes current at once; any later one is built pending
+    /// beside the current one (replacing an earlier pending one) and takes
+    /// over gracefully (see the module docs).
     fn ensure_policy(&mut self, name: &str) {
-        if self
-            .policy
-            .as_ref()
-            .is_some_and(|(current, _)| current == name)
-        {
+        if self.newest().is_some_and(|slot| slot.name == name) {
+            return;
+        }
+        if self.current.as_ref().is_some_and(|slot| slot.name == name) {
+            // Switching back before the pending policy took over.
+            if let Some(pending) = self.pending.take() {
+                self.world.forget(pending.generation);
+            }
+            self.world.switch.pending = None;
+            self.world.switch.pending_picker = None;
             return;
         }
         let Some(builder) = self.policies.get(name) else {
             tracing::warn!(policy = name, "unknown policy");
             return;
         };
-        // The old policy's subchannels go with it.
-        self.policy = None;
-        self.world.subchannels.clear();
-        self.world.timers.clear();
-        self.world.policy_generation += 1;
-        self.policy = Some((name.to_owned(), builder.build()));
+        self.world.next_generation += 1;
+        let slot = Slot {
+            generation: self.world.next_generation,
+            name: name.to_owned(),
+            policy: builder.build(),
+        };
+        if self.current.is_none() {
+            self.world.switch = Switch {
+                current: slot.generation,
+                ..Switch::default()
+            };
+            self.current = Some(slot);
+            return;
+        }
+        if let Some(pending) = self.pending.replace(slot) {
+            self.world.forget(pending.generation);
+        }
+        self.world.switch.pending = Some(self.world.next_generation);
+        self.world.switch.pending_picker = None;
     }
 }
