@@ -28,7 +28,9 @@ pub trait CallTracker: Send + Sync + 'static {
     fn finished(&self, outcome: CallOutcome);
 }
 
-/// A connection plus what the call must carry and who watches it.
+/// Where a call goes: a READY connection, plus what the call must carry
+/// and who watches it. Every consumer of a pick — a gRPC call, a
+/// `waypost::rpc` data call — gets all three.
 #[derive(Clone)]
 pub struct Routed {
     /// Where to send the call.
@@ -37,6 +39,23 @@ pub struct Routed {
     pub header: Option<(http::HeaderName, http::HeaderValue)>,
     /// Told when the call starts and ends.
     pub tracker: Option<Arc<dyn CallTracker>>,
+}
+
+impl Routed {
+    /// The call goes to `connection` as it is (no header, no tracker).
+    pub fn to(connection: Connection) -> Routed {
+        Routed {
+            connection,
+            header: None,
+            tracker: None,
+        }
+    }
+}
+
+impl From<Connection> for Routed {
+    fn from(connection: Connection) -> Routed {
+        Routed::to(connection)
+    }
 }
 
 impl std::fmt::Debug for Routed {
@@ -51,10 +70,8 @@ impl std::fmt::Debug for Routed {
 /// What a picker decided for one call.
 #[derive(Debug, Clone)]
 pub enum Pick {
-    /// Send the call on this connection.
-    Connection(Connection),
-    /// Send the call on a connection, with a header and a tracker.
-    Routed(Routed),
+    /// Send the call on this connection, with its header and tracker.
+    Ready(Routed),
     /// No connection is usable yet: wait for the next picker.
     Queue,
     /// Fail the call with UNAVAILABLE and this message — unless it is
@@ -110,7 +127,7 @@ pub struct SinglePicker(pub Connection);
 
 impl Picker for SinglePicker {
     fn pick(&self, _path: &str) -> Pick {
-        Pick::Connection(self.0.clone())
+        Pick::Ready(Routed::to(self.0.clone()))
     }
 }
 
@@ -155,6 +172,6 @@ impl RoundRobinPicker {
 impl Picker for RoundRobinPicker {
     fn pick(&self, _path: &str) -> Pick {
         let index = Self::next_index(self.ready.len());
-        Pick::Connection(self.ready[index].clone())
+        Pick::Ready(Routed::to(self.ready[index].clone()))
     }
 }

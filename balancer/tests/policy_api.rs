@@ -25,7 +25,7 @@ struct LastOnePicker(waypost_balancer::Connection);
 
 impl Picker for LastOnePicker {
     fn pick(&self, _path: &str) -> Pick {
-        Pick::Connection(self.0.clone())
+        Pick::Ready(self.0.clone().into())
     }
 }
 

@@ -26,6 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tower::Service;
 use tower::ServiceExt;
+use waypost_balancer::picker::Pick;
 use waypost_balancer::{Channel, Connection};
 use waypost_integration::backend::Backend;
 
@@ -91,7 +92,10 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let (channel, _backends) = ready_channel(&runtime);
     let connections: Vec<Connection> = (0..SUBCHANNELS)
-        .filter_map(|_| channel.pick(PATH))
+        .filter_map(|_| match channel.pick(PATH) {
+            Pick::Ready(routed) => Some(routed.connection),
+            _ => None,
+        })
         .collect();
     let cursor = AtomicUsize::new(0);
     let naive = || {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use waypost_balancer::picker::{CallOutcome, Pick, Routed};
 use waypost_balancer::{Channel, ChannelBuilder, ChannelError, DialFuture, Dialer};
 use waypost_resolver::Address;
 
@@ -286,22 +287,27 @@ impl Client {
         self.pool.idle_count()
     }
 
-    /// Picks a backend with the channel's policy (waiting up to the pick
-    /// timeout for one to be READY).
-    pub async fn pick(&self) -> Result<Address, Error> {
+    /// Picks a backend with the channel's policy, waiting up to the pick
+    /// timeout for one to be READY: the connection's address, the metadata
+    /// a call to it must carry (grpclb's `lb-token`) and the tracker to tell
+    /// when it starts and ends ([`Client::call`] does all of that). A
+    /// balancer's drop fails with UNAVAILABLE at once.
+    pub async fn pick(&self) -> Result<Routed, Error> {
         let deadline = Instant::now() + self.pick_timeout;
         loop {
-            if let Some(connection) = self.channel.pick(DATA_PICK_PATH) {
-                return Ok(connection.address().clone());
+            let generation = self.channel.picker_generation();
+            match self.channel.pick(DATA_PICK_PATH) {
+                Pick::Ready(routed) => return Ok(routed),
+                Pick::Drop(reason) => return Err(Error::Unavailable(reason.to_string())),
+                Pick::Queue | Pick::Unavailable(_) => {}
             }
-            let state = self.channel.state();
-            if tokio::time::timeout_at(deadline, self.channel.wait_for_state_change(state))
-                .await
-                .is_err()
-            {
+            let waited =
+                tokio::time::timeout_at(deadline, self.channel.wait_for_picker_change(generation));
+            if waited.await.is_err() {
                 return Err(Error::Unavailable(format!(
-                    "no READY backend within {:?} (channel is {state:?})",
-                    self.pick_timeout
+                    "no READY backend within {:?} (channel is {:?})",
+                    self.pick_timeout,
+                    self.channel.state()
                 )));
             }
         }
@@ -310,17 +316,44 @@ impl Client {
     /// One bulk-data exchange with the picked backend: sends `endpoint`,
     /// `message` and the optional request body (streamed from the source
     /// while the response arrives), and returns once the handler answered.
+    /// The call carries the metadata its pick asks for (grpclb's
+    /// `lb-token`) and is reported to the pick's tracker (grpclb's
+    /// ClientStats).
     pub async fn call(
         &self,
         endpoint: &str,
         message: impl Into<Bytes>,
         body: Option<Source>,
     ) -> Result<Response, Error> {
-        let address = self.pick().await?;
-        self.call_at(&address, endpoint, message.into(), body).await
+        let routed = self.pick().await?;
+        let metadata = routed
+            .header
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        let head = RequestHead {
+            endpoint: endpoint.to_owned(),
+            metadata,
+            message: message.into(),
+        };
+        if let Some(tracker) = &routed.tracker {
+            tracker.started();
+        }
+        let outcome = self.exchange(routed.connection.address(), head, body).await;
+        if let Some(tracker) = &routed.tracker {
+            tracker.finished(match &outcome {
+                Ok(_) => CallOutcome::KnownReceived,
+                Err(Failure::Unsent(_)) => CallOutcome::FailedToSend,
+                Err(Failure::Sent(_)) => CallOutcome::Failed,
+            });
+        }
+        outcome.map_err(Failure::into_error)
     }
 
-    /// [`Client::call`] to a given backend address.
+    /// [`Client::call`] to a given backend address (no metadata, no
+    /// tracker).
     pub async fn call_at(
         &self,
         address: &Address,
@@ -328,19 +361,46 @@ impl Client {
         message: Bytes,
         body: Option<Source>,
     ) -> Result<Response, Error> {
-        let mut conn = match self.pool.take(address) {
-            Some(conn) => conn,
-            None => self.connector.open_data(address).await?,
-        };
-        let shared = conn.shared.clone();
         let head = RequestHead {
             endpoint: endpoint.to_owned(),
+            metadata: Vec::new(),
             message,
         };
-        if head.endpoint.is_empty() || head.endpoint.len() > crate::frame::MAX_ENDPOINT {
-            return Err(Error::Protocol("endpoint must be 1..=1024 bytes".into()));
-        }
-        let flags = if body.is_some() { FLAG_BODY } else { 0 };
+        self.exchange(address, head, body)
+            .await
+            .map_err(Failure::into_error)
+    }
+
+    async fn exchange(
+        &self,
+        address: &Address,
+        head: RequestHead,
+        body: Option<Source>,
+    ) -> Result<Response, Failure> {
+        head.check()
+            .map_err(|e| Failure::Unsent(Error::Protocol(e.into())))?;
+        let conn = match self.pool.take(address) {
+            Some(conn) => conn,
+            None => self
+                .connector
+                .open_data(address)
+                .await
+                .map_err(Failure::Unsent)?,
+        };
+        self.exchange_on(conn, address, head, body)
+            .await
+            .map_err(Failure::Sent)
+    }
+
+    async fn exchange_on(
+        &self,
+        mut conn: Conn,
+        address: &Address,
+        head: RequestHead,
+        body: Option<Source>,
+    ) -> Result<Response, Error> {
+        let shared = conn.shared.clone();
+        let flags = head.flags() | if body.is_some() { FLAG_BODY } else { 0 };
         body::push(
             &conn.tx,
             &shared,
@@ -454,6 +514,20 @@ impl Client {
                 shared.fail(error.clone());
                 Err(error)
             }
+        }
+    }
+}
+
+/// How a call failed: before anything was sent (no connection), or after.
+enum Failure {
+    Unsent(Error),
+    Sent(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Unsent(e) | Failure::Sent(e) => e,
         }
     }
 }

@@ -28,6 +28,13 @@ pub const HEADER_LEN: usize = 8;
 /// (DATA frames, then END or an error trailer) follows.
 pub const FLAG_BODY: u8 = 0x01;
 
+/// Flag on [`FrameType::Request`]: a metadata block follows the endpoint
+/// (see [`RequestHead`]).
+pub const FLAG_METADATA: u8 = 0x02;
+
+/// The largest metadata block a request may carry.
+pub const MAX_METADATA: usize = 8 * 1024;
+
 /// Flag on [`FrameType::Error`]: more error frames follow.
 pub const FLAG_MORE: u8 = 0x01;
 
@@ -220,11 +227,17 @@ impl Decoder {
     }
 }
 
-/// The payload of a [`FrameType::Request`] frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The payload of a [`FrameType::Request`] frame: `endpoint_len` (2)
+/// and the endpoint; with [`FLAG_METADATA`], `metadata_len` (2, at most
+/// [`MAX_METADATA`]) and the metadata entries, each `name_len` (1), a name
+/// of lowercase letters, digits and `-_.`, `value_len` (2) and a value of
+/// visible ASCII, spaces and tabs; then the request message (the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
     /// Which handler endpoint.
     pub endpoint: String,
+    /// Metadata for the handler (e.g. grpclb's `lb-token`), in order.
+    pub metadata: Vec<(String, String)>,
     /// The request message (usually protobuf), opaque here.
     pub message: Bytes,
 }
@@ -232,18 +245,83 @@ pub struct RequestHead {
 /// Longest endpoint name.
 pub const MAX_ENDPOINT: usize = 1024;
 
+/// Whether `name` may be a metadata name (as HTTP/2 header names: 1 to 255
+/// lowercase letters, digits, `-`, `_`, `.`).
+pub fn valid_metadata_name(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// Whether `value` may be a metadata value (visible ASCII, spaces, tabs).
+pub fn valid_metadata_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
+}
+
 impl RequestHead {
-    /// Encodes it as a payload.
+    /// The flags its frame needs besides [`FLAG_BODY`].
+    pub fn flags(&self) -> u8 {
+        if self.metadata.is_empty() {
+            0
+        } else {
+            FLAG_METADATA
+        }
+    }
+
+    /// Encodes it as a payload (with [`RequestHead::flags`] on its frame).
+    /// The caller checks the endpoint and metadata limits first
+    /// ([`RequestHead::check`]).
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(2 + self.endpoint.len() + self.message.len());
+        let metadata_len: usize = self
+            .metadata
+            .iter()
+            .map(|(n, v)| 3 + n.len() + v.len())
+            .sum();
+        let mut b =
+            BytesMut::with_capacity(4 + self.endpoint.len() + metadata_len + self.message.len());
         b.put_u16(self.endpoint.len() as u16);
         b.put_slice(self.endpoint.as_bytes());
+        if !self.metadata.is_empty() {
+            b.put_u16(metadata_len as u16);
+            for (name, value) in &self.metadata {
+                b.put_u8(name.len() as u8);
+                b.put_slice(name.as_bytes());
+                b.put_u16(value.len() as u16);
+                b.put_slice(value.as_bytes());
+            }
+        }
         b.put_slice(&self.message);
         b.freeze()
     }
 
-    /// Parses a payload.
-    pub fn decode(mut payload: Bytes) -> Result<RequestHead, FrameError> {
+    /// Checks what [`RequestHead::encode`] assumes: an endpoint of 1 to
+    /// 1024 bytes, valid metadata names and values, at most
+    /// [`MAX_METADATA`] bytes of metadata.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.endpoint.is_empty() || self.endpoint.len() > MAX_ENDPOINT {
+            return Err("endpoint must be 1..=1024 bytes");
+        }
+        let mut total = 0;
+        for (name, value) in &self.metadata {
+            if !valid_metadata_name(name) {
+                return Err("metadata names are 1..=255 of a-z 0-9 - _ .");
+            }
+            if !valid_metadata_value(value) {
+                return Err("metadata values are visible ASCII, spaces and tabs");
+            }
+            total += 3 + name.len() + value.len();
+        }
+        if total > MAX_METADATA {
+            return Err("metadata is larger than 8 KiB");
+        }
+        Ok(())
+    }
+
+    /// Parses a payload carried with `flags`.
+    pub fn decode(flags: u8, mut payload: Bytes) -> Result<RequestHead, FrameError> {
         let malformed = |reason| FrameError::Malformed {
             kind: FrameType::Request,
             reason,
@@ -261,8 +339,45 @@ impl RequestHead {
         let endpoint = payload.split_to(len);
         let endpoint =
             String::from_utf8(endpoint.to_vec()).map_err(|_| malformed("endpoint not UTF-8"))?;
+        let mut metadata = Vec::new();
+        if flags & FLAG_METADATA != 0 {
+            if payload.len() < 2 {
+                return Err(malformed("no metadata length"));
+            }
+            let len = payload.get_u16() as usize;
+            if len > MAX_METADATA {
+                return Err(malformed("metadata longer than 8 KiB"));
+            }
+            if payload.len() < len {
+                return Err(malformed("metadata runs past the payload"));
+            }
+            let mut block = payload.split_to(len);
+            while block.has_remaining() {
+                let name_len = block.get_u8() as usize;
+                if name_len == 0 || block.len() < name_len + 2 {
+                    return Err(malformed("metadata name runs past its block"));
+                }
+                let name = block.split_to(name_len);
+                let value_len = block.get_u16() as usize;
+                if block.len() < value_len {
+                    return Err(malformed("metadata value runs past its block"));
+                }
+                let value = block.split_to(value_len);
+                let (Ok(name), Ok(value)) = (
+                    String::from_utf8(name.to_vec()),
+                    String::from_utf8(value.to_vec()),
+                ) else {
+                    return Err(malformed("metadata not ASCII"));
+                };
+                if !valid_metadata_name(&name) || !valid_metadata_value(&value) {
+                    return Err(malformed("metadata name or value has invalid characters"));
+                }
+                metadata.push((name, value));
+            }
+        }
         Ok(RequestHead {
             endpoint,
+            metadata,
             message: payload,
         })
     }
@@ -446,13 +561,56 @@ mod tests {
     fn request_head_round_trip_and_errors() {
         let head = RequestHead {
             endpoint: "files/get".into(),
+            metadata: Vec::new(),
             message: Bytes::from_static(b"\x0a\x03abc"),
         };
-        assert_eq!(RequestHead::decode(head.encode()).unwrap(), head);
-        assert!(RequestHead::decode(Bytes::from_static(b"\x00")).is_err());
-        assert!(RequestHead::decode(Bytes::from_static(b"\x00\x00")).is_err());
-        assert!(RequestHead::decode(Bytes::from_static(b"\x00\x09abc")).is_err());
-        assert!(RequestHead::decode(Bytes::from_static(b"\x00\x02\xff\xfe")).is_err());
+        assert_eq!(head.flags(), 0);
+        assert_eq!(RequestHead::decode(0, head.encode()).unwrap(), head);
+        assert!(RequestHead::decode(0, Bytes::from_static(b"\x00")).is_err());
+        assert!(RequestHead::decode(0, Bytes::from_static(b"\x00\x00")).is_err());
+        assert!(RequestHead::decode(0, Bytes::from_static(b"\x00\x09abc")).is_err());
+        assert!(RequestHead::decode(0, Bytes::from_static(b"\x00\x02\xff\xfe")).is_err());
+
+        let with_metadata = RequestHead {
+            metadata: vec![
+                ("lb-token".into(), "0123abcd".into()),
+                ("x-empty".into(), String::new()),
+            ],
+            ..head
+        };
+        assert!(with_metadata.check().is_ok());
+        assert_eq!(with_metadata.flags(), FLAG_METADATA);
+        let encoded = with_metadata.encode();
+        assert_eq!(
+            RequestHead::decode(FLAG_METADATA, encoded.clone()).unwrap(),
+            with_metadata
+        );
+        // Every cut inside the endpoint and metadata is an error, never a panic.
+        let message_at = encoded.len() - with_metadata.message.len();
+        for cut in 0..message_at {
+            assert!(
+                RequestHead::decode(FLAG_METADATA, encoded.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Bad names, values and lengths.
+        for bad in [
+            &b"\x00\x01e\x00\x05\x02Ab\x00\x00"[..], // uppercase name
+            b"\x00\x01e\x00\x05\x01a\x00\x01\n",     // control character
+            b"\x00\x01e\x00\x04\x00\x00\x00\x00",    // empty name
+            b"\x00\x01e\x20\x01",                    // block over 8 KiB
+        ] {
+            assert!(
+                RequestHead::decode(FLAG_METADATA, Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+        let too_much = RequestHead {
+            endpoint: "e".into(),
+            metadata: vec![("a".into(), "v".repeat(9000))],
+            message: Bytes::new(),
+        };
+        assert!(too_much.check().is_err());
     }
 
     #[test]

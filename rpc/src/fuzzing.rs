@@ -28,7 +28,7 @@ pub fn frames(data: &[u8]) -> usize {
                     decoded += 1;
                     match frame.kind {
                         FrameType::Request => {
-                            let _ = RequestHead::decode(frame.payload);
+                            let _ = RequestHead::decode(frame.flags, frame.payload);
                         }
                         FrameType::End => {
                             let _ = End::decode(frame.flags, frame.payload);

@@ -27,6 +27,8 @@ use crate::{CHECKSUM_EXTENSION, LABEL_CONTROL, LABEL_DATA};
 pub struct DataRequest {
     /// The endpoint the client named.
     pub endpoint: String,
+    /// The metadata the client sent (e.g. grpclb's `lb-token`), in order.
+    pub metadata: Vec<(String, String)>,
     /// The request message (usually protobuf; decode it with prost).
     pub message: Bytes,
     /// The client's body (empty if it sent none).
@@ -37,6 +39,14 @@ pub struct DataRequest {
 }
 
 impl DataRequest {
+    /// The first metadata value named `name`.
+    pub fn metadata(&self, name: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Completes when the client cancelled (stopped receiving the
     /// response) or the connection failed: stop working then.
     pub async fn cancelled(&self) {
@@ -480,7 +490,7 @@ async fn exchange(
         return None;
     }
     let has_body = frame.flags & FLAG_BODY != 0;
-    let head = match RequestHead::decode(frame.payload) {
+    let head = match RequestHead::decode(frame.flags, frame.payload) {
         Ok(head) => head,
         Err(e) => {
             shared.fail(e.into());
@@ -502,6 +512,7 @@ async fn exchange(
     stats.update(|s| s.data_requests += 1);
     let request = DataRequest {
         endpoint: head.endpoint,
+        metadata: head.metadata,
         message: head.message,
         body,
         peer: peer.clone(),

@@ -418,8 +418,8 @@ async fn data_calls_follow_the_channel_policy_across_backends() {
     for _ in 0..200 {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..8 {
-            if let Ok(address) = client.pick().await {
-                seen.insert(address);
+            if let Ok(routed) = client.pick().await {
+                seen.insert(routed.connection.address().clone());
             }
         }
         if seen.len() == 2 {

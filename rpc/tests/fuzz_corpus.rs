@@ -36,6 +36,7 @@ fn seeds_exercise_the_parsers() {
     let mut stream = Vec::new();
     let head = waypost_rpc::frame::RequestHead {
         endpoint: "files/get".into(),
+        metadata: Vec::new(),
         message: bytes::Bytes::from_static(b"\x08\x01"),
     };
     let payload = head.encode();

@@ -19,7 +19,7 @@ use super::Shared;
 use super::body::ChannelBody;
 use super::limits::CallLimits;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
-use crate::picker::{CallOutcome, Pick, Routed};
+use crate::picker::{CallOutcome, Pick};
 use crate::service_config::RetryPolicy;
 use crate::transport::{Exchange, Failure, SendError, status_of};
 
@@ -388,12 +388,7 @@ fn place(
     let snapshot = shared.picker.load();
     let generation = snapshot.generation;
     let routed = match snapshot.picker.pick(request.uri().path()) {
-        Pick::Connection(connection) => Routed {
-            connection,
-            header: None,
-            tracker: None,
-        },
-        Pick::Routed(routed) => routed,
+        Pick::Ready(routed) => routed,
         Pick::Drop(reason) => {
             return Placed::Failed(tonic::Status::unavailable(reason.to_string()));
         }

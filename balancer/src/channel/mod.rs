@@ -270,14 +270,32 @@ impl Channel {
         }
     }
 
-    /// The connection a call to `path` would be sent on right now, by the
-    /// current picker, without sending anything (`None` if the call would
-    /// queue or fail). This is the whole per-call balancing cost: one
-    /// snapshot load and one pick.
-    pub fn pick(&self, path: &str) -> Option<crate::Connection> {
-        match self.shared.picker.load().picker.pick(path) {
-            crate::picker::Pick::Connection(connection) => Some(connection),
-            _ => None,
+    /// What the current picker decides for a call to `path` right now,
+    /// without sending anything: [`Pick::Ready`](crate::picker::Pick::Ready)
+    /// with the connection, the header the call must carry (grpclb's
+    /// `lb-token`) and the tracker to tell how it went; or queue, fail, or
+    /// drop. This is the whole per-call balancing cost: one snapshot load
+    /// and one pick. Consumers that send calls of their own (`waypost::rpc`
+    /// data calls) use it.
+    pub fn pick(&self, path: &str) -> crate::picker::Pick {
+        self.shared.picker.load().picker.pick(path)
+    }
+
+    /// The number of the picker in force; it grows with every picker a
+    /// policy publishes (see [`Channel::wait_for_picker_change`]).
+    pub fn picker_generation(&self) -> u64 {
+        self.shared.picker.load().generation
+    }
+
+    /// Waits until a picker newer than generation `from` is in force and
+    /// returns its number: when a [`Channel::pick`] queued, the moment to
+    /// pick again (the state may not change — a grpclb list does not).
+    pub async fn wait_for_picker_change(&self, from: u64) -> u64 {
+        let mut rx = self.shared.generation.subscribe();
+        match rx.wait_for(|g| *g != from).await {
+            Ok(generation) => *generation,
+            // The sender lives in `shared`, which this channel holds.
+            Err(_) => from,
         }
     }
 

@@ -34,7 +34,7 @@ pub(crate) struct GrpclbPicker {
 
 impl GrpclbPicker {
     fn route(&self, connection: &Connection, token: &Option<http::HeaderValue>) -> Pick {
-        Pick::Routed(Routed {
+        Pick::Ready(Routed {
             connection: connection.clone(),
             header: token
                 .clone()
