@@ -141,6 +141,9 @@ pub fn incoming(listener: TcpListener, limits: ConnectionLimits) -> mpsc::Receiv
 
 async fn accept_loop(listener: TcpListener, limits: ConnectionLimits, tx: mpsc::Sender<Limited>) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Out of descriptors, accept fails ten times a second: say so once a
+    // minute, not every time.
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -157,7 +160,10 @@ async fn accept_loop(listener: TcpListener, limits: ConnectionLimits, tx: mpsc::
                 Err(error) => {
                     // EMFILE, ENFILE, ENOMEM, ENOBUFS…: retrying at once
                     // would spin; wait for descriptors to be freed.
-                    tracing::warn!(%error, pause = ?RESOURCE_PAUSE, "accept failed; pausing");
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(%error, pause = ?RESOURCE_PAUSE, "accept failed; pausing (said once a minute)");
+                        warned = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(RESOURCE_PAUSE).await;
                 }
             }
