@@ -161,24 +161,6 @@ async fn register_rejects_bad_input() {
 }
 
 #[tokio::test]
-async fn serve_rejects_a_bad_config_naming_file_line_and_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\ndrop_fraction = 2.0\n").unwrap();
-    let output = Command::new(WAYPOST)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("{}:5: service[0].drop_fraction:", path.display())),
-        "{stderr}"
-    );
-}
-
-#[tokio::test]
 async fn serve_status_and_drain_work_together_and_sigterm_stops_serve() {
     let (mut server, mut out) = spawn(&[
         "serve",

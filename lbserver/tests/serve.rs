@@ -46,19 +46,28 @@ async fn sources_that_can_never_resolve_are_config_errors() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("movies"), "{stderr}");
 
+    // In a file: the error names the file, the line and the field.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(
-        &path,
-        "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\n\n[[service]]\nname = \"b\"\nsource = \"etcd:///b\"\n",
-    )
-    .unwrap();
-    let (code, stderr) = serve_exit_code(&["--config", path.to_str().unwrap()]).await;
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{}:8: service[1].source:", path.display())),
-        "{stderr}"
-    );
+    let two = "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"a\"\nsource = \"127.0.0.1:1\"\n";
+    for (text, at) in [
+        (
+            format!("{two}drop_fraction = 2.0\n"),
+            "5: service[0].drop_fraction",
+        ),
+        (
+            format!("{two}\n[[service]]\nname = \"b\"\nsource = \"etcd:///b\"\n"),
+            "8: service[1].source",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = serve_exit_code(&["--config", path.to_str().unwrap()]).await;
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:{at}:", path.display())),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]
