@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, PutOptions, WatchOptions};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -160,6 +160,7 @@ impl Registration {
             metadata: metadata.clone(),
             options,
             lease_id: 0,
+            put_revision: 0,
         };
         keeper.put().await?;
         let (tx, status) = watch::channel(RegistrationStatus {
@@ -235,6 +236,8 @@ struct Keeper {
     metadata: std::sync::Arc<parking_lot::Mutex<Option<Value>>>,
     options: RegistrationOptions,
     lease_id: i64,
+    /// The etcd revision of our latest put of the key.
+    put_revision: i64,
 }
 
 impl Keeper {
@@ -251,13 +254,17 @@ impl Keeper {
     async fn put_key(&mut self) -> Result<(), etcd_client::Error> {
         let metadata = self.metadata.lock().clone();
         let value = encode_value(&self.options.addr, metadata.as_ref());
-        self.client
+        let put = self
+            .client
             .put(
                 self.options.key(),
                 value,
                 Some(PutOptions::new().with_lease(self.lease_id)),
             )
             .await?;
+        if let Some(header) = put.header() {
+            self.put_revision = header.revision();
+        }
         Ok(())
     }
 
@@ -270,7 +277,10 @@ impl Keeper {
             Err(e) => return e.to_string(),
         };
         let key = self.options.key();
-        let mut changes = match self.client.watch(key.as_str(), None).await {
+        // From just after our put, so a delete that came before this watch
+        // started is seen too.
+        let from = WatchOptions::new().with_start_revision(self.put_revision + 1);
+        let mut changes = match self.client.watch(key.as_str(), Some(from)).await {
             Ok(stream) => stream,
             Err(e) => return format!("watching {key}: {e}"),
         };
