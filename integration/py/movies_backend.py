@@ -1,12 +1,13 @@
 """gRPC C-core (Python grpcio) servers of movies.v1.MoviesService/GetMovie.
 
-Usage: movies_backend.py NAME... [--option KEY=INT]...
+Usage: movies_backend.py NAME[@HOST:PORT]... [--option KEY=INT]...
 
-Starts one grpcio server per NAME on a free port of 127.0.0.1, each
+Starts one grpcio server per NAME, on HOST:PORT when given, else on a free
+port of 127.0.0.1, each
 answering GetMovie with a Movie whose served_by (field 5) is its NAME
 (encoded by hand, so no generated code is needed). Every --option is handed
 to each server as a channel argument, e.g.
-`--option grpc.max_connection_age_ms=300`. Prints "listening NAME PORT" for
+`--option grpc.max_connection_age_ms=300`. Prints "listening NAME HOST:PORT" for
 each server, then "ready", and serves until its standard input ends.
 """
 
@@ -22,7 +23,7 @@ def movie(served_by: str) -> bytes:
     return bytes([5 << 3 | 2, len(name)]) + name
 
 
-def server_for(name: str, options: list) -> tuple:
+def server_for(name: str, address: str, options: list) -> tuple:
     reply = movie(name)
 
     def get_movie(request: bytes, context) -> bytes:
@@ -40,7 +41,9 @@ def server_for(name: str, options: list) -> tuple:
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {address}")
     server.start()
     return server, port
 
@@ -55,10 +58,13 @@ def main() -> int:
         else:
             names.append(arg)
     servers = []
-    for name in names:
-        server, port = server_for(name, options)
+    for spec in names:
+        name, _, address = spec.partition("@")
+        address = address or "127.0.0.1:0"
+        server, port = server_for(name, address, options)
         servers.append(server)
-        print(f"listening {name} {port}", flush=True)
+        host = address.rsplit(":", 1)[0]
+        print(f"listening {name} {host}:{port}", flush=True)
     print("ready", flush=True)
     sys.stdin.read()
     for server in servers:

@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -55,10 +55,31 @@ impl GrpcioBackends {
     /// arguments (e.g. `("grpc.max_connection_age_ms", 300)`). Returns once
     /// every one listens.
     pub async fn start(names: &[&str], options: &[(&str, i64)]) -> Result<Self, HarnessError> {
+        Self::spawn(names.iter().map(|name| name.to_string()), options).await
+    }
+
+    /// Starts one server per `(name, address)` on that address (any
+    /// `127.x.y.z`; port 0 picks one), e.g. several loopback addresses on
+    /// one port for a DNS name's A records.
+    pub async fn start_at(
+        servers: &[(&str, SocketAddr)],
+        options: &[(&str, i64)],
+    ) -> Result<Self, HarnessError> {
+        Self::spawn(
+            servers.iter().map(|(name, addr)| format!("{name}@{addr}")),
+            options,
+        )
+        .await
+    }
+
+    async fn spawn(
+        specs: impl Iterator<Item = String>,
+        options: &[(&str, i64)],
+    ) -> Result<Self, HarnessError> {
         let python = python_with_grpcio()?;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/movies_backend.py");
         let mut command = Command::new(python);
-        command.arg(script).args(names);
+        command.arg(script).args(specs);
         for (key, value) in options {
             command.arg("--option").arg(format!("{key}={value}"));
         }
@@ -76,16 +97,13 @@ impl GrpcioBackends {
                     return Ok(true);
                 }
                 let mut words = line.split(' ');
-                if let (Some("listening"), Some(name), Some(port)) =
+                if let (Some("listening"), Some(name), Some(addr)) =
                     (words.next(), words.next(), words.next())
                 {
-                    let port: u16 = port.parse().map_err(|_| {
+                    let addr: SocketAddr = addr.parse().map_err(|_| {
                         HarnessError::Peer(format!("grpcio backend printed {line:?}"))
                     })?;
-                    servers.push((
-                        name.to_owned(),
-                        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                    ));
+                    servers.push((name.to_owned(), addr));
                 }
             }
             Ok::<_, HarnessError>(false)

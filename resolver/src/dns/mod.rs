@@ -53,7 +53,9 @@ pub struct DnsOptions {
     pub txt_lookups: bool,
     /// How long one query may take (default 5 s).
     pub query_timeout: Duration,
-    /// This client's host name, for `clientHostname` (or `clientHostName`) in TXT choices.
+    /// This client's host name, for `clientHostname` (or `clientHostName`)
+    /// in TXT choices (default: this machine's, as gRPC C-core and grpc-go
+    /// use — see [`system_host_name`]).
     pub client_host_name: Option<String>,
 }
 
@@ -67,9 +69,19 @@ impl Default for DnsOptions {
             srv_lookups: true,
             txt_lookups: true,
             query_timeout: Duration::from_secs(5),
-            client_host_name: None,
+            client_host_name: system_host_name(),
         }
     }
+}
+
+/// This machine's host name (Linux: `/proc/sys/kernel/hostname`; else the
+/// `HOSTNAME` environment variable), or `None` when it cannot be told.
+pub fn system_host_name() -> Option<String> {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 impl DnsOptions {
