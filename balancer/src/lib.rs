@@ -24,6 +24,7 @@ pub mod picker;
 pub mod policy;
 pub mod service_config;
 pub mod subchannel;
+pub mod tls;
 mod transport;
 
 pub use channel::{
@@ -36,3 +37,4 @@ pub use subchannel::{
     BoxedIo, ConnectOptions, Connection, DialFuture, DialedIo, Dialer, KeepaliveConfig,
     SubchannelHandle, SubchannelId, SubchannelState, dial,
 };
+pub use tls::{Certificate, ClientTlsConfig, Identity, TlsError};

@@ -642,6 +642,12 @@ impl Driver {
         // timeout.
         match sightings.preface.await {
             Ok(Preface::Settings) => {}
+            Ok(Preface::Tls) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server speaks TLS, but this channel is plaintext (ChannelBuilder::tls)",
+                ));
+            }
             Ok(Preface::NotHttp2) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

@@ -8,6 +8,9 @@
 //!   to hang, and have their health flipped.
 //! - [`dns::DnsServer`]: an in-process authoritative DNS server whose A,
 //!   AAAA, SRV and TXT records a test changes while it runs.
+//! - [`tls_backend::TlsBackend`]: a tonic server with tonic's own TLS
+//!   (optionally mTLS) that records its callers' certificate names;
+//!   [`pki::TestPki`] makes the certificates.
 //! - [`grpcio::GrpcioBackends`]: gRPC C-core servers (Python grpcio) with
 //!   any channel arguments, e.g. a `max_connection_age`.
 //!
@@ -31,7 +34,9 @@ pub mod dns;
 pub mod etcd;
 mod gate;
 pub mod grpcio;
+pub mod pki;
 pub mod proxy;
+pub mod tls_backend;
 
 /// Why a harness server could not be started or changed.
 #[derive(Debug, thiserror::Error)]

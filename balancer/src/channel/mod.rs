@@ -50,6 +50,9 @@ pub enum ChannelError {
     /// The default service config is invalid.
     #[error(transparent)]
     ServiceConfig(#[from] crate::service_config::ServiceConfigError),
+    /// The TLS material cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The picker in force, numbered so waiting calls notice a newer one.
@@ -253,6 +256,7 @@ impl Channel {
             default_service_config: None,
             connect: ConnectOptions::default(),
             authority: None,
+            tls: None,
         }
     }
 
@@ -349,9 +353,18 @@ pub struct ChannelBuilder {
     default_service_config: Option<serde_json::Value>,
     connect: ConnectOptions,
     authority: Option<String>,
+    tls: Option<crate::tls::ClientTlsConfig>,
 }
 
 impl ChannelBuilder {
+    /// Speaks TLS to every backend (see [`crate::tls`]): verified for the
+    /// channel's authority host unless the config names another, ALPN
+    /// `h2`. Takes the place of a [`ChannelBuilder::dialer`].
+    pub fn tls(mut self, config: crate::tls::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Resolver builders for this channel (consulted before the global ones).
     pub fn resolvers(mut self, registry: ResolverRegistry) -> Self {
         self.resolvers = registry;
@@ -416,6 +429,12 @@ impl ChannelBuilder {
             })
             .and_then(|a| http::uri::Authority::try_from(a.as_str()).ok())
             .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        let mut connect = self.connect;
+        if let Some(tls) = &self.tls {
+            let host = authority.host();
+            let dialer = crate::tls::TlsDialer::new(tls, host)?;
+            connect.dialer = Some(std::sync::Arc::new(dialer));
+        }
         let resolution = self.resolvers.resolve(&self.target)?;
         let shared = Arc::new(Shared {
             picker: ArcSwap::from_pointee(PickerState {
@@ -434,7 +453,7 @@ impl ChannelBuilder {
             resolution,
             self.policies,
             self.default_service_config,
-            self.connect,
+            connect,
         );
         let task = tokio::spawn(controller.run(receivers));
         Ok(Channel {

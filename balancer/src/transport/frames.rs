@@ -13,8 +13,18 @@
 pub(crate) enum Preface {
     /// A SETTINGS frame: the peer speaks HTTP/2.
     Settings,
+    /// A TLS record (handshake or alert): the server speaks TLS, and this
+    /// connection does not.
+    Tls,
     /// Something else: not an HTTP/2 server.
     NotHttp2,
+}
+
+/// Whether a server's first two bytes start a TLS record: content type
+/// handshake (22) or alert (21), protocol major version 3. (A SETTINGS
+/// frame starting so would be over a megabyte long.)
+pub(crate) fn looks_like_tls(first: u8, second: u8) -> bool {
+    matches!(first, 0x15 | 0x16) && second == 0x03
 }
 
 /// A GOAWAY the server sent: no streams above `last_stream_id` will be
@@ -108,6 +118,16 @@ impl FrameReader {
             self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
             self.filled += take;
             bytes = &bytes[take..];
+            // A TLS server answers a plaintext client with a short alert
+            // record and closes: tell from the first two bytes.
+            if self.frames == 0
+                && self.filled >= 2
+                && looks_like_tls(self.header[0], self.header[1])
+            {
+                report(Seen::Preface(Preface::Tls));
+                self.done = true;
+                return;
+            }
             if self.filled < 9 {
                 continue;
             }
@@ -180,6 +200,8 @@ mod tests {
         );
         assert_eq!(classify(&[0, 0, 0, 4, 0, 0, 0, 0, 1]), Preface::NotHttp2);
         assert_eq!(classify(b"HTTP/1.1 "), Preface::NotHttp2);
+        assert!(looks_like_tls(0x15, 0x03) && looks_like_tls(0x16, 0x03));
+        assert!(!looks_like_tls(0x00, 0x00) && !looks_like_tls(0x16, 0x00));
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Handshake failures in words: which of the usual causes it was.
+
+use std::io;
+
+use tokio_rustls::rustls::{self, AlertDescription, CertificateError};
+
+/// `error` (from a TLS handshake, or the first read after it) as an I/O
+/// error whose message names the cause.
+pub(crate) fn explain(error: io::Error) -> io::Error {
+    let kind = error.kind();
+    let message = match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => describe(tls),
+        None if kind == io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection during the TLS handshake (a plaintext server?)"
+                .to_owned()
+        }
+        None => return error,
+    };
+    io::Error::new(kind, message)
+}
+
+/// The cause of a rustls error, in words.
+pub(crate) fn describe(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(certificate) => match certificate {
+            CertificateError::UnknownIssuer => {
+                "TLS: the server's certificate is not signed by a trusted CA (unknown issuer)".into()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "TLS: the server's certificate is not valid for the name verified (name mismatch)"
+                    .into()
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "TLS: the server's certificate has expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "TLS: the server's certificate is not valid yet".into()
+            }
+            other => format!("TLS: the server's certificate was rejected: {other:?}"),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::CertificateRequired => {
+                "TLS: the server requires a client certificate (alert certificate_required)".into()
+            }
+            AlertDescription::HandshakeFailure => {
+                "TLS: the server refused the handshake (alert handshake_failure; a client certificate may be required)".into()
+            }
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown => {
+                format!("TLS: the server rejected our client certificate (alert {alert:?})")
+            }
+            AlertDescription::NoApplicationProtocol => {
+                "TLS: the server does not speak h2 (alert no_application_protocol)".into()
+            }
+            other => format!("TLS: the server sent alert {other:?}"),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "TLS: the server did not answer with TLS (a plaintext server?)".into()
+        }
+        other => format!("TLS: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usual_causes_are_named() {
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "unknown issuer",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "name mismatch",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "expired",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "requires a client certificate",
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "plaintext server",
+            ),
+        ];
+        for (error, needle) in cases {
+            let io = explain(io::Error::new(io::ErrorKind::InvalidData, error));
+            assert!(io.to_string().contains(needle), "{io}");
+        }
+        let eof = explain(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
+        assert!(eof.to_string().contains("plaintext"), "{eof}");
+    }
+}

@@ -1,0 +1,123 @@
+//! A tonic server with tonic's own TLS (`ServerTlsConfig`), serving
+//! `movies.v1.MoviesService/GetMovie`, that records the common name of each
+//! caller's client certificate.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
+//! use waypost_integration::pki::TestPki;
+//! use waypost_integration::tls_backend::TlsBackend;
+//!
+//! let pki = TestPki::new("test CA");
+//! // mTLS: clients need a certificate from the same CA.
+//! let backend = TlsBackend::start("t0", &pki.server(&["movies.test"]), Some(pki.ca_pem())).await?;
+//! println!("{}", backend.addr());
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use waypost_proto::movies::v1::movies_service_server::{MoviesService, MoviesServiceServer};
+use waypost_proto::movies::v1::{Movie, MovieId, MovieQuery};
+
+use crate::HarnessError;
+use crate::pki::{Pem, common_name};
+
+/// A running TLS backend; stopped when dropped.
+#[derive(Debug)]
+pub struct TlsBackend {
+    addr: SocketAddr,
+    callers: Arc<Mutex<Vec<Option<String>>>>,
+    task: JoinHandle<()>,
+}
+
+impl TlsBackend {
+    /// Serves as `name` on a free port of 127.0.0.1 with `identity`; with
+    /// `client_ca`, callers must present a certificate signed by it.
+    pub async fn start(
+        name: &str,
+        identity: &Pem,
+        client_ca: Option<&str>,
+    ) -> Result<TlsBackend, HarnessError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        let callers = Arc::new(Mutex::new(Vec::new()));
+        let service = MoviesServiceServer::new(Recorder {
+            name: name.to_owned(),
+            callers: callers.clone(),
+        });
+        let server = Server::builder()
+            .tls_config(tls)
+            .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?
+            .add_service(service);
+        let task = tokio::spawn(async move {
+            let _ = server
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        Ok(TlsBackend {
+            addr,
+            callers,
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client certificate common name of each call served (`None` for
+    /// a caller without one), in order.
+    pub fn callers(&self) -> Vec<Option<String>> {
+        self.callers.lock().clone()
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Recorder {
+    name: String,
+    callers: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+type MovieStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Movie, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl MoviesService for Recorder {
+    async fn get_movie(&self, request: Request<MovieId>) -> Result<Response<Movie>, Status> {
+        let caller = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| common_name(c)));
+        self.callers.lock().push(caller);
+        Ok(Response::new(Movie {
+            mid: request.get_ref().mid,
+            served_by: self.name.clone(),
+            ..Movie::default()
+        }))
+    }
+
+    type QueryMoviesStream = MovieStream;
+
+    async fn query_movies(
+        &self,
+        _request: Request<MovieQuery>,
+    ) -> Result<Response<Self::QueryMoviesStream>, Status> {
+        Err(Status::unimplemented("GetMovie only"))
+    }
+}
