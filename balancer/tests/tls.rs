@@ -176,3 +176,104 @@ async fn a_server_that_does_not_select_alpn_h2_is_refused_saying_so() {
     assert!(status.message().contains("ALPN h2"), "{status:?}");
     accepting.abort();
 }
+
+/// Replaces `path`'s content at once (write aside, then rename), as
+/// certificate rotation tools do.
+fn replace(path: &std::path::Path, content: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_client_files_are_used_by_new_connections_and_no_call_fails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let pki = TestPki::new("test CA");
+    // The backend recycles connections every 300 ms, so new ones keep
+    // being made while the files change.
+    let backend = TlsBackend::start_recycling(
+        "t0",
+        &pki.server(&["movies.test"]),
+        Some(pki.ca_pem()),
+        Some(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("client.pem"),
+        dir.path().join("client.key"),
+    );
+    let alice = pki.client("alice");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    std::fs::write(&cert, &alice.cert_pem).unwrap();
+    std::fs::write(&key, &alice.key_pem).unwrap();
+    let config = ClientTlsConfig::from_files(&ca, Some((cert.clone(), key.clone())))
+        .refresh_interval(Duration::from_millis(50))
+        .domain_name("movies.test");
+    let channel = builder(&format!("ipv4:{}", backend.addr()))
+        .tls(config)
+        .default_service_config(round_robin())
+        .build()
+        .unwrap();
+    let client = Client::new(channel.clone());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (mut client, stop, failed) = (client.clone(), stop.clone(), failed.clone());
+        callers.push(tokio::spawn(async move {
+            let mut first = None;
+            for _ in 0..50_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Err(status) = call(&mut client, false, Duration::from_secs(5)).await {
+                    first.get_or_insert(status);
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            first
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A half-written certificate first: kept out, counted, nothing fails.
+    replace(&cert, "-----BEGIN CERTIFICATE-----\nMIIB");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while channel.stats().tls_reload_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            channel.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then the new identity: key first, then certificate.
+    let bob = pki.client("bob");
+    replace(&key, &bob.key_pem);
+    replace(&cert, &bob.cert_pem);
+    while !backend
+        .callers()
+        .iter()
+        .any(|c| c.as_deref() == Some("bob"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "bob never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let first = caller.await.unwrap();
+        assert!(first.is_none(), "{first:?}");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let callers = backend.callers();
+    // Before the change alice, after it bob; the last calls are all bob's.
+    assert_eq!(callers.first().unwrap().as_deref(), Some("alice"));
+    assert_eq!(callers.last().unwrap().as_deref(), Some("bob"));
+    assert!(channel.stats().tls_reloads >= 1, "{:?}", channel.stats());
+}

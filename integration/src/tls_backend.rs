@@ -44,6 +44,17 @@ impl TlsBackend {
         identity: &Pem,
         client_ca: Option<&str>,
     ) -> Result<TlsBackend, HarnessError> {
+        Self::start_recycling(name, identity, client_ca, None).await
+    }
+
+    /// [`TlsBackend::start`], also closing every connection gracefully
+    /// after `max_connection_age` (tonic's), so clients keep reconnecting.
+    pub async fn start_recycling(
+        name: &str,
+        identity: &Pem,
+        client_ca: Option<&str>,
+        max_connection_age: Option<std::time::Duration>,
+    ) -> Result<TlsBackend, HarnessError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut tls = ServerTlsConfig::new()
@@ -56,7 +67,11 @@ impl TlsBackend {
             name: name.to_owned(),
             callers: callers.clone(),
         });
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(age) = max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let server = builder
             .tls_config(tls)
             .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?
             .add_service(service);

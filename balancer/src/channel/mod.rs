@@ -98,6 +98,11 @@ pub struct ChannelStats {
     /// The longest keepalive interval in use after such doublings, in ms
     /// (0 if none happened).
     pub keepalive_interval_ms: u64,
+    /// Times changed TLS files were loaded ([`ClientTlsConfig::from_files`](crate::tls::ClientTlsConfig::from_files)).
+    pub tls_reloads: u64,
+    /// Times changed TLS files could not be used (the last good material
+    /// was kept).
+    pub tls_reload_failures: u64,
     /// Subchannels now IDLE.
     pub subchannels_idle: u64,
     /// Subchannels now CONNECTING.
@@ -198,6 +203,7 @@ pub(crate) struct Shared {
     pub(crate) authority: http::uri::Authority,
     pub(crate) counters: ChannelCounters,
     pub(crate) subchannel_counters: Arc<SubchannelCounters>,
+    pub(crate) tls_stats: Option<Arc<crate::tls::TlsStats>>,
 }
 
 impl Shared {
@@ -317,6 +323,16 @@ impl Channel {
             disconnects: s.disconnects.load(Ordering::Relaxed),
             too_many_pings: s.too_many_pings.load(Ordering::Relaxed),
             keepalive_interval_ms: s.keepalive_interval_ms.load(Ordering::Relaxed),
+            tls_reloads: self
+                .shared
+                .tls_stats
+                .as_ref()
+                .map_or(0, |t| t.reloads.load(Ordering::Relaxed)),
+            tls_reload_failures: self
+                .shared
+                .tls_stats
+                .as_ref()
+                .map_or(0, |t| t.reload_failures.load(Ordering::Relaxed)),
             subchannels_idle: gauge(&s.states[0]),
             subchannels_connecting: gauge(&s.states[1]),
             subchannels_ready: gauge(&s.states[2]),
@@ -430,9 +446,11 @@ impl ChannelBuilder {
             .and_then(|a| http::uri::Authority::try_from(a.as_str()).ok())
             .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         let mut connect = self.connect;
+        let mut tls_stats = None;
         if let Some(tls) = &self.tls {
             let host = authority.host();
             let dialer = crate::tls::TlsDialer::new(tls, host)?;
+            tls_stats = Some(dialer.stats());
             connect.dialer = Some(std::sync::Arc::new(dialer));
         }
         let resolution = self.resolvers.resolve(&self.target)?;
@@ -447,6 +465,7 @@ impl ChannelBuilder {
             authority,
             counters: ChannelCounters::default(),
             subchannel_counters: Arc::default(),
+            tls_stats,
         });
         let (controller, receivers) = controller::Controller::new(
             shared.clone(),

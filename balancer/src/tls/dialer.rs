@@ -44,8 +44,8 @@ impl TlsDialer {
     }
 
     /// How its material's reloads went.
-    pub fn stats(&self) -> &TlsStats {
-        &self.current.stats
+    pub fn stats(&self) -> Arc<TlsStats> {
+        self.current.stats.clone()
     }
 }
 

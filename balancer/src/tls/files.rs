@@ -24,7 +24,7 @@ pub struct TlsStats {
 #[derive(Debug)]
 pub(crate) struct Current {
     pub(crate) config: ArcSwap<rustls::ClientConfig>,
-    pub(crate) stats: TlsStats,
+    pub(crate) stats: Arc<TlsStats>,
 }
 
 /// Aborts the reload task when the dialer goes.
@@ -45,7 +45,7 @@ pub(crate) fn start(
 ) -> Result<(Arc<Current>, Option<Reloader>), TlsError> {
     let current = Arc::new(Current {
         config: ArcSwap::new(config.load()?),
-        stats: TlsStats::default(),
+        stats: Arc::default(),
     });
     let reloader = match &config.material {
         Material::Static { .. } => None,
