@@ -25,6 +25,7 @@
 //! ```
 
 pub use waypost_balancer as balancer;
+pub use waypost_balancer::tls::{Certificate, ClientTlsConfig, Identity};
 pub use waypost_balancer::{Channel, ConnectivityState, WaitForReady};
 pub use waypost_proto as proto;
 pub use waypost_resolver as resolver;
