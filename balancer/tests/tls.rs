@@ -277,3 +277,35 @@ async fn rotated_client_files_are_used_by_new_connections_and_no_call_fails() {
     assert_eq!(callers.last().unwrap().as_deref(), Some("bob"));
     assert!(channel.stats().tls_reloads >= 1, "{:?}", channel.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_grpc_core_tls_backends_spreads_and_a_client_without_a_certificate_is_refused() {
+    use waypost_integration::grpcio::GrpcioBackends;
+
+    let pki = TestPki::new("test CA");
+    let backends = GrpcioBackends::start_tls(
+        &["g0", "g1"],
+        &pki.server(&["movies.test"]),
+        Some(pki.ca_pem()),
+    )
+    .await
+    .unwrap();
+    let target = |config| {
+        let list: Vec<String> = backends.addrs().iter().map(ToString::to_string).collect();
+        Client::new(
+            builder(&format!("ipv4:{}", list.join(",")))
+                .min_connect_timeout(Duration::from_secs(5))
+                .default_service_config(round_robin())
+                .tls(config)
+                .build()
+                .unwrap(),
+        )
+    };
+    let alice = pki.client("alice");
+    let mut client = target(tls(&pki, Some(&alice)));
+    until_all_serve(&mut client, &["g0", "g1"]).await;
+
+    let mut without = target(tls(&pki, None));
+    let status = fail_fast_error(&mut without).await;
+    assert!(status.message().contains("TLS"), "{status:?}");
+}

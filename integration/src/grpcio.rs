@@ -48,6 +48,8 @@ pub fn python_with_grpcio() -> Result<String, HarnessError> {
 pub struct GrpcioBackends {
     servers: Vec<(String, SocketAddr)>,
     _process: Child,
+    /// Files the servers read (TLS material), removed with them.
+    _files: Option<tempfile::TempDir>,
 }
 
 impl GrpcioBackends {
@@ -70,6 +72,36 @@ impl GrpcioBackends {
             options,
         )
         .await
+    }
+
+    /// Servers speaking TLS with `identity` (`grpc.ssl_server_credentials`);
+    /// with `client_ca`, requiring a client certificate signed by it.
+    pub async fn start_tls(
+        names: &[&str],
+        identity: &crate::pki::Pem,
+        client_ca: Option<&str>,
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key, ca) = (
+            dir.path().join("server.pem"),
+            dir.path().join("server.key"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, &identity.cert_pem)?;
+        std::fs::write(&key, &identity.key_pem)?;
+        let mut extra = vec![
+            "--tls".to_owned(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ];
+        if let Some(pem) = client_ca {
+            std::fs::write(&ca, pem)?;
+            extra.extend(["--client-ca".to_owned(), ca.display().to_string()]);
+        }
+        let mut backends =
+            Self::spawn(names.iter().map(|name| name.to_string()).chain(extra), &[]).await?;
+        backends._files = Some(dir);
+        Ok(backends)
     }
 
     async fn spawn(
@@ -113,6 +145,7 @@ impl GrpcioBackends {
             Ok(Ok(true)) => Ok(GrpcioBackends {
                 servers,
                 _process: process,
+                _files: None,
             }),
             Ok(Ok(false)) => Err(HarnessError::Peer(
                 "the grpcio backends exited before they were ready".into(),
