@@ -19,6 +19,7 @@
 
 pub mod channel;
 mod connectivity;
+pub mod credentials;
 mod health;
 pub mod picker;
 pub mod policy;

@@ -82,6 +82,8 @@ pub fn catalog() -> Vec<Movie> {
 struct Stats {
     calls: AtomicU64,
     tokens: Mutex<HashMap<String, u64>>,
+    /// The `authorization` header of each call that had one, in order.
+    authorizations: Mutex<Vec<String>>,
     open_connections: AtomicU64,
     accepted: AtomicU64,
 }
@@ -238,6 +240,12 @@ impl Backend {
         self.stats.tokens.lock().clone()
     }
 
+    /// The `authorization` header of each call that carried one (every
+    /// attempt counts), in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.stats.authorizations.lock().clone()
+    }
+
     /// The accept loop: it owns every connection task, so aborting it drops
     /// them all.
     fn serve(&self, listener: TcpListener) -> JoinHandle<()> {
@@ -266,6 +274,7 @@ impl Backend {
                 tokio::select! {
                     Ok((stream, _)) = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
                         let _ = stream.set_nodelay(true);
+                        let stream = crate::linger::LingeringStream::new(stream);
                         let io = TokioIo::new(GatedIo::new(stream, gate.clone()));
                         let service = TowerToHyperService::new(routes.clone());
                         stats.accepted.fetch_add(1, Ordering::SeqCst);
@@ -369,6 +378,13 @@ struct MoviesBackend {
 impl MoviesBackend {
     fn record<T>(&self, request: &Request<T>) {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(value) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.stats.authorizations.lock().push(value.to_owned());
+        }
         if let Some(token) = request
             .metadata()
             .get("lb-token")

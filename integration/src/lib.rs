@@ -34,6 +34,7 @@ pub mod dns;
 pub mod etcd;
 mod gate;
 pub mod grpcio;
+pub mod linger;
 pub mod pki;
 pub mod proxy;
 pub mod tls_backend;

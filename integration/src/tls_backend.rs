@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -33,6 +34,7 @@ use crate::pki::{Pem, common_name};
 pub struct TlsBackend {
     addr: SocketAddr,
     callers: Arc<Mutex<Vec<Option<String>>>>,
+    authorizations: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -63,9 +65,11 @@ impl TlsBackend {
             tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
         let callers = Arc::new(Mutex::new(Vec::new()));
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
         let service = MoviesServiceServer::new(Recorder {
             name: name.to_owned(),
             callers: callers.clone(),
+            authorizations: authorizations.clone(),
         });
         let mut builder = Server::builder();
         if let Some(age) = max_connection_age {
@@ -76,13 +80,16 @@ impl TlsBackend {
             .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?
             .add_service(service);
         let task = tokio::spawn(async move {
-            let _ = server
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
+            // Closed connections linger until the client closes too (see
+            // `crate::linger`).
+            let incoming = TcpListenerStream::new(listener)
+                .map(|accepted| accepted.map(crate::linger::LingeringStream::new));
+            let _ = server.serve_with_incoming(incoming).await;
         });
         Ok(TlsBackend {
             addr,
             callers,
+            authorizations,
             task,
         })
     }
@@ -90,6 +97,11 @@ impl TlsBackend {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `authorization` header of each call that carried one, in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations.lock().clone()
     }
 
     /// The client certificate common name of each call served (`None` for
@@ -108,6 +120,7 @@ impl Drop for TlsBackend {
 struct Recorder {
     name: String,
     callers: Arc<Mutex<Vec<Option<String>>>>,
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 type MovieStream =
@@ -120,6 +133,13 @@ impl MoviesService for Recorder {
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|c| common_name(c)));
         self.callers.lock().push(caller);
+        if let Some(value) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.authorizations.lock().push(value.to_owned());
+        }
         Ok(Response::new(Movie {
             mid: request.get_ref().mid,
             served_by: self.name.clone(),

@@ -19,6 +19,7 @@ use super::Shared;
 use super::body::ChannelBody;
 use super::limits::CallLimits;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
+use crate::credentials::CallCredentials;
 use crate::picker::{CallOutcome, Pick};
 use crate::service_config::RetryPolicy;
 use crate::transport::{Exchange, Failure, SendError, status_of};
@@ -198,8 +199,23 @@ pub(crate) fn start(
         deadline,
         retry_policy,
     } = prepared;
+    let credentials = crate::credentials::for_call(shared.credentials.as_ref(), &request);
     if let Some(policy) = retry_policy {
-        let call = with_retries(shared, request, wait_for_ready, deadline, policy);
+        let call = with_retries(
+            shared,
+            request,
+            wait_for_ready,
+            deadline,
+            policy,
+            credentials,
+        );
+        return ResponseFuture {
+            state: Flight::Slow(Box::pin(call)),
+        };
+    }
+    if !credentials.is_empty() {
+        // Credentials are computed for each attempt, asynchronously.
+        let call = attempt(shared, request, wait_for_ready, deadline, credentials);
         return ResponseFuture {
             state: Flight::Slow(Box::pin(call)),
         };
@@ -212,6 +228,7 @@ pub(crate) fn start(
             wait_for_ready,
             deadline,
             waiting,
+            Vec::new(),
         ))),
     };
     ResponseFuture { state }
@@ -253,6 +270,7 @@ impl Future for ResponseFuture {
                     flight.wait_for_ready,
                     flight.deadline,
                     waiting,
+                    Vec::new(),
                 );
                 self.state = Flight::Slow(Box::pin(call));
                 self.poll(cx)
@@ -357,6 +375,7 @@ fn unsent(
         request,
         generation,
         reason: Some(Arc::from("the connection closed before the call was sent")),
+        resend: true,
     }
 }
 
@@ -366,6 +385,9 @@ struct Waiting {
     generation: u64,
     /// Why the last picker could not place it, if it said.
     reason: Option<Arc<str>>,
+    /// It was sent to a connection that closed before it left: the next
+    /// placement is a new attempt (fresh credentials), not a wait.
+    resend: bool,
 }
 
 /// Where the current picker puts a call.
@@ -400,6 +422,7 @@ fn place(
                 request,
                 generation,
                 reason: Some(reason),
+                resend: false,
             });
         }
         Pick::Queue => {
@@ -407,6 +430,7 @@ fn place(
                 request,
                 generation,
                 reason: None,
+                resend: false,
             });
         }
     };
@@ -456,6 +480,7 @@ async fn with_retries(
     wait_for_ready: bool,
     deadline: Option<Instant>,
     policy: RetryPolicy,
+    credentials: Vec<Arc<dyn CallCredentials>>,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let (parts, body) = request.into_parts();
     let (body, replay) = ReplayBody::wrap(body);
@@ -463,7 +488,14 @@ async fn with_retries(
     let mut retries = 0;
     loop {
         let request = rebuild(&parts, body.take().expect("a body for each attempt"));
-        let outcome = attempt(shared.clone(), request, wait_for_ready, deadline).await;
+        let outcome = attempt(
+            shared.clone(),
+            request,
+            wait_for_ready,
+            deadline,
+            credentials.clone(),
+        )
+        .await;
         let failed_code = match &outcome {
             Ok(response) => {
                 trailers_only_status(response.headers()).filter(|c| *c != tonic::Code::Ok)
@@ -503,17 +535,20 @@ fn rebuild(
     request
 }
 
-/// One attempt: pick a connection and send, queueing for the next picker
-/// while none is usable (bounded by `deadline`).
+/// One attempt: add the credentials' metadata, pick a connection and send,
+/// queueing for the next picker while none is usable (bounded by
+/// `deadline`).
 async fn attempt(
     shared: Arc<Shared>,
     request: http::Request<tonic::body::Body>,
     wait_for_ready: bool,
     deadline: Option<Instant>,
+    credentials: Vec<Arc<dyn CallCredentials>>,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
+    let request = crate::credentials::apply(&credentials, shared.secure, request).await?;
     match place_and_land(&shared, request, wait_for_ready, deadline).await {
         Ok(outcome) => outcome,
-        Err(waiting) => attempt_after(shared, wait_for_ready, deadline, waiting).await,
+        Err(waiting) => attempt_after(shared, wait_for_ready, deadline, waiting, credentials).await,
     }
 }
 
@@ -543,6 +578,7 @@ async fn attempt_after(
     wait_for_ready: bool,
     deadline: Option<Instant>,
     mut waiting: Waiting,
+    credentials: Vec<Arc<dyn CallCredentials>>,
 ) -> Result<http::Response<ChannelBody>, tonic::Status> {
     let exceeded =
         || tonic::Status::deadline_exceeded("deadline exceeded while waiting for a connection");
@@ -574,7 +610,14 @@ async fn attempt_after(
                 None => changed.await,
             }
         }
-        waiting = match place_and_land(&shared, waiting.request, wait_for_ready, deadline).await {
+        // A transparent retry is a new attempt: fresh credentials. (A call
+        // that only waited for a picker keeps the ones it has.)
+        let request = if waiting.resend {
+            crate::credentials::apply(&credentials, shared.secure, waiting.request).await?
+        } else {
+            waiting.request
+        };
+        waiting = match place_and_land(&shared, request, wait_for_ready, deadline).await {
             Ok(outcome) => return outcome,
             Err(next) => next,
         };

@@ -204,6 +204,10 @@ pub(crate) struct Shared {
     pub(crate) counters: ChannelCounters,
     pub(crate) subchannel_counters: Arc<SubchannelCounters>,
     pub(crate) tls_stats: Option<Arc<crate::tls::TlsStats>>,
+    /// The channel's own call credentials.
+    pub(crate) credentials: Option<Arc<dyn crate::credentials::CallCredentials>>,
+    /// Whether connections are TLS (credentials that need it may be sent).
+    pub(crate) secure: bool,
 }
 
 impl Shared {
@@ -263,6 +267,7 @@ impl Channel {
             connect: ConnectOptions::default(),
             authority: None,
             tls: None,
+            credentials: None,
         }
     }
 
@@ -370,9 +375,20 @@ pub struct ChannelBuilder {
     connect: ConnectOptions,
     authority: Option<String>,
     tls: Option<crate::tls::ClientTlsConfig>,
+    credentials: Option<Arc<dyn crate::credentials::CallCredentials>>,
 }
 
 impl ChannelBuilder {
+    /// Adds `credentials`' metadata to every attempt of every call (see
+    /// [`crate::credentials`]).
+    pub fn call_credentials(
+        mut self,
+        credentials: Arc<dyn crate::credentials::CallCredentials>,
+    ) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
     /// Speaks TLS to every backend (see [`crate::tls`]): verified for the
     /// channel's authority host unless the config names another, ALPN
     /// `h2`. Takes the place of a [`ChannelBuilder::dialer`].
@@ -466,6 +482,8 @@ impl ChannelBuilder {
             counters: ChannelCounters::default(),
             subchannel_counters: Arc::default(),
             tls_stats,
+            secure: self.tls.is_some(),
+            credentials: self.credentials,
         });
         let (controller, receivers) = controller::Controller::new(
             shared.clone(),

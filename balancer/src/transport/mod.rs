@@ -169,6 +169,12 @@ impl Sender {
                     replay,
                 ))
             }
+            // The connection went away (GOAWAY, or failed) between the
+            // check above and now — another thread read it: the stream was
+            // never opened, so the call may go elsewhere.
+            Err(e) if e.is_go_away() || e.is_io() => {
+                Err(SendError::Unsent(Box::new(replay.with_body(body))))
+            }
             Err(e) => Err(SendError::Failed(status_of(&e))),
         }
     }

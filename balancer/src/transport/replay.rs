@@ -74,6 +74,11 @@ impl Replay {
         } else {
             tonic::body::Body::new(http_body_util::Full::new(data))
         };
+        self.with_body(body)
+    }
+
+    /// The request again, with `body` (never given to `h2`).
+    pub(crate) fn with_body(self, body: tonic::body::Body) -> http::Request<tonic::body::Body> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
