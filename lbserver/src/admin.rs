@@ -80,11 +80,13 @@ impl Access {
         let Some(token) = &self.token else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110); the token is not.
         request
             .headers()
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|given| same_secret(given, token.as_bytes()))
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .is_some_and(|v| same_secret(&v[7..], token.as_bytes()))
     }
 }
 

@@ -79,6 +79,19 @@ async fn mutations_need_the_token_and_reads_stay_open() {
     assert_eq!(code(&wrong), 401);
     assert!(!draining(&lb));
 
+    // The scheme is case-insensitive.
+    let lower = request(
+        admin,
+        "POST",
+        DRAIN,
+        "Authorization: bearer s3cret-token\r\n",
+    )
+    .await;
+    assert_eq!(code(&lower), 200, "{lower}");
+    let undo = request(admin, "POST", &format!("{DRAIN}&undo=true"), BEARER).await;
+    assert_eq!(code(&undo), 200, "{undo}");
+    assert!(!draining(&lb));
+
     let ok = request(admin, "POST", DRAIN, BEARER).await;
     assert_eq!(code(&ok), 200, "{ok}");
     assert!(
