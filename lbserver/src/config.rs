@@ -20,6 +20,9 @@
 //! health_service = "movies.v1.MoviesService"  # grpc.health.v1 name; "" = whole server; omit = no probe
 //! client_stats_interval = "10s"
 //! fallback = false                    # no healthy backend: tell clients to fall back
+//! backend_tls = false                 # probes speak TLS to the backends
+//! backend_ca_file = "/etc/waypost/backend-ca.pem"  # with backend_tls (default: system roots)
+//! backend_server_name = "movies.internal"          # with backend_tls (default: each backend's IP)
 //! ```
 //!
 //! Every error names the file, the line of the value at fault (from the
@@ -96,6 +99,19 @@ pub struct ServiceConfig {
     pub client_stats_interval: Duration,
     /// Whether clients are told to fall back when no backend is healthy.
     pub fallback: bool,
+    /// Whether health probes speak TLS to the backends, and how they
+    /// verify them.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// How health probes verify TLS backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendTls {
+    /// CA certificates (PEM, re-read when it changes); `None`: the system's
+    /// roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name to verify backends as; `None`: each backend's IP address.
+    pub server_name: Option<String>,
 }
 
 impl ServiceConfig {
@@ -112,6 +128,7 @@ impl ServiceConfig {
             health_service: Some(String::new()),
             client_stats_interval: Duration::from_secs(10),
             fallback: false,
+            backend_tls: None,
         }
     }
 }
@@ -187,6 +204,9 @@ struct RawService {
     health_service: Field,
     client_stats_interval: Field,
     fallback: Field,
+    backend_tls: Field,
+    backend_ca_file: Field,
+    backend_server_name: Field,
 }
 
 /// Where errors point: the file's name and text.
@@ -527,6 +547,40 @@ fn parse_service(
     }
     if let Some(v) = &s.fallback {
         service.fallback = doc.bool(v, &field("fallback"))?;
+    }
+    let tls_on = match &s.backend_tls {
+        Some(v) => doc.bool(v, &field("backend_tls"))?,
+        None => false,
+    };
+    if tls_on {
+        service.backend_tls = Some(BackendTls {
+            ca_file: s
+                .backend_ca_file
+                .as_ref()
+                .map(|v| doc.string(v, &field("backend_ca_file")).map(PathBuf::from))
+                .transpose()?,
+            server_name: s
+                .backend_server_name
+                .as_ref()
+                .map(|v| {
+                    doc.string(v, &field("backend_server_name"))
+                        .map(str::to_owned)
+                })
+                .transpose()?,
+        });
+    } else {
+        for (value, name) in [
+            (&s.backend_ca_file, "backend_ca_file"),
+            (&s.backend_server_name, "backend_server_name"),
+        ] {
+            if let Some(v) = value {
+                return Err(doc.at(
+                    v,
+                    &field(name),
+                    "only applies with backend_tls = true".into(),
+                ));
+            }
+        }
     }
     Ok(service)
 }

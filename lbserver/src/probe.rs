@@ -1,5 +1,6 @@
 //! Health probes: one waypost channel per backend, with client-side health
-//! checking (grpc.health.v1 Watch) and keepalive PINGs. The channel is READY
+//! checking (grpc.health.v1 Watch) and keepalive PINGs, over TLS for a
+//! service with `backend_tls`. The channel is READY
 //! exactly when the backend is connected and SERVING, so the probe is the
 //! balancer crate's subchannel and health code, reused.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use waypost_balancer::{Channel, ConnectivityState, KeepaliveConfig};
+use waypost_balancer::{Channel, ClientTlsConfig, ConnectivityState, KeepaliveConfig};
 use waypost_resolver::backoff::BackoffConfig;
 
 use crate::registry::Service;
@@ -57,13 +58,15 @@ pub fn spawn(
     };
     Some(tokio::spawn(async move {
         let config = serde_json::json!({"healthCheckConfig": {"serviceName": health_service}});
-        let channel = match Channel::builder(target)
+        let mut builder = Channel::builder(target)
             .default_service_config(config)
             .connect_backoff(options.backoff)
             .keepalive(options.keepalive)
-            .min_connect_timeout(options.connect_timeout)
-            .build()
-        {
+            .min_connect_timeout(options.connect_timeout);
+        if let Some(tls) = &service.config.backend_tls {
+            builder = builder.tls(client_tls(tls));
+        }
+        let channel = match builder.build() {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::error!(%addr, %error, "cannot probe");
@@ -79,4 +82,16 @@ pub fn spawn(
             }
         }
     }))
+}
+
+/// The probes' TLS settings for a service's backends.
+pub(crate) fn client_tls(tls: &crate::config::BackendTls) -> ClientTlsConfig {
+    let config = match &tls.ca_file {
+        Some(ca) => ClientTlsConfig::from_files(ca, None),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    match &tls.server_name {
+        Some(name) => config.domain_name(name),
+        None => config,
+    }
 }

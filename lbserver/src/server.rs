@@ -58,6 +58,14 @@ pub enum ServeError {
         /// Why.
         error: waypost_resolver::ResolveError,
     },
+    /// A service's `backend_tls` material cannot be used.
+    #[error("service {service}: backend TLS: {error}")]
+    BackendTls {
+        /// The service (quoted, cut short).
+        service: String,
+        /// Why.
+        error: waypost_balancer::TlsError,
+    },
     /// The admin token file could not be read, or holds no usable token.
     #[error("admin_token_file {path}: {message}")]
     AdminToken {
@@ -74,7 +82,9 @@ impl ServeError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            ServeError::Source { .. } | ServeError::AdminToken { .. }
+            ServeError::Source { .. }
+                | ServeError::AdminToken { .. }
+                | ServeError::BackendTls { .. }
         )
     }
 }
@@ -149,6 +159,18 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             }
         })?;
         sources.push(source);
+    }
+    // Probes' TLS material must load now (it is re-read later).
+    for service in registry.services() {
+        if let Some(tls) = &service.config.backend_tls {
+            let config = crate::probe::client_tls(tls);
+            waypost_balancer::tls::TlsDialer::new(&config, "localhost").map_err(|error| {
+                ServeError::BackendTls {
+                    service: quote(&service.config.name),
+                    error,
+                }
+            })?;
+        }
     }
     let admin_token = match &config.admin_auth.token_file {
         Some(path) => {
