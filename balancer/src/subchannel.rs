@@ -655,10 +655,17 @@ impl Driver {
                 ));
             }
             Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the connection closed before the server's SETTINGS",
-                ));
+                // The connection ended first: say why if its task knows (a
+                // TLS 1.3 server refuses a client certificate only now,
+                // after the handshake, with an alert the TLS dialer words).
+                let ended = tokio::time::timeout(Duration::from_secs(1), connection.task).await;
+                let why = match ended {
+                    Ok(Ok(Err(error))) => {
+                        format!("the connection failed before the server's SETTINGS: {error}")
+                    }
+                    _ => "the connection closed before the server's SETTINGS".to_owned(),
+                };
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
             }
         }
         Ok((send, connection))

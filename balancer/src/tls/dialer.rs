@@ -6,13 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls::pki_types::ServerName;
 use waypost_resolver::Address;
 
 use super::config::{ClientTlsConfig, TlsError};
-use super::explain::explain;
+use super::explain::{explain, explain_after_handshake};
 use super::files::{Current, Reloader, TlsStats};
 use crate::subchannel::{BoxedIo, DialFuture, Dialer};
 
@@ -56,7 +55,7 @@ impl Dialer for TlsDialer {
         let address = address.clone();
         Box::pin(async move {
             let io = crate::subchannel::dial(&address).await?;
-            let mut tls = connector.connect(name, io).await.map_err(explain)?;
+            let tls = connector.connect(name, io).await.map_err(explain)?;
             if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -64,64 +63,50 @@ impl Dialer for TlsDialer {
                 ));
             }
             // A TLS 1.3 server checks our certificate after the handshake
-            // and says no with an alert at the first read: read the server's
-            // first bytes (its HTTP/2 SETTINGS) here, so that failure is
-            // explained too, then hand them on.
-            let mut first = vec![0u8; 4096];
-            let n = tls.read(&mut first).await.map_err(explain)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TLS: the server closed the connection right after the handshake",
-                ));
-            }
-            first.truncate(n);
-            let io: BoxedIo = Box::pin(Prefixed {
-                first: Bytes::from(first),
-                io: tls,
-            });
+            // and says no with an alert at the first read: errors from here
+            // on are worded too (HTTP/2 keeps only their text).
+            let io: BoxedIo = Box::pin(Explained(tls));
             Ok(io)
         })
     }
 }
 
-/// A stream whose first bytes were already read.
-struct Prefixed<T> {
-    first: Bytes,
-    io: T,
-}
+/// A TLS stream whose I/O errors name their TLS cause.
+struct Explained<T>(T);
 
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Explained<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.first.has_remaining() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first[..n]);
-            self.first.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        Pin::new(&mut self.0)
+            .poll_read(cx, buf)
+            .map_err(explain_after_handshake)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Explained<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        Pin::new(&mut self.0)
+            .poll_write(cx, buf)
+            .map_err(explain_after_handshake)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        Pin::new(&mut self.0)
+            .poll_flush(cx)
+            .map_err(explain_after_handshake)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(&mut self.0)
+            .poll_shutdown(cx)
+            .map_err(explain_after_handshake)
     }
 
     fn poll_write_vectored(
@@ -129,10 +114,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.0)
+            .poll_write_vectored(cx, bufs)
+            .map_err(explain_after_handshake)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.0.is_write_vectored()
     }
 }

@@ -22,6 +22,19 @@ pub(crate) fn explain(error: io::Error) -> io::Error {
     io::Error::new(kind, message)
 }
 
+/// After the handshake: `error` worded if it is a TLS error (an alert),
+/// else as it is (a peer closing without `close_notify` is not a handshake
+/// problem).
+pub(crate) fn explain_after_handshake(error: io::Error) -> io::Error {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => io::Error::new(error.kind(), describe(tls)),
+        None => error,
+    }
+}
+
 /// The cause of a rustls error, in words.
 pub(crate) fn describe(error: &rustls::Error) -> String {
     match error {
