@@ -56,6 +56,12 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
         return Err(format!("longer than {MAX_TOKEN_BYTES} bytes"));
     }
     let text = String::from_utf8(raw).map_err(|_| "not UTF-8".to_owned())?;
+    parse_token(&text)
+}
+
+/// An admin token from text (a file's, an environment variable's): the
+/// text without surrounding white space, 1 or more bytes of visible ASCII.
+pub fn parse_token(text: &str) -> Result<String, String> {
     let token = text.trim();
     if token.is_empty() {
         return Err("empty".into());

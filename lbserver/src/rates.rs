@@ -91,9 +91,10 @@ impl ClientRates {
         entry.last = now;
     }
 
-    /// The client's stream ended: it no longer counts.
-    pub fn remove(&mut self, client: u64) {
-        self.clients.remove(&client);
+    /// The client's stream ended: it no longer counts. Returns whether it
+    /// had an estimate.
+    pub fn remove(&mut self, client: u64) -> bool {
+        self.clients.remove(&client).is_some()
     }
 
     /// Clients with an estimate.

@@ -271,12 +271,7 @@ impl Service {
 
     /// A client's stream ended: its reported rate no longer counts.
     pub fn client_left(&self, client: u64) {
-        let removed = {
-            let mut rates = self.rates.lock();
-            let before = rates.len();
-            rates.remove(client);
-            rates.len() != before
-        };
+        let removed = self.rates.lock().remove(client);
         if removed {
             self.changed();
         }

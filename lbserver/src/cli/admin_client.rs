@@ -47,14 +47,9 @@ fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String>
             .map(Some)
             .map_err(|e| format!("--admin-token-file {}: {e}", path.display())),
         None => match std::env::var("WAYPOST_ADMIN_TOKEN") {
-            Ok(token) if !token.trim().is_empty() => {
-                let token = token.trim();
-                if token.bytes().all(|b| b.is_ascii_graphic()) {
-                    Ok(Some(token.to_owned()))
-                } else {
-                    Err("WAYPOST_ADMIN_TOKEN must be visible ASCII".into())
-                }
-            }
+            Ok(token) if !token.trim().is_empty() => crate::admin::parse_token(&token)
+                .map(Some)
+                .map_err(|e| format!("WAYPOST_ADMIN_TOKEN: {e}")),
             _ => Ok(None),
         },
     }
