@@ -92,20 +92,16 @@ fn state(
     }
 }
 
-fn manual_channel(manual: &ManualResolver) -> ChannelParts {
+/// A channel builder for `manual:///movies` resolved by `manual`, with the
+/// test's own `last_one` policy registered.
+fn manual_builder(manual: &ManualResolver) -> waypost_balancer::ChannelBuilder {
     let resolvers = ResolverRegistry::new();
     resolvers.register(manual.clone());
     let policies = PolicyRegistry::new();
     policies.register(LastOneBuilder);
-    ChannelParts {
-        resolvers,
-        policies,
-    }
-}
-
-struct ChannelParts {
-    resolvers: ResolverRegistry,
-    policies: PolicyRegistry,
+    builder("manual:///movies")
+        .resolvers(resolvers)
+        .policies(policies)
 }
 
 #[tokio::test]
@@ -116,12 +112,7 @@ async fn a_custom_policy_registered_by_name_is_chosen_by_the_service_config() {
         &[&backends[0], &backends[1], &backends[2]],
         Some(json!({"loadBalancingConfig": [{"last_one": {}}]})),
     ));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .policies(parts.policies)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel);
     for _ in 0..20 {
         assert_eq!(
@@ -144,11 +135,7 @@ async fn an_invalid_service_config_keeps_the_previous_one() {
     let backends = start_backends(2).await.unwrap();
     let manual = ManualResolver::new("manual");
     manual.update(state(&[&backends[0], &backends[1]], Some(round_robin())));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel);
     until_all_serve(&mut client, &["b0", "b1"]).await;
 
@@ -193,11 +180,7 @@ async fn a_closed_transport_asks_the_resolver_to_resolve_again() {
     let backends = start_backends(1).await.unwrap();
     let manual = ManualResolver::new("manual");
     manual.update(state(&[&backends[0]], None));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel.clone());
     call(&mut client, true, Duration::from_secs(5))
         .await
@@ -252,11 +235,7 @@ async fn a_removed_backend_finishes_its_calls_in_flight_then_its_connection_clos
     let backends = start_backends(2).await.unwrap();
     let manual = ManualResolver::new("manual");
     manual.update(state(&[&backends[0]], Some(round_robin())));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel);
     until_all_serve(&mut client, &["b0"]).await;
 
@@ -291,11 +270,7 @@ async fn a_backend_that_sends_goaway_is_left_at_once_while_its_calls_finish() {
     let backends = start_backends(2).await.unwrap();
     let manual = ManualResolver::new("manual");
     manual.update(state(&[&backends[0]], Some(round_robin())));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel.clone());
     until_all_serve(&mut client, &["b0"]).await;
 
@@ -359,12 +334,7 @@ async fn switching_round_robin_to_pick_first_under_load_fails_no_call() {
     };
     let manual = ManualResolver::new("manual");
     manual.update(config("round_robin"));
-    let parts = manual_channel(&manual);
-    let channel = builder("manual:///movies")
-        .resolvers(parts.resolvers)
-        .policies(parts.policies)
-        .build()
-        .unwrap();
+    let channel = manual_builder(&manual).build().unwrap();
     let mut client = Client::new(channel.clone());
     until_all_serve(&mut client, &["b0", "b1", "b2"]).await;
 

@@ -159,31 +159,21 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_server_idles_and_recovers() {
-    let mut server = Command::new("prlimit")
-        .args([
-            "--nofile=128",
-            "--",
-            WAYPOST,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--service",
-            "movies=127.0.0.1:9",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(server.stdout.take().unwrap()));
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args([
+        "--nofile=128",
+        "--",
+        WAYPOST,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--service",
+        "movies=127.0.0.1:9",
+    ]);
+    let (server, mut out) = spawn_command(prlimit);
+    let started = next_json(&mut out).await;
     let listen: std::net::SocketAddr = started["listening"].as_str().unwrap().parse().unwrap();
     let admin: std::net::SocketAddr = started["admin"].as_str().unwrap().parse().unwrap();
     let pid = server.id().unwrap();

@@ -165,8 +165,15 @@ pub async fn run(args: &[&str]) -> (Vec<Value>, i32) {
 
 /// Starts `waypost ARGS`, reading its standard output by lines.
 pub fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(WAYPOST)
-        .args(args)
+    let mut command = Command::new(WAYPOST);
+    command.args(args);
+    spawn_command(command)
+}
+
+/// Starts `command` (e.g. `waypost` under `prlimit`), reading its standard
+/// output by lines.
+pub fn spawn_command(mut command: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = command
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
