@@ -10,7 +10,7 @@
 //! | [`proto`] | `waypost-proto` | `grpc.lb.v1`, `grpc.health.v1`, `movies.v1` and a health server |
 //! | [`resolver`] | `waypost-resolver` | target URIs, the resolver plugin API, `dns` (feature `dns`), `etcd` and registration (feature `etcd`), `passthrough`, `unix`, `ipv4`/`ipv6`, `manual` |
 //! | [`balancer`] (and [`Channel`] at the root) | `waypost-balancer` | subchannels, `pick_first`, `round_robin`, the policy plugin API, service config, health checking, retries, the `Channel` |
-//! | [`rpc`] | `waypost-rpc` | gRPC control calls and framed bulk-data connections on one endpoint (TLS with feature `tls`) |
+//! | [`rpc`] | `waypost-rpc` | gRPC control calls and framed bulk-data connections on one endpoint, TLS from the same configuration |
 //!
 //! The look-aside balancer server and the bulk-data RPC crates join this
 //! table as they land; the README's feature table says what works today.
@@ -25,7 +25,7 @@
 //! ```
 
 pub use waypost_balancer as balancer;
-pub use waypost_balancer::tls::{Certificate, ClientTlsConfig, Identity};
+pub use waypost_balancer::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub use waypost_balancer::{Channel, ConnectivityState, WaitForReady};
 pub use waypost_proto as proto;
 pub use waypost_resolver as resolver;

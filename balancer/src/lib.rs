@@ -38,4 +38,4 @@ pub use subchannel::{
     BoxedIo, ConnectOptions, Connection, DialFuture, DialedIo, Dialer, KeepaliveConfig,
     SubchannelHandle, SubchannelId, SubchannelState, dial,
 };
-pub use tls::{Certificate, ClientTlsConfig, Identity, TlsError};
+pub use tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig, TlsError};

@@ -19,8 +19,8 @@ use crate::conn::{Conn, ConnSettings};
 use crate::error::Error;
 use crate::frame::{ErrorAssembler, FLAG_BODY, Frame, FrameType, RequestHead};
 use crate::handshake::{self, Agreed, HandshakeConfig};
-use crate::transport::ClientTls;
 use crate::{CHECKSUM_EXTENSION, LABEL_CONTROL, LABEL_DATA};
+use waypost_balancer::tls::{ClientTlsConfig, TlsDialer};
 
 /// The path data calls are picked for (policies may route on it).
 pub const DATA_PICK_PATH: &str = "/waypost.rpc.Data/Call";
@@ -30,7 +30,7 @@ pub const DATA_PICK_PATH: &str = "/waypost.rpc.Data/Call";
 struct Connector {
     handshake: HandshakeConfig,
     conn: ConnSettings,
-    tls: Option<ClientTls>,
+    tls: Option<TlsDialer>,
 }
 
 impl Connector {
@@ -41,8 +41,8 @@ impl Connector {
     ) -> Result<(waypost_balancer::BoxedIo, Agreed), Error> {
         let run = async {
             let io = waypost_balancer::dial(address).await?;
-            let mut io = match &self.tls {
-                Some(tls) => tls.connect(io).await?,
+            let mut io: waypost_balancer::BoxedIo = match &self.tls {
+                Some(tls) => Box::pin(tls.connect(io).await?),
                 None => io,
             };
             let agreed = handshake::client(&mut io, &self.handshake, label).await?;
@@ -63,6 +63,21 @@ impl Connector {
             self.conn.clone(),
         ))
     }
+}
+
+/// The host a target names (`dns:///db.internal:7000` → `db.internal`),
+/// which TLS verifies the server as.
+fn target_host(target: &str) -> String {
+    waypost_resolver::Target::parse(target)
+        .ok()
+        .and_then(|t| http::uri::Authority::try_from(t.endpoint()).ok())
+        .map(|a| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The [`Dialer`] that makes a waypost channel's subchannels speak
@@ -125,7 +140,7 @@ pub struct ClientBuilder {
     target: String,
     handshake: HandshakeConfig,
     conn: ConnSettings,
-    tls: Option<ClientTls>,
+    tls: Option<ClientTlsConfig>,
     checksums: bool,
     pick_timeout: Duration,
     pool_per_address: usize,
@@ -155,8 +170,11 @@ impl ClientBuilder {
         self
     }
 
-    /// TLS on every connection.
-    pub fn tls(mut self, tls: ClientTls) -> Self {
+    /// TLS on every connection, from the configuration channels use (the
+    /// server is verified as the target's host unless the configuration
+    /// names another; ALPN is [`crate::ALPN`]; files rotate as they do for
+    /// channels).
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -196,10 +214,17 @@ impl ClientBuilder {
         if self.checksums {
             self.handshake.offer(CHECKSUM_EXTENSION);
         }
+        let tls = match &self.tls {
+            Some(config) => Some(TlsDialer::new(
+                &config.clone().alpn_protocols(&[crate::ALPN]),
+                &target_host(&self.target),
+            )?),
+            None => None,
+        };
         let connector = Arc::new(Connector {
             handshake: self.handshake,
             conn: self.conn,
-            tls: self.tls,
+            tls,
         });
         let builder =
             Channel::builder(self.target).dialer(Arc::new(ControlDialer(connector.clone())));

@@ -49,11 +49,8 @@ pub use server::{
     DataHandler, DataRequest, DataResponse, HandlerFuture, Running, Server, ServerBuilder,
     ServerStats,
 };
-pub use transport::{ClientTls, Listener, PeerIdentity, PeerInfo, ServerTls};
-
-/// rustls, re-exported for building TLS configurations.
-#[cfg(feature = "tls")]
-pub use tokio_rustls::rustls;
+pub use transport::{ALPN, Listener, PeerIdentity, PeerInfo};
+pub use waypost_balancer::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The label of gRPC control connections.
 pub const LABEL_CONTROL: &str = "control";

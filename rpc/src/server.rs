@@ -19,8 +19,9 @@ use crate::conn::{Conn, ConnSettings};
 use crate::error::Error;
 use crate::frame::{FLAG_BODY, Frame, FrameType, RequestHead};
 use crate::handshake::{self, HandshakeConfig};
-use crate::transport::{Listener, PeerInfo, ServerIo, ServerTls};
+use crate::transport::{Listener, PeerInfo, ServerIo};
 use crate::{CHECKSUM_EXTENSION, LABEL_CONTROL, LABEL_DATA};
+use waypost_balancer::tls::{ServerTlsConfig, TlsAcceptor};
 
 /// One bulk-data request as its handler sees it.
 #[derive(Debug)]
@@ -123,7 +124,7 @@ pub struct ServerBuilder {
     handshake: HandshakeConfig,
     conn: ConnSettings,
     max_handshakes: usize,
-    tls: Option<ServerTls>,
+    tls: Option<ServerTlsConfig>,
     checksums: bool,
 }
 
@@ -204,8 +205,12 @@ impl ServerBuilder {
         self
     }
 
-    /// TLS on every connection.
-    pub fn tls(mut self, tls: ServerTls) -> Self {
+    /// TLS on every connection, from the configuration `waypost serve`
+    /// uses (ALPN [`crate::ALPN`]; with client CAs, clients need a
+    /// certificate, and handlers see it in [`PeerInfo::identity`]; files
+    /// rotate). A configuration that cannot be loaded makes
+    /// [`ServerBuilder::serve`] fail.
+    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -220,6 +225,11 @@ impl ServerBuilder {
     /// Starts serving on `listener` in the background.
     pub fn serve(mut self, listener: Listener) -> std::io::Result<Running> {
         let address = listener.address()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(crate::transport::acceptor)
+            .transpose()?;
         if self.checksums {
             self.handshake.offer(CHECKSUM_EXTENSION);
         }
@@ -244,7 +254,7 @@ impl ServerBuilder {
             control: control_tx,
             handshake: self.handshake,
             conn: self.conn,
-            tls: self.tls,
+            tls,
             handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
             shutdown: shutdown.clone(),
             stats: Arc::default(),
@@ -356,7 +366,7 @@ struct Ctx {
     control: mpsc::Sender<Result<ServerIo, std::io::Error>>,
     handshake: HandshakeConfig,
     conn: ConnSettings,
-    tls: Option<ServerTls>,
+    tls: Option<TlsAcceptor>,
     handshakes: Arc<Semaphore>,
     shutdown: CancellationToken,
     stats: Arc<Stats>,
@@ -397,7 +407,9 @@ async fn connection(io: BoxedIo, remote: String, ctx: Arc<Ctx>) {
     };
     let setup = async {
         let (mut io, identity) = match &ctx.tls {
-            Some(tls) => tls.accept(io).await.map_err(Error::from)?,
+            Some(tls) => crate::transport::accept(tls, io)
+                .await
+                .map_err(Error::from)?,
             None => (io, None),
         };
         let config = HandshakeConfig {

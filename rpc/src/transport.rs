@@ -4,8 +4,6 @@
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-#[cfg(feature = "tls")]
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,16 +21,7 @@ pub struct PeerInfo {
     pub identity: Option<PeerIdentity>,
 }
 
-/// The identity in a verified TLS client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity {
-    /// The subject's common name.
-    pub common_name: Option<String>,
-    /// The subject alternative DNS names.
-    pub dns_names: Vec<String>,
-    /// The certificate (DER).
-    pub certificate: Vec<u8>,
-}
+pub use waypost_balancer::tls::PeerIdentity;
 
 /// A bound listener.
 #[derive(Debug)]
@@ -140,127 +129,26 @@ impl AsyncWrite for ServerIo {
     }
 }
 
-/// Server-side TLS: a rustls configuration (set a client-certificate
-/// verifier on it to require or accept client certificates).
-#[cfg(feature = "tls")]
-#[derive(Clone)]
-pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
+/// The ALPN protocol waypost-rpc offers and accepts over TLS: its
+/// connections start with their own handshake, not HTTP/2, so they do not
+/// claim `h2`.
+pub const ALPN: &str = "waypost-rpc";
+
+/// A server's TLS acceptor from the shared configuration, with ALPN
+/// [`ALPN`].
+pub(crate) fn acceptor(
+    config: &waypost_balancer::tls::ServerTlsConfig,
+) -> io::Result<waypost_balancer::tls::TlsAcceptor> {
+    waypost_balancer::tls::TlsAcceptor::new(&config.clone().alpn_protocols(&[ALPN]))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-#[cfg(feature = "tls")]
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServerTls")
-    }
-}
-
-#[cfg(feature = "tls")]
-impl ServerTls {
-    /// From a rustls server configuration.
-    pub fn new(config: Arc<tokio_rustls::rustls::ServerConfig>) -> ServerTls {
-        ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-        }
-    }
-
-    pub(crate) async fn accept(&self, io: BoxedIo) -> io::Result<(BoxedIo, Option<PeerIdentity>)> {
-        let stream = self.acceptor.accept(io).await?;
-        let identity = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|cert| identity_of(cert.as_ref()));
-        Ok((Box::pin(stream), identity))
-    }
-}
-
-/// Reads the subject CN and DNS names of a DER certificate.
-#[cfg(feature = "tls")]
-fn identity_of(der: &[u8]) -> PeerIdentity {
-    use x509_parser::prelude::*;
-    let mut identity = PeerIdentity {
-        common_name: None,
-        dns_names: Vec::new(),
-        certificate: der.to_vec(),
-    };
-    if let Ok((_, cert)) = X509Certificate::from_der(der) {
-        identity.common_name = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_owned);
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let GeneralName::DNSName(dns) = name {
-                    identity.dns_names.push((*dns).to_owned());
-                }
-            }
-        }
-    }
-    identity
-}
-
-/// Client-side TLS: a rustls configuration (with a client certificate if
-/// the server wants one) and the name to verify the server against.
-#[cfg(feature = "tls")]
-#[derive(Clone)]
-pub struct ClientTls {
-    connector: tokio_rustls::TlsConnector,
-    server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
-}
-
-#[cfg(feature = "tls")]
-impl std::fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("server_name", &self.server_name)
-            .finish()
-    }
-}
-
-#[cfg(feature = "tls")]
-impl ClientTls {
-    /// From a rustls client configuration and the server's name.
-    pub fn new(
-        config: Arc<tokio_rustls::rustls::ClientConfig>,
-        server_name: &str,
-    ) -> Result<ClientTls, tokio_rustls::rustls::pki_types::InvalidDnsNameError> {
-        Ok(ClientTls {
-            connector: tokio_rustls::TlsConnector::from(config),
-            server_name: tokio_rustls::rustls::pki_types::ServerName::try_from(server_name)?
-                .to_owned(),
-        })
-    }
-
-    pub(crate) async fn connect(&self, io: BoxedIo) -> io::Result<BoxedIo> {
-        let stream = self.connector.connect(self.server_name.clone(), io).await?;
-        Ok(Box::pin(stream))
-    }
-}
-
-/// Without the `tls` feature: a type that cannot be built.
-#[cfg(not(feature = "tls"))]
-#[derive(Debug, Clone)]
-pub enum ServerTls {}
-
-/// Without the `tls` feature: a type that cannot be built.
-#[cfg(not(feature = "tls"))]
-#[derive(Debug, Clone)]
-pub enum ClientTls {}
-
-#[cfg(not(feature = "tls"))]
-impl ServerTls {
-    pub(crate) async fn accept(&self, _io: BoxedIo) -> io::Result<(BoxedIo, Option<PeerIdentity>)> {
-        match *self {}
-    }
-}
-
-#[cfg(not(feature = "tls"))]
-impl ClientTls {
-    pub(crate) async fn connect(&self, _io: BoxedIo) -> io::Result<BoxedIo> {
-        match *self {}
-    }
+/// The handshake on an accepted connection, and the client's identity.
+pub(crate) async fn accept(
+    acceptor: &waypost_balancer::tls::TlsAcceptor,
+    io: BoxedIo,
+) -> io::Result<(BoxedIo, Option<PeerIdentity>)> {
+    let stream = acceptor.accept(io).await?;
+    let identity = PeerIdentity::of(&stream);
+    Ok((Box::pin(stream), identity))
 }

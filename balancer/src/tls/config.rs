@@ -11,7 +11,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A CA certificate (or several), PEM-encoded.
 #[derive(Clone, Debug)]
 pub struct Certificate {
-    pem: Vec<u8>,
+    pub(crate) pem: Vec<u8>,
 }
 
 impl Certificate {
@@ -23,11 +23,12 @@ impl Certificate {
     }
 }
 
-/// A client certificate chain and its private key, PEM-encoded.
+/// A certificate chain and its private key, PEM-encoded: a client's
+/// identity, or a server's.
 #[derive(Clone)]
 pub struct Identity {
-    cert: Vec<u8>,
-    key: Vec<u8>,
+    pub(crate) cert: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -67,6 +68,9 @@ pub enum TlsError {
         /// Why.
         message: String,
     },
+    /// A server configuration has no certificate and key.
+    #[error("no server identity: add a certificate and key")]
+    NoIdentity,
     /// No root of trust was given.
     #[error("no CA certificates: add one, or native or webpki roots")]
     NoRoots,
@@ -103,6 +107,7 @@ pub struct ClientTlsConfig {
     pub(crate) native_roots: bool,
     pub(crate) webpki_roots: bool,
     pub(crate) domain_name: Option<String>,
+    pub(crate) alpn: Vec<Vec<u8>>,
 }
 
 impl Default for ClientTlsConfig {
@@ -127,6 +132,7 @@ impl ClientTlsConfig {
             native_roots: false,
             webpki_roots: false,
             domain_name: None,
+            alpn: vec![b"h2".to_vec()],
         }
     }
 
@@ -179,6 +185,14 @@ impl ClientTlsConfig {
         self
     }
 
+    /// The ALPN protocols offered (default `h2`, what gRPC needs; the
+    /// server must select one of them). For other protocols over the same
+    /// material, as `waypost::rpc` does.
+    pub fn alpn_protocols(mut self, protocols: &[&str]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
+    }
+
     /// Also trusts the operating system's root certificates.
     pub fn with_native_roots(mut self) -> Self {
         self.native_roots = true;
@@ -189,6 +203,12 @@ impl ClientTlsConfig {
     pub fn with_webpki_roots(mut self) -> Self {
         self.webpki_roots = true;
         self
+    }
+
+    /// The rustls configuration for the material as it is now (files are
+    /// read), for clients built on rustls directly.
+    pub fn rustls_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.load()
     }
 
     /// The rustls configuration for the material as it is now (files are
@@ -205,16 +225,44 @@ impl ClientTlsConfig {
                 (vec![ca], identity)
             }
         };
-        build(
+        let mut config = build(
             &cas,
             identity.as_ref(),
             self.native_roots,
             self.webpki_roots,
-        )
+        )?;
+        Arc::make_mut(&mut config).alpn_protocols = self.alpn.clone();
+        Ok(config)
     }
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
+impl super::files::Source for ClientTlsConfig {
+    type Loaded = rustls::ClientConfig;
+
+    fn load(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        ClientTlsConfig::load(self)
+    }
+
+    fn watched(&self) -> Option<(Vec<PathBuf>, Duration)> {
+        match &self.material {
+            Material::Static { .. } => None,
+            Material::Files {
+                ca,
+                identity,
+                refresh,
+            } => {
+                let mut files = vec![ca.clone()];
+                if let Some((cert, key)) = identity {
+                    files.extend([cert.clone(), key.clone()]);
+                }
+                Some((files, *refresh))
+            }
+        }
+    }
+}
+
+/// The whole of a PEM file.
+pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read {
         path: path.display().to_string(),
         message: e.to_string(),

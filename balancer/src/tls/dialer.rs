@@ -1,6 +1,7 @@
 //! [`TlsDialer`]: TCP (or unix), then a TLS handshake verified for the
 //! channel's name, ALPN `h2` required.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,11 +18,11 @@ use crate::subchannel::{BoxedIo, DialFuture, Dialer};
 
 /// Dials TLS connections for a channel; built by
 /// [`ChannelBuilder::tls`](crate::ChannelBuilder::tls).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TlsDialer {
-    current: Arc<Current>,
+    current: Arc<Current<tokio_rustls::rustls::ClientConfig>>,
     server_name: ServerName<'static>,
-    _reloader: Option<Reloader>,
+    _reloader: Option<Arc<Reloader>>,
 }
 
 impl TlsDialer {
@@ -34,12 +35,21 @@ impl TlsDialer {
         let name = name.trim_start_matches('[').trim_end_matches(']');
         let server_name = ServerName::try_from(name.to_owned())
             .map_err(|_| TlsError::ServerName(name.to_owned()))?;
-        let (current, reloader) = super::files::start(config)?;
+        let super::files::Watched { current, reloader } = super::files::start(config)?;
         Ok(TlsDialer {
             current,
             server_name,
             _reloader: reloader,
         })
+    }
+
+    /// A handle for a dial future (the reloader stays with the dialer).
+    fn clone_handle(&self) -> TlsDialer {
+        TlsDialer {
+            current: self.current.clone(),
+            server_name: self.server_name.clone(),
+            _reloader: None,
+        }
     }
 
     /// How its material's reloads went.
@@ -48,31 +58,73 @@ impl TlsDialer {
     }
 }
 
-impl Dialer for TlsDialer {
-    fn dial(&self, address: &Address) -> DialFuture {
-        let connector = tokio_rustls::TlsConnector::from(self.current.config.load_full());
+impl TlsDialer {
+    /// The handshake on a connected `io`, with the material as it is now:
+    /// the server verified for the dialer's name, and one of the offered
+    /// ALPN protocols selected. Errors name their cause, and so do the
+    /// stream's later ones (a TLS 1.3 server refuses a client certificate
+    /// only at the first read).
+    pub fn connect<IO>(
+        &self,
+        io: IO,
+    ) -> impl Future<Output = io::Result<Explained<ClientTlsStream<IO>>>> + Send + 'static
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = self.current.config.load_full();
         let name = self.server_name.clone();
-        let address = address.clone();
-        Box::pin(async move {
-            let io = crate::subchannel::dial(&address).await?;
-            let tls = connector.connect(name, io).await.map_err(explain)?;
-            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        async move {
+            let offered = !config.alpn_protocols.is_empty();
+            let wanted = config
+                .alpn_protocols
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, io)
+                .await
+                .map_err(explain)?;
+            if offered && tls.get_ref().1.alpn_protocol().is_none() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "TLS: the server did not select ALPN h2, which gRPC over TLS needs",
+                    format!(
+                        "TLS: the server did not select ALPN {wanted}, which this connection needs"
+                    ),
                 ));
             }
-            // A TLS 1.3 server checks our certificate after the handshake
-            // and says no with an alert at the first read: errors from here
-            // on are worded too (HTTP/2 keeps only their text).
-            let io: BoxedIo = Box::pin(Explained(tls));
+            Ok(Explained(tls))
+        }
+    }
+}
+
+impl Dialer for TlsDialer {
+    fn dial(&self, address: &Address) -> DialFuture {
+        let address = address.clone();
+        let dialer = self.clone_handle();
+        Box::pin(async move {
+            let io = crate::subchannel::dial(&address).await?;
+            let tls = dialer.connect(io).await?;
+            // HTTP/2 keeps only the text of I/O errors: they are worded.
+            let io: BoxedIo = Box::pin(tls);
             Ok(io)
         })
     }
 }
 
+/// A client-side TLS connection.
+pub type ClientTlsStream<IO> = tokio_rustls::client::TlsStream<IO>;
+
 /// A TLS stream whose I/O errors name their TLS cause.
-struct Explained<T>(T);
+#[derive(Debug)]
+pub struct Explained<T>(T);
+
+impl<T> Explained<T> {
+    /// The TLS stream.
+    pub fn get_ref(&self) -> &T {
+        &self.0
+    }
+}
 
 impl<T: AsyncRead + Unpin> AsyncRead for Explained<T> {
     fn poll_read(

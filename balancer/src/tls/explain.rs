@@ -78,6 +78,37 @@ pub(crate) fn describe(error: &rustls::Error) -> String {
     }
 }
 
+/// The cause of a server-side handshake failure, in words (what a server
+/// logs about a client it refused).
+pub(crate) fn describe_server(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::NoCertificatesPresented => {
+            "TLS: the client sent no certificate, and one is required".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "TLS: the client's certificate is not signed by a trusted client CA".into()
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "TLS: the client's certificate has expired".into(),
+        rustls::Error::InvalidCertificate(other) => {
+            format!("TLS: the client's certificate was rejected: {other:?}")
+        }
+        rustls::Error::NoApplicationProtocol => {
+            "TLS: the client offers none of our ALPN protocols".into()
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "TLS: the client did not speak TLS (a plaintext client?)".into()
+        }
+        rustls::Error::AlertReceived(alert) => {
+            format!(
+                "TLS: the client refused the handshake (alert {alert:?}; does it trust our certificate?)"
+            )
+        }
+        other => format!("TLS: {other}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,16 +1,17 @@
 //! The material in force, and the task that re-reads files into it (gRFC
-//! A29's file-watcher certificate provider).
+//! A29's file-watcher certificate provider), for client and server
+//! configurations alike.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio_rustls::rustls;
 
-use super::config::{ClientTlsConfig, Material, TlsError};
+use super::config::TlsError;
 
-/// How a channel's TLS material is doing.
+/// How a TLS configuration's material is doing.
 #[derive(Debug, Default)]
 pub struct TlsStats {
     /// Times changed files were loaded and put in force.
@@ -20,14 +21,24 @@ pub struct TlsStats {
     pub reload_failures: AtomicU64,
 }
 
+/// A TLS configuration that can be (re)loaded into a rustls one.
+pub(crate) trait Source: Clone + Send + Sync + 'static {
+    /// The rustls configuration it loads into.
+    type Loaded: Send + Sync + 'static;
+    /// Reads the material as it is now.
+    fn load(&self) -> Result<Arc<Self::Loaded>, TlsError>;
+    /// The files to watch and how often, when the material is files.
+    fn watched(&self) -> Option<(Vec<PathBuf>, Duration)>;
+}
+
 /// The rustls configuration new connections use.
 #[derive(Debug)]
-pub(crate) struct Current {
-    pub(crate) config: ArcSwap<rustls::ClientConfig>,
+pub(crate) struct Current<C> {
+    pub(crate) config: ArcSwap<C>,
     pub(crate) stats: Arc<TlsStats>,
 }
 
-/// Aborts the reload task when the dialer goes.
+/// Aborts the reload task when its owner goes.
 #[derive(Debug)]
 pub(crate) struct Reloader(tokio::task::JoinHandle<()>);
 
@@ -37,44 +48,49 @@ impl Drop for Reloader {
     }
 }
 
-/// Loads `config` now (an error if it cannot be used) and, for files,
+/// Material in force and, for files, the task keeping it fresh (shared by
+/// clones of its owner; the task ends with the last of them).
+#[derive(Debug, Clone)]
+pub(crate) struct Watched<C> {
+    pub(crate) current: Arc<Current<C>>,
+    pub(crate) reloader: Option<Arc<Reloader>>,
+}
+
+/// Loads `source` now (an error if it cannot be used) and, for files,
 /// starts re-reading them. Must be called inside a tokio runtime when the
 /// material is files.
-pub(crate) fn start(
-    config: &ClientTlsConfig,
-) -> Result<(Arc<Current>, Option<Reloader>), TlsError> {
+pub(crate) fn start<S: Source>(source: &S) -> Result<Watched<S::Loaded>, TlsError> {
     let current = Arc::new(Current {
-        config: ArcSwap::new(config.load()?),
+        config: ArcSwap::new(source.load()?),
         stats: Arc::default(),
     });
-    let reloader = match &config.material {
-        Material::Static { .. } => None,
-        Material::Files { refresh, .. } => Some(Reloader(tokio::spawn(reload(
-            config.clone(),
-            *refresh,
+    let reloader = source.watched().map(|(files, every)| {
+        let seen = fingerprint(&files);
+        Arc::new(Reloader(tokio::spawn(reload(
+            source.clone(),
+            files,
+            every,
             Arc::downgrade(&current),
-            fingerprint(config),
-        )))),
-    };
-    Ok((current, reloader))
+            seen,
+        ))))
+    });
+    Ok(Watched { current, reloader })
 }
 
 /// The files' contents (empty where unreadable): what is compared to tell
 /// a change.
-fn fingerprint(config: &ClientTlsConfig) -> Vec<Vec<u8>> {
-    let Material::Files { ca, identity, .. } = &config.material else {
-        return Vec::new();
-    };
-    std::iter::once(ca)
-        .chain(identity.iter().flat_map(|(cert, key)| [cert, key]))
+fn fingerprint(files: &[PathBuf]) -> Vec<Vec<u8>> {
+    files
+        .iter()
         .map(|path| std::fs::read(path).unwrap_or_default())
         .collect()
 }
 
-async fn reload(
-    config: ClientTlsConfig,
+async fn reload<S: Source>(
+    source: S,
+    files: Vec<PathBuf>,
     every: Duration,
-    current: Weak<Current>,
+    current: Weak<Current<S::Loaded>>,
     mut last: Vec<Vec<u8>>,
 ) {
     loop {
@@ -82,11 +98,11 @@ async fn reload(
         let Some(current) = current.upgrade() else {
             return;
         };
-        let seen = fingerprint(&config);
+        let seen = fingerprint(&files);
         if seen == last {
             continue;
         }
-        match config.load() {
+        match source.load() {
             Ok(loaded) => {
                 current.config.store(loaded);
                 current.stats.reloads.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,8 @@
 //! TLS for channels: [`ClientTlsConfig`], named and shaped like tonic's,
 //! turned into a [`Dialer`](crate::Dialer) that every subchannel of a
-//! channel uses.
+//! channel uses — and its server side, [`ServerTlsConfig`] and
+//! [`TlsAcceptor`], which `waypost serve` and `waypost::rpc` servers use.
+//! One set of PEM files configures every part of waypost.
 //!
 //! - The name verified, and sent as SNI, is the channel's authority host
 //!   (the target's host) unless [`ClientTlsConfig::domain_name`] overrides
@@ -33,7 +35,9 @@ mod config;
 mod dialer;
 mod explain;
 mod files;
+mod server;
 
 pub use self::config::{Certificate, ClientTlsConfig, DEFAULT_REFRESH, Identity, TlsError};
-pub use self::dialer::TlsDialer;
+pub use self::dialer::{ClientTlsStream, Explained, TlsDialer};
 pub use self::files::TlsStats;
+pub use self::server::{PeerIdentity, ServerTlsConfig, ServerTlsStream, TlsAcceptor};

@@ -115,58 +115,21 @@ pub fn peak_rss_mib() -> u64 {
 }
 
 /// A test CA, a server certificate for `localhost` and a client
-/// certificate with common name `client_cn`, as waypost-rpc TLS settings
-/// (the server requires a client certificate signed by the CA).
-pub fn tls_pair(client_cn: &str) -> (waypost_rpc::ServerTls, waypost_rpc::ClientTls) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use std::sync::Arc;
-    use waypost_rpc::rustls;
-    use waypost_rpc::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "waypost test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params =
-        CertificateParams::new(vec![format!("{client_cn}.clients.test")]).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, client_cn);
-    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let roots = Arc::new(roots);
-    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone())
-        .build()
-        .unwrap();
-    let server = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .unwrap();
-    let client = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![client_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
-        )
-        .unwrap();
+/// certificate with common name `client_cn`, as the shared TLS
+/// configurations (the server requires a client certificate signed by the
+/// CA).
+pub fn tls_pair(client_cn: &str) -> (waypost_rpc::ServerTlsConfig, waypost_rpc::ClientTlsConfig) {
+    use waypost_rpc::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    let pki = waypost_integration::pki::TestPki::new("waypost test CA");
+    let server = pki.server(&["localhost"]);
+    let client = pki.client(client_cn);
     (
-        waypost_rpc::ServerTls::new(Arc::new(server)),
-        waypost_rpc::ClientTls::new(Arc::new(client), "localhost").unwrap(),
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+            .client_ca_root(Certificate::from_pem(pki.ca_pem())),
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pki.ca_pem()))
+            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem))
+            .domain_name("localhost"),
     )
 }
