@@ -10,7 +10,10 @@
 //! - with `admin_token_file` set, mutations (`POST /drain`) need
 //!   `Authorization: Bearer <token>` (401 otherwise, nothing changed), and
 //!   so do reads when `admin_auth_reads = true`; `/healthz` stays open for
-//!   load balancers' probes.
+//!   load balancers' probes;
+//! - with `[tls]` and `client_ca_file`, a client certificate from that CA
+//!   (verified in the TLS handshake) stands in for the token; a client
+//!   may still connect without one (to read, or to use the token).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -28,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::assign::token;
 use crate::config::quote;
-use crate::listener::Limited;
+use crate::listener::{Connection, ConnectionInfo};
 use crate::registry::Registry;
 
 /// Who may use the admin endpoint.
@@ -38,6 +41,12 @@ pub struct Access {
     pub token: Option<String>,
     /// Whether reads need the token too.
     pub auth_reads: bool,
+    /// Whether client certificates are verified (`[tls]` with
+    /// `client_ca_file`): one stands in for the token, and without a token
+    /// mutations need one.
+    pub client_certificates: bool,
+    /// The listeners' TLS reloads, for `/metrics` (`None`: no TLS).
+    pub tls: Option<Arc<waypost_balancer::tls::TlsStats>>,
 }
 
 /// The longest token a token file may hold.
@@ -81,10 +90,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Access {
-    /// Whether `request` carries the token (or none is needed).
-    fn authorized<B>(&self, request: &http::Request<B>) -> bool {
-        let Some(token) = &self.token else {
+    /// Whether `request`'s connection has a verified client certificate,
+    /// or the request carries the token, or neither is configured.
+    fn authorized<B>(&self, request: &http::Request<B>, client: &ConnectionInfo) -> bool {
+        if client.identity.is_some() {
             return true;
+        }
+        let Some(token) = &self.token else {
+            return !self.client_certificates;
         };
         // The scheme is case-insensitive (RFC 9110); the token is not.
         request
@@ -249,6 +262,23 @@ pub fn metrics(registry: &Registry) -> String {
     out
 }
 
+/// The listeners' TLS reload counters (nothing without TLS).
+fn tls_metrics(stats: Option<&waypost_balancer::tls::TlsStats>) -> String {
+    let Some(stats) = stats else {
+        return String::new();
+    };
+    format!(
+        "# HELP waypost_lb_tls_reloads_total Times changed [tls] files were put in force.\n\
+         # TYPE waypost_lb_tls_reloads_total counter\n\
+         waypost_lb_tls_reloads_total {}\n\
+         # HELP waypost_lb_tls_reload_failures_total Times changed [tls] files could not be used (the last good material was kept).\n\
+         # TYPE waypost_lb_tls_reload_failures_total counter\n\
+         waypost_lb_tls_reload_failures_total {}\n",
+        stats.reloads.load(Ordering::Relaxed),
+        stats.reload_failures.load(Ordering::Relaxed),
+    )
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -266,10 +296,11 @@ fn query(uri: &http::Uri) -> Vec<(String, String)> {
 async fn handle(
     registry: Registry,
     access: Arc<Access>,
+    client: Arc<ConnectionInfo>,
     request: http::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let head = request.method() == Method::HEAD;
-    let mut response = route(&registry, &access, &request);
+    let mut response = route(&registry, &access, &client, &request);
     if head {
         *response.body_mut() = Full::new(Bytes::new());
     }
@@ -279,6 +310,7 @@ async fn handle(
 fn route<B>(
     registry: &Registry,
     access: &Access,
+    client: &ConnectionInfo,
     request: &http::Request<B>,
 ) -> Response<Full<Bytes>> {
     let text = "text/plain; charset=utf-8";
@@ -295,11 +327,14 @@ fn route<B>(
     };
     let path = request.uri().path();
     let unauthorized = || {
-        let mut response = reply(
-            StatusCode::UNAUTHORIZED,
-            text,
-            "this needs Authorization: Bearer <admin token>\n".into(),
-        );
+        let needs = match (&access.token, access.client_certificates) {
+            (Some(_), true) => {
+                "this needs Authorization: Bearer <admin token>, or a client certificate\n"
+            }
+            (None, true) => "this needs a client certificate\n",
+            _ => "this needs Authorization: Bearer <admin token>\n",
+        };
+        let mut response = reply(StatusCode::UNAUTHORIZED, text, needs.into());
         response.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer"),
@@ -309,7 +344,7 @@ fn route<B>(
     match (method, path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
         (&Method::GET, "/status" | "/metrics")
-            if access.auth_reads && !access.authorized(request) =>
+            if access.auth_reads && !access.authorized(request, client) =>
         {
             unauthorized()
         }
@@ -321,10 +356,15 @@ fn route<B>(
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics(registry),
+            metrics(registry) + &tls_metrics(access.tls.as_deref()),
         ),
-        (&Method::POST, "/drain") if !access.authorized(request) => unauthorized(),
-        (&Method::POST, "/drain") => drain(registry, request.uri()),
+        (&Method::POST, "/drain") if !access.authorized(request, client) => unauthorized(),
+        (&Method::POST, "/drain") => {
+            if let Some(identity) = &client.identity {
+                tracing::info!(client = ?identity.common_name, uri = %request.uri(), "drain by client certificate");
+            }
+            drain(registry, request.uri())
+        }
         (_, "/healthz" | "/status" | "/metrics" | "/drain") => {
             let mut response = reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -396,7 +436,7 @@ fn drain(registry: &Registry, uri: &http::Uri) -> Response<Full<Bytes>> {
 /// is dropped: HTTP/1.1, one request per connection, whose headers must
 /// arrive within `header_timeout`.
 pub async fn serve(
-    mut connections: mpsc::Receiver<Limited>,
+    mut connections: mpsc::Receiver<Connection>,
     registry: Registry,
     access: Access,
     header_timeout: std::time::Duration,
@@ -409,8 +449,9 @@ pub async fn serve(
                 let Some(stream) = accepted else { return };
                 let registry = registry.clone();
                 let access = access.clone();
+                let client = Arc::new(stream.info().clone());
                 open.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| handle(registry.clone(), access.clone(), request));
+                    let service = hyper::service::service_fn(move |request| handle(registry.clone(), access.clone(), client.clone(), request));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(header_timeout)

@@ -10,6 +10,13 @@
 //! connection_limit = 10000            # open connections per listener, at most
 //! handshake_timeout = "10s"           # a connection must send its first bytes within this
 //!
+//! [tls]                               # both listeners speak TLS (optional)
+//! cert_file = "/etc/waypost/tls/cert.pem"
+//! key_file = "/etc/waypost/tls/key.pem"
+//! client_ca_file = "/etc/waypost/tls/clients-ca.pem"  # mTLS: BalanceLoad clients need a certificate from this CA;
+//!                                     # on the admin port one stands in for the admin token
+//! reload_interval = "10m"             # files are re-read this often; changes apply to new connections
+//!
 //! [[service]]
 //! name = "movies"                     # matched with or without ":port"
 //! source = "127.0.0.1:50061,127.0.0.1:50062"   # or "dns:///…", "etcd:///…"
@@ -160,6 +167,57 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// TLS on the balancer's listeners: its certificate and key, and
+/// optionally the CA client certificates must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) client certificates must chain to: BalanceLoad
+    /// clients without one are refused, and on the admin port one stands in
+    /// for the admin token.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are re-read (changes apply to new connections).
+    pub reload_interval: Duration,
+}
+
+impl ListenerTls {
+    /// From the three files, re-read every [`waypost_balancer::tls::DEFAULT_REFRESH`].
+    pub fn new(
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+        client_ca_file: Option<PathBuf>,
+    ) -> ListenerTls {
+        ListenerTls {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file,
+            reload_interval: waypost_balancer::tls::DEFAULT_REFRESH,
+        }
+    }
+
+    /// The BalanceLoad listener's configuration: ALPN `h2`, client
+    /// certificates required with a client CA.
+    pub fn balance_load(&self) -> waypost_balancer::ServerTlsConfig {
+        waypost_balancer::ServerTlsConfig::from_files(
+            &self.cert_file,
+            &self.key_file,
+            self.client_ca_file.clone(),
+        )
+        .refresh_interval(self.reload_interval)
+    }
+
+    /// The admin listener's configuration: ALPN `http/1.1`; a client
+    /// certificate is optional, but one that is sent must verify.
+    pub fn admin(&self) -> waypost_balancer::ServerTlsConfig {
+        self.balance_load()
+            .alpn_protocols(&["http/1.1"])
+            .client_auth_optional(true)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -175,6 +233,8 @@ pub struct Config {
     pub admin_auth: AdminAuth,
     /// Connection bounds of both listeners.
     pub limits: ConnectionLimits,
+    /// TLS on both listeners, if any.
+    pub tls: Option<ListenerTls>,
 }
 
 type Field = Option<Spanned<Value>>;
@@ -189,7 +249,17 @@ struct RawConfig {
     admin_auth_reads: Field,
     connection_limit: Field,
     handshake_timeout: Field,
+    tls: Option<Spanned<RawTls>>,
     service: Option<Spanned<Vec<Spanned<RawService>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Field,
+    key_file: Field,
+    client_ca_file: Field,
+    reload_interval: Field,
 }
 
 #[derive(Deserialize)]
@@ -379,6 +449,7 @@ impl Config {
                 return Err(doc.at(v, "handshake_timeout", "must be more than 0".into()));
             }
         }
+        let tls = raw.tls.as_ref().map(|t| parse_tls(&doc, t)).transpose()?;
 
         let raw_services = raw.service.map(Spanned::into_inner).unwrap_or_default();
         let mut services = Vec::with_capacity(raw_services.len());
@@ -402,6 +473,7 @@ impl Config {
             services,
             admin_auth,
             limits,
+            tls,
         })
     }
 
@@ -438,6 +510,7 @@ impl Config {
             services,
             admin_auth: AdminAuth::default(),
             limits: ConnectionLimits::default(),
+            tls: None,
         })
     }
 
@@ -585,6 +658,40 @@ fn parse_service(
     Ok(service)
 }
 
+/// The `[tls]` table: `cert_file` and `key_file` are required.
+fn parse_tls(doc: &Doc<'_>, raw: &Spanned<RawTls>) -> Result<ListenerTls, ConfigError> {
+    let table = raw.get_ref();
+    let path = |value: &Field, name: &str| -> Result<Option<PathBuf>, ConfigError> {
+        let field = format!("tls.{name}");
+        value
+            .as_ref()
+            .map(|v| match doc.string(v, &field)? {
+                "" => Err(doc.at(v, &field, "must name a file".into())),
+                text => Ok(PathBuf::from(text)),
+            })
+            .transpose()
+    };
+    let missing = |name: &str| {
+        doc.error(
+            Some(raw.span().start),
+            &format!("tls.{name}"),
+            "is required in [tls]".into(),
+        )
+    };
+    let mut tls = ListenerTls::new(
+        path(&table.cert_file, "cert_file")?.ok_or_else(|| missing("cert_file"))?,
+        path(&table.key_file, "key_file")?.ok_or_else(|| missing("key_file"))?,
+        path(&table.client_ca_file, "client_ca_file")?,
+    );
+    if let Some(v) = &table.reload_interval {
+        tls.reload_interval = doc.duration(v, "tls.reload_interval")?;
+        if tls.reload_interval.is_zero() {
+            return Err(doc.at(v, "tls.reload_interval", "must be more than 0".into()));
+        }
+    }
+    Ok(tls)
+}
+
 /// A service name: 1 to 255 bytes.
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() >= MAX_NAME_BYTES {
@@ -725,6 +832,60 @@ policy = "weighted"
         assert_eq!(c.admin_auth.token_file, Some(PathBuf::from("/run/token")));
         assert_eq!(c.limits.max_connections, 50);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.tls, None);
+    }
+
+    #[test]
+    fn a_tls_table_parses_and_is_checked() {
+        let c = Config::parse(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_ca_file = \"/ca.pem\"\nreload_interval = \"30s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/c.pem"));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(tls.reload_interval, Duration::from_secs(30));
+        assert!(tls.balance_load().requests_client_certificates());
+
+        let plain = Config::parse(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert_eq!(plain.client_ca_file, None);
+        assert_eq!(
+            plain.reload_interval,
+            waypost_balancer::tls::DEFAULT_REFRESH
+        );
+
+        for (text, line, field) in [
+            (
+                "listen = \"127.0.0.1:1\"\n[tls]\ncert_file = \"/c.pem\"\n",
+                2,
+                "tls.key_file",
+            ),
+            (
+                "[tls]\ncert_file = \"\"\nkey_file = \"/k\"\n",
+                2,
+                "tls.cert_file",
+            ),
+            (
+                "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nreload_interval = \"0s\"\n",
+                4,
+                "tls.reload_interval",
+            ),
+            (
+                "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nciphers = 1\n",
+                4,
+                "ciphers",
+            ),
+        ] {
+            let e = Config::parse(text, "t.toml").unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (line, field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! - Accept errors never spin a core: running out of file descriptors (or
 //!   memory) pauses accepting for [`RESOURCE_PAUSE`], as hyper-util and
 //!   tonic advise; errors about one connection are skipped.
+//! - With a [`TlsAcceptor`], each connection's TLS handshake runs in its
+//!   own task (a slow client never holds up `accept`), holds its slot, and
+//!   must finish within the handshake timeout; the client's verified
+//!   certificate, if any, comes with the [`Connection`].
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -16,7 +20,7 @@
 //! use waypost_lbserver::listener::incoming;
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let mut connections = incoming(listener, ConnectionLimits::default());
+//! let mut connections = incoming(listener, ConnectionLimits::default(), None);
 //! while let Some(connection) = connections.recv().await {
 //!     // serve `connection` (AsyncRead + AsyncWrite) …
 //!     # drop(connection);
@@ -35,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Sleep;
+use waypost_balancer::tls::{PeerIdentity, ServerTlsStream, TlsAcceptor};
 
 use crate::config::ConnectionLimits;
 
@@ -123,23 +128,152 @@ impl AsyncWrite for Limited {
     }
 }
 
-impl tonic::transport::server::Connected for Limited {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+/// An accepted connection, after its TLS handshake when the listener has
+/// TLS.
+#[derive(Debug)]
+pub struct Connection {
+    io: Io,
+    info: ConnectionInfo,
+}
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+#[derive(Debug)]
+enum Io {
+    Plain(Limited),
+    Tls(Box<ServerTlsStream<Limited>>),
+}
+
+/// What a server learns about a connection's client (tonic handlers find
+/// it in the request's extensions).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The client certificate it presented, verified against the client
+    /// CAs (only with TLS and `client_ca_file`).
+    pub identity: Option<PeerIdentity>,
+}
+
+impl Connection {
+    /// The client's address and certificate.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
     }
 }
 
-/// Accepts connections from `listener` within `limits`. The accepting task
-/// ends when the receiver is dropped.
-pub fn incoming(listener: TcpListener, limits: ConnectionLimits) -> mpsc::Receiver<Limited> {
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+macro_rules! both {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        both!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, io => io.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+/// Accepts connections from `listener` within `limits`, with a TLS
+/// handshake each when `tls` is given. The accepting task ends when the
+/// receiver is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+) -> mpsc::Receiver<Connection> {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(accept_loop(listener, limits, tx));
+    tokio::spawn(accept_loop(listener, limits, tls, tx));
     rx
 }
 
-async fn accept_loop(listener: TcpListener, limits: ConnectionLimits, tx: mpsc::Sender<Limited>) {
+/// The TLS handshake of one connection, within the handshake timeout;
+/// passed on when it succeeds.
+async fn handshake(
+    connection: Limited,
+    remote: Option<std::net::SocketAddr>,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    tx: mpsc::Sender<Connection>,
+) {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(?remote, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(?remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = PeerIdentity::of(&stream);
+    let _ = tx
+        .send(Connection {
+            io: Io::Tls(Box::new(stream)),
+            info: ConnectionInfo { remote, identity },
+        })
+        .await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+    tx: mpsc::Sender<Connection>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Out of descriptors, accept fails ten times a second: say so once a
     // minute, not every time.
@@ -169,12 +303,30 @@ async fn accept_loop(listener: TcpListener, limits: ConnectionLimits, tx: mpsc::
             }
         };
         let _ = stream.set_nodelay(true);
-        if tx
-            .send(Limited::new(stream, slot, limits.handshake_timeout))
-            .await
-            .is_err()
-        {
-            return;
+        let remote = stream.peer_addr().ok();
+        let limited = Limited::new(stream, slot, limits.handshake_timeout);
+        match &tls {
+            Some(acceptor) => {
+                tokio::spawn(handshake(
+                    limited,
+                    remote,
+                    acceptor.clone(),
+                    limits.handshake_timeout,
+                    tx.clone(),
+                ));
+            }
+            None => {
+                let plain = Connection {
+                    io: Io::Plain(limited),
+                    info: ConnectionInfo {
+                        remote,
+                        identity: None,
+                    },
+                };
+                if tx.send(plain).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -206,7 +358,7 @@ mod tests {
     async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener, limits(10, 100));
+        let mut accepted = incoming(listener, limits(10, 100), None);
         let _client = TcpStream::connect(addr).await.unwrap();
         let mut server_side = accepted.recv().await.unwrap();
         let mut buf = [0u8; 8];
@@ -218,7 +370,7 @@ mod tests {
     async fn a_talking_connection_is_not_timed_out() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener, limits(10, 100));
+        let mut accepted = incoming(listener, limits(10, 100), None);
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut server_side = accepted.recv().await.unwrap();
         client.write_all(b"hi").await.unwrap();
@@ -236,7 +388,7 @@ mod tests {
     async fn past_the_limit_connections_wait_until_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener, limits(2, 10_000));
+        let mut accepted = incoming(listener, limits(2, 10_000), None);
         let _c1 = TcpStream::connect(addr).await.unwrap();
         let _c2 = TcpStream::connect(addr).await.unwrap();
         let _c3 = TcpStream::connect(addr).await.unwrap();

@@ -66,6 +66,9 @@ pub enum ServeError {
         /// Why.
         error: waypost_balancer::TlsError,
     },
+    /// The `[tls]` material cannot be used.
+    #[error("tls: {0}")]
+    Tls(waypost_balancer::TlsError),
     /// The admin token file could not be read, or holds no usable token.
     #[error("admin_token_file {path}: {message}")]
     AdminToken {
@@ -85,6 +88,7 @@ impl ServeError {
             ServeError::Source { .. }
                 | ServeError::AdminToken { .. }
                 | ServeError::BackendTls { .. }
+                | ServeError::Tls(_)
         )
     }
 }
@@ -183,6 +187,18 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         }
         None => None,
     };
+    // The listeners' TLS material must load now too.
+    let (balance_tls, admin_tls) = match &config.tls {
+        Some(tls) => {
+            let balance = waypost_balancer::tls::TlsAcceptor::new(&tls.balance_load())
+                .map_err(ServeError::Tls)?;
+            let admin =
+                waypost_balancer::tls::TlsAcceptor::new(&tls.admin()).map_err(ServeError::Tls)?;
+            (Some(balance), Some(admin))
+        }
+        None => (None, None),
+    };
+    let tls_stats = balance_tls.as_ref().map(|a| a.stats());
     let listener = bind(config.listen).await?;
     let listen = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
@@ -221,9 +237,14 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             let access = crate::admin::Access {
                 token: admin_token,
                 auth_reads: config.admin_auth.auth_reads,
+                client_certificates: config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.client_ca_file.is_some()),
+                tls: tls_stats.clone(),
             };
             helpers.push(tokio::spawn(crate::admin::serve(
-                incoming(admin_listener, config.limits),
+                incoming(admin_listener, config.limits, admin_tls),
                 registry.clone(),
                 access,
                 config.limits.handshake_timeout,
@@ -236,8 +257,8 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
     let (balancer, stop_streams) = Balancer::new(registry.clone(), options.balance);
     let service = LoadBalancerServer::new(balancer).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let connections =
-        ReceiverStream::new(incoming(listener, config.limits)).map(Ok::<_, std::io::Error>);
+    let connections = ReceiverStream::new(incoming(listener, config.limits, balance_tls))
+        .map(Ok::<_, std::io::Error>);
     let server = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -187,15 +187,13 @@ async fn bad_streams_are_rejected_with_clear_statuses() {
 
     let unknown = open(lb.listen, initial("orders"))
         .await
-        .err()
-        .expect("rejected");
+        .expect_err("rejected");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     assert!(unknown.message().contains("orders"));
 
     let long = open(lb.listen, initial(&"x".repeat(256)))
         .await
-        .err()
-        .expect("rejected");
+        .expect_err("rejected");
     assert_eq!(long.code(), tonic::Code::InvalidArgument);
 
     let stats_first = LoadBalanceRequest {
@@ -203,7 +201,7 @@ async fn bad_streams_are_rejected_with_clear_statuses() {
             LoadBalanceRequestType::ClientStats(ClientStats::default()),
         ),
     };
-    let wrong = open(lb.listen, stats_first).await.err().expect("rejected");
+    let wrong = open(lb.listen, stats_first).await.expect_err("rejected");
     assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
 
     // A client that never sends its initial request is closed after the timeout.

@@ -26,6 +26,51 @@ pub struct DrainArgs {
     /// A file holding the admin token (else `$WAYPOST_ADMIN_TOKEN`, if set).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// TLS to the admin port.
+    #[command(flatten)]
+    pub tls: AdminTlsArgs,
+}
+
+/// How `waypost drain` and `waypost status` speak TLS to a balancer with
+/// `[tls]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AdminTlsArgs {
+    /// Speak TLS to the admin port, trusting this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, with --tls-key); with the
+    /// balancer's `client_ca_file` it stands in for the admin token.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the balancer's certificate is verified for (default: the
+    /// host of --admin).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl AdminTlsArgs {
+    /// A dialer for the admin port at `addr`, when TLS was asked for.
+    fn dialer(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<Option<waypost_balancer::tls::TlsDialer>, String> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+        let config = waypost_balancer::ClientTlsConfig::from_files(ca, identity)
+            .alpn_protocols(&["http/1.1"]);
+        let name = self
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string());
+        waypost_balancer::tls::TlsDialer::new(&config, &name)
+            .map(Some)
+            .map_err(|e| format!("TLS: {e}"))
+    }
 }
 
 /// Arguments of `waypost status`.
@@ -38,6 +83,9 @@ pub struct StatusArgs {
     /// `admin_auth_reads` (else `$WAYPOST_ADMIN_TOKEN`, if set).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// TLS to the admin port.
+    #[command(flatten)]
+    pub tls: AdminTlsArgs,
 }
 
 /// The token from `file`, else from `$WAYPOST_ADMIN_TOKEN`, else none.
@@ -59,6 +107,7 @@ fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String>
 /// be percent-encoded; the address must be a socket address.
 async fn request(
     admin: &str,
+    tls: &AdminTlsArgs,
     method: &str,
     path: &str,
     token: Option<&str>,
@@ -66,10 +115,20 @@ async fn request(
     let addr: std::net::SocketAddr = admin
         .parse()
         .map_err(|e| format!("--admin {}: {e}", crate::config::quote(admin)))?;
+    let dialer = tls.dialer(addr)?;
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        let mut stream: waypost_balancer::BoxedIo = match &dialer {
+            Some(dialer) => Box::pin(
+                dialer
+                    .connect(tcp)
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?,
+            ),
+            None => Box::pin(tcp),
+        };
         let authorization = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -124,7 +183,7 @@ pub async fn drain(args: DrainArgs, out: &mut impl std::io::Write) -> u8 {
         }
     };
     let path = drain_path(&args.service, &args.backend, args.undo);
-    match request(&args.admin, "POST", &path, token.as_deref()).await {
+    match request(&args.admin, &args.tls, "POST", &path, token.as_deref()).await {
         Ok((200, body)) => {
             let _ = write!(out, "{body}");
             0
@@ -149,7 +208,7 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let body = match request(&args.admin, "GET", "/status", token.as_deref()).await {
+    let body = match request(&args.admin, &args.tls, "GET", "/status", token.as_deref()).await {
         Ok((200, body)) => body,
         Ok((code, body)) => {
             eprintln!("waypost status: HTTP {code}: {}", printable(body.trim()));

@@ -6,7 +6,7 @@ mod register;
 mod resolve;
 mod serve;
 
-pub use admin_client::{DrainArgs, StatusArgs, drain, status};
+pub use admin_client::{AdminTlsArgs, DrainArgs, StatusArgs, drain, status};
 pub use register::{RegisterArgs, register};
 pub use resolve::{ResolveArgs, resolve};
 pub use serve::{ServeArgs, serve};

@@ -32,6 +32,17 @@ pub struct ServeArgs {
     /// Bearer <token>`); overrides the file's `admin_token_file`.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// TLS on both listeners with this certificate chain (PEM; with
+    /// --tls-key); overrides the file's `[tls]`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: BalanceLoad clients need a certificate from this CA (PEM); on
+    /// the admin port one stands in for the admin token.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 fn flag_error(field: &str, message: String) -> ConfigError {
@@ -67,6 +78,14 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(path) = &args.admin_token_file {
         config.admin_auth.token_file = Some(path.clone());
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let reload = config.tls.as_ref().map(|t| t.reload_interval);
+        let mut tls = crate::config::ListenerTls::new(cert, key, args.tls_client_ca.clone());
+        if let Some(every) = reload {
+            tls.reload_interval = every;
+        }
+        config.tls = Some(tls);
+    }
     Ok(config)
 }
 
@@ -84,6 +103,7 @@ pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
     };
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     let services = services.join(",");
+    let tls = config.tls.is_some();
     let running = match start(config, ServeOptions::default()).await {
         Ok(running) => running,
         Err(error) => {
@@ -101,6 +121,7 @@ pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
             "listening": running.listen.to_string(),
             "admin": running.admin.map(|a| a.to_string()),
             "services": services,
+            "tls": tls,
         }),
     );
     shutdown.await;

@@ -56,6 +56,7 @@ pub fn listing(backends: &[&Backend]) -> String {
         .join(",")
 }
 
+#[derive(Debug)]
 pub struct Stream {
     pub tx: mpsc::Sender<LoadBalanceRequest>,
     pub rx: Streaming<LoadBalanceResponse>,
