@@ -6,7 +6,9 @@ Usage: movies_backend.py NAME[@HOST:PORT]... [--option KEY=INT]...
 Starts one grpcio server per NAME, on HOST:PORT when given, else on a free
 port of 127.0.0.1, each
 answering GetMovie with a Movie whose served_by (field 5) is its NAME
-(encoded by hand, so no generated code is needed). Every --option is handed
+(encoded by hand, so no generated code is needed), and echoing the call's
+`lb-token` metadata, when it has one, as trailing metadata
+`x-lb-token-seen`. Every --option is handed
 to each server as a channel argument, e.g.
 `--option grpc.max_connection_age_ms=300`. With --tls the servers speak TLS
 with that certificate and key (`grpc.ssl_server_credentials`), and with
@@ -31,6 +33,9 @@ def server_for(name: str, address: str, options: list, credentials) -> tuple:
     reply = movie(name)
 
     def get_movie(request: bytes, context) -> bytes:
+        for key, value in context.invocation_metadata():
+            if key == "lb-token":
+                context.set_trailing_metadata((("x-lb-token-seen", value),))
         return reply
 
     handler = grpc.method_handlers_generic_handler(

@@ -246,3 +246,135 @@ async fn grpc_go_clients_balance_through_waypost_serve() {
         .arg(calls.to_string());
     assert_balanced(client, calls, &backends, &lb).await;
 }
+
+/// gRPC C-core over TLS end to end: its grpclb policy reaches `waypost
+/// serve` by TLS, verifying it as the SRV record's target (`lb.test`), and
+/// the TLS grpcio backends as the target's host (`movies.test`); the
+/// balancer's probes verify the backends too. Calls spread evenly, each
+/// carrying its backend's own lb-token (the backends echo what they got).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_core_clients_balance_through_waypost_serve_over_tls() {
+    use waypost_integration::grpcio::GrpcioBackends;
+    use waypost_integration::pki::TestPki;
+
+    let python = python_with_grpcio().unwrap();
+    let pki = TestPki::new("waypost interop CA");
+    let backends =
+        GrpcioBackends::start_tls(&["tls-a", "tls-b", "tls-c"], &pki.server(&[SERVICE]), None)
+            .await
+            .unwrap();
+    let lb_identity = pki.server(&["lb.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key, ca) = (
+        file("lb.pem", &lb_identity.cert_pem),
+        file("lb.key", &lb_identity.key_pem),
+        file("ca.pem", pki.ca_pem()),
+    );
+    let source: Vec<String> = backends.addrs().iter().map(|a| a.to_string()).collect();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nclient_stats_interval = \"100ms\"\nbackend_tls = true\nbackend_ca_file = \"{ca}\"\nbackend_server_name = \"{SERVICE}\"\n",
+        source.join(",")
+    );
+    let lb = start(
+        Config::parse(&text, "interop-tls.toml").unwrap(),
+        ServeOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
+        .await
+        .unwrap();
+    dns.set_a("lb.test.", &[Ipv4Addr::LOCALHOST], 1)
+        .await
+        .unwrap();
+    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb.listen.port(), 1)
+        .await
+        .unwrap();
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/grpclb_client.py"
+    );
+    let calls: usize = 30;
+    let mut child = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(format!("dns://{}/{SERVICE}:{unused}", dns.addr()))
+        .arg("3")
+        .arg(calls.to_string())
+        .arg("--tls")
+        .arg(&ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut outcomes = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "done" {
+                return;
+            }
+            outcomes.push(line);
+        }
+    })
+    .await;
+    if finished.is_err() {
+        drop(child.stdin.take());
+        let mut stderr = String::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            child.stderr.take().unwrap().read_to_string(&mut stderr),
+        )
+        .await;
+        panic!("the client made its calls within 60 s: {outcomes:?}\n{stderr}");
+    }
+    let ok: Vec<(&str, &str)> = outcomes
+        .iter()
+        .filter_map(|l| l.strip_prefix("ok "))
+        .map(|rest| rest.split_once(' ').unwrap_or((rest, "")))
+        .collect();
+    assert_eq!(ok.len(), calls, "every call succeeds: {outcomes:?}");
+    for (name, addr) in backends.names().iter().zip(backends.addrs()) {
+        let served: Vec<_> = ok.iter().filter(|(n, _)| n == name).collect();
+        assert!(
+            (calls / 3 - 1..=calls / 3 + 1).contains(&served.len()),
+            "{name} served {} of {calls}: {outcomes:?}",
+            served.len()
+        );
+        let token = waypost_lbserver::assign::token(SERVICE, addr);
+        assert!(
+            served.iter().all(|(_, t)| *t == token),
+            "{name} saw other tokens than its own {token}: {outcomes:?}"
+        );
+    }
+    // The client's grpclb policy reports its calls over the TLS stream.
+    let service = lb.registry.find(SERVICE).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while service.stats.finished.load(Ordering::Relaxed) < calls as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ClientStats reports did not arrive over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the client exited once its input ended")
+        .unwrap();
+    assert!(status.success());
+}

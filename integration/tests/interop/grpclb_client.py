@@ -1,6 +1,6 @@
 """A gRPC C-core client (Python grpcio) using the grpclb policy.
 
-Usage: grpclb_client.py TARGET BACKENDS CALLS
+Usage: grpclb_client.py TARGET BACKENDS CALLS [--tls CA_FILE]
 
 TARGET is a dns://AUTHORITY/NAME:PORT target whose DNS server has the
 `_grpclb._tcp.NAME` SRV record pointing at the balancer. Calls
@@ -8,9 +8,14 @@ movies.v1.MoviesService/GetMovie (MovieId{mid: 1}, encoded by hand so no
 generated code is needed) with wait-for-ready: first until the replies
 (Movie.served_by) have named BACKENDS distinct backends — the policy has them
 all READY — printing "warm NAME" for each, then CALLS more, printing
-"ok NAME" or the status code name for each. Then it prints "done" and keeps
-the channel open until standard input ends, so its grpclb policy goes on
-sending ClientStats reports to the balancer.
+"ok NAME" or the status code name for each — "ok NAME TOKEN" when the
+backend echoed the call's lb-token as trailing metadata `x-lb-token-seen`.
+Then it prints "done" and keeps the channel open until standard input ends,
+so its grpclb policy goes on sending ClientStats reports to the balancer.
+
+With --tls the channel uses `grpc.ssl_channel_credentials` trusting CA_FILE:
+C-core verifies the balancer as the SRV record's target name and the
+backends as the target's host.
 """
 
 import json
@@ -59,16 +64,30 @@ def served_by(movie: bytes) -> str:
 
 def main() -> int:
     target, backends, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ca = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--tls" else None
     config = {"loadBalancingConfig": [{"grpclb": {"childPolicy": [{"round_robin": {}}]}}]}
     options = [
         ("grpc.dns_enable_srv_queries", 1),
         ("grpc.service_config", json.dumps(config)),
     ]
-    with grpc.insecure_channel(target, options=options) as channel:
+    if ca is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        with open(ca, "rb") as file:
+            credentials = grpc.ssl_channel_credentials(root_certificates=file.read())
+        channel = grpc.secure_channel(target, credentials, options=options)
+    with channel:
         get_movie = channel.unary_unary("/movies.v1.MoviesService/GetMovie")
 
         def call() -> str:
-            return served_by(get_movie(b"\x08\x01", timeout=10, wait_for_ready=True))
+            movie, outcome = get_movie.with_call(
+                b"\x08\x01", timeout=10, wait_for_ready=True
+            )
+            name = served_by(movie)
+            for key, value in outcome.trailing_metadata() or ():
+                if key == "x-lb-token-seen":
+                    return f"{name} {value}"
+            return name
 
         seen: set[str] = set()
         for _ in range(WARM_UP_LIMIT):
@@ -76,7 +95,7 @@ def main() -> int:
                 break
             name = call()
             print("warm", name, flush=True)
-            seen.add(name)
+            seen.add(name.split(" ")[0])
         for _ in range(calls):
             try:
                 print("ok", call(), flush=True)
