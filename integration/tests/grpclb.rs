@@ -348,3 +348,68 @@ async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_re
     })
     .await;
 }
+
+/// grpclb over TLS: the channel's TLS settings reach the policy's balancer
+/// channel, which verifies `waypost serve` as the SRV record's target
+/// (`lb.test`, the only name in its certificate) even though the channel
+/// names `movies.test` for its backends — the TLS grpcio backends, which
+/// the balancer's own probes verify too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_balancer_is_verified_as_the_srv_target_and_the_backends_as_the_service() {
+    use waypost_balancer::{Certificate, ClientTlsConfig};
+    use waypost_integration::grpcio::GrpcioBackends;
+    use waypost_integration::pki::TestPki;
+
+    let pki = TestPki::new("grpclb TLS CA");
+    let backends = GrpcioBackends::start_tls(&["a", "b", "c"], &pki.server(&[SERVICE]), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let lb_identity = pki.server(&["lb.test"]);
+    let (cert, key, ca) = (
+        file("lb.pem", &lb_identity.cert_pem),
+        file("lb.key", &lb_identity.key_pem),
+        file("ca.pem", pki.ca_pem()),
+    );
+    let source: Vec<String> = backends.addrs().iter().map(|a| a.to_string()).collect();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nbackend_tls = true\nbackend_ca_file = \"{ca}\"\nbackend_server_name = \"{SERVICE}\"\n",
+        source.join(",")
+    );
+    let lb = start(Config::parse(&text, "tls.toml").unwrap(), serve_options())
+        .await
+        .unwrap();
+    let dns = dns(lb.listen.port()).await;
+    let resolvers = ResolverRegistry::new();
+    resolvers.register(DnsResolverBuilder::new(
+        DnsOptions::default().lookups(true, false),
+    ));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.ca_pem()))
+        .domain_name(SERVICE);
+    // The name's own address has nothing listening: calls can only succeed
+    // through the balancer's list.
+    let channel = Channel::builder(format!("dns://{}/{SERVICE}:{}", dns.addr(), free_port()))
+        .resolvers(resolvers)
+        .default_service_config(json!({"loadBalancingConfig": [{"grpclb": {}}]}))
+        .tls(tls)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let seen = until(&mut client, |seen| seen.len() == 3).await;
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let service = lb.registry.find(SERVICE).unwrap();
+    assert_eq!(
+        service.streams.load(Ordering::Relaxed),
+        1,
+        "one TLS BalanceLoad stream"
+    );
+}

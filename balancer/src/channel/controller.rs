@@ -111,6 +111,10 @@ impl Helper for SlotHelper<'_> {
         self.world.shared.authority.to_string()
     }
 
+    fn tls(&self) -> Option<crate::tls::ClientTlsConfig> {
+        self.world.shared.tls.clone()
+    }
+
     fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle {
         let world = &mut *self.world;
         world.next_id += 1;

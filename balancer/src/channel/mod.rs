@@ -208,6 +208,8 @@ pub(crate) struct Shared {
     pub(crate) credentials: Option<Arc<dyn crate::credentials::CallCredentials>>,
     /// Whether connections are TLS (credentials that need it may be sent).
     pub(crate) secure: bool,
+    /// The TLS settings, for channels policies open (grpclb's balancers).
+    pub(crate) tls: Option<crate::tls::ClientTlsConfig>,
 }
 
 impl Shared {
@@ -483,6 +485,7 @@ impl ChannelBuilder {
             subchannel_counters: Arc::default(),
             tls_stats,
             secure: self.tls.is_some(),
+            tls: self.tls.clone(),
             credentials: self.credentials,
         });
         let (controller, receivers) = controller::Controller::new(

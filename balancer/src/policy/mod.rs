@@ -39,6 +39,11 @@ pub trait Helper {
     fn events(&mut self) -> PolicyEvents;
     /// The channel's `:authority` (by default the target's endpoint).
     fn authority(&self) -> String;
+    /// The channel's TLS settings (`None`: plaintext), for policies that
+    /// open channels of their own, as grpclb does to its balancers.
+    fn tls(&self) -> Option<crate::tls::ClientTlsConfig> {
+        None
+    }
 }
 
 /// Sends events to the channel's policy (see [`Helper::events`]). Events

@@ -180,6 +180,7 @@ impl Grpclb {
         let backoff = BackoffConfig::default();
         let task = tokio::spawn(stream::run(
             self.balancers.clone(),
+            helper.tls(),
             name,
             events,
             self.stats.clone(),

@@ -49,6 +49,7 @@ fn to_duration(d: &prost_types::Duration) -> Option<Duration> {
 /// Runs until aborted.
 pub(crate) async fn run(
     balancers: Vec<BalancerAddress>,
+    tls: Option<crate::tls::ClientTlsConfig>,
     name: String,
     events: PolicyEvents,
     stats: Arc<GrpclbStats>,
@@ -60,17 +61,24 @@ pub(crate) async fn run(
     ));
     let registry = ResolverRegistry::new();
     registry.register(resolver);
-    let authority = balancers
+    let server_name = balancers
         .first()
         .map(|b| b.server_name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| name.clone());
-    let channel = match crate::Channel::builder("grpclb-balancers:///balancers")
+        .filter(|n| !n.is_empty());
+    let mut builder = crate::Channel::builder("grpclb-balancers:///balancers")
         .resolvers(registry)
-        .authority(authority)
-        .connect_backoff(backoff)
-        .build()
-    {
+        .authority(server_name.clone().unwrap_or_else(|| name.clone()))
+        .connect_backoff(backoff);
+    if let Some(mut tls) = tls {
+        // Over TLS the balancers are verified as the name the resolver
+        // gave them (the SRV record's target), as gRPC does — a
+        // `domain_name` meant for the backends does not apply to them.
+        if server_name.is_some() {
+            tls.domain_name = None;
+        }
+        builder = builder.tls(tls);
+    }
+    let channel = match builder.build() {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(%error, "grpclb: cannot build the balancer channel");
