@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p waypost-bench -- etcd --changes 1000
 //! cargo run --release -p waypost-bench -- rpc
+//! cargo run --release -p waypost-bench -- rpc --tls
 //! cargo run --release -p waypost-bench -- dataconn
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
@@ -44,7 +45,7 @@ enum Command {
     LbserverTonic,
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
-    RpcBackends,
+    RpcBackends(rpc::BackendArgs),
 }
 
 #[tokio::main]
@@ -55,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::RpcCalls(args) => rpc::calls(args).await,
         Command::Lbserver(args) => lbserver::run(args).await,
         Command::LbserverTonic => lbserver::tonic_child().await,
-        Command::RpcBackends => rpc::backends().await,
+        Command::RpcBackends(args) => rpc::backends(args).await,
         Command::Dataconn(args) => dataconn::run(args).await,
         Command::DataconnChild(args) => dataconn::child(args).await,
     }

@@ -12,6 +12,13 @@
 //!   separates waypost's own per-call cost from the cost of spreading calls
 //!   over four connections.
 //!
+//! With `--tls` every variant speaks TLS (rustls with ring everywhere): the
+//! backends are tonic servers with tonic's TLS, waypost uses its
+//! `ClientTlsConfig`, tonic its own `ClientTlsConfig`, and the floor is
+//! bare hyper over tokio-rustls. The run also measures the client CPU of
+//! one full TLS handshake (no session resumption) through waypost's
+//! dialer.
+//!
 //! Every variant is warmed up first (the first measured in a process runs
 //! slow), then each repetition measures them in a rotated order, in two
 //! phases: **paced** at a fixed total rate, measuring this process's CPU
@@ -53,6 +60,56 @@ pub(crate) struct RpcArgs {
     /// Concurrent callers in the unpaced phase.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Every variant over TLS.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// Arguments of the internal `rpc-backends`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackendArgs {
+    /// Serve TLS with this certificate (PEM)…
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// …and this key (PEM).
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The name the backends' certificate is for.
+const TLS_NAME: &str = "movies.bench";
+
+/// The TLS material of a `--tls` run: a CA, and the backends' certificate
+/// in files the child reads.
+struct BenchTls {
+    ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+impl BenchTls {
+    fn new() -> Result<BenchTls, Box<dyn std::error::Error>> {
+        let pki = waypost_integration::pki::TestPki::new("waypost bench CA");
+        let server = pki.server(&[TLS_NAME]);
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("cert.pem"), &server.cert_pem)?;
+        std::fs::write(dir.path().join("key.pem"), &server.key_pem)?;
+        Ok(BenchTls {
+            ca_pem: pki.ca_pem().to_owned(),
+            dir,
+        })
+    }
+
+    fn waypost(&self) -> waypost_balancer::ClientTlsConfig {
+        waypost_balancer::ClientTlsConfig::new()
+            .ca_certificate(waypost_balancer::Certificate::from_pem(&self.ca_pem))
+            .domain_name(TLS_NAME)
+    }
+
+    fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(TLS_NAME)
+    }
 }
 
 const VARIANTS: [&str; 5] = [
@@ -64,9 +121,33 @@ const VARIANTS: [&str; 5] = [
 ];
 
 /// Runs in the child: four backends until stdin closes.
-pub(crate) async fn backends() -> Result<(), Box<dyn std::error::Error>> {
-    let backends = waypost_integration::backend::start_backends(4).await?;
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+pub(crate) async fn backends(args: BackendArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut plain = Vec::new();
+    let mut tls = Vec::new();
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let identity = waypost_integration::pki::Pem {
+                cert_pem: std::fs::read_to_string(cert)?,
+                key_pem: std::fs::read_to_string(key)?,
+            };
+            for i in 0..4 {
+                tls.push(
+                    waypost_integration::tls_backend::TlsBackend::start(
+                        &format!("b{i}"),
+                        &identity,
+                        None,
+                    )
+                    .await?,
+                );
+            }
+        }
+        _ => plain = waypost_integration::backend::start_backends(4).await?,
+    }
+    let addrs: Vec<String> = plain
+        .iter()
+        .map(|b| b.addr().to_string())
+        .chain(tls.iter().map(|b| b.addr().to_string()))
+        .collect();
     println!("BACKENDS {}", addrs.join(","));
     let mut line = String::new();
     let _ = BufReader::new(tokio::io::stdin())
@@ -80,6 +161,7 @@ pub(crate) async fn backends() -> Result<(), Box<dyn std::error::Error>> {
 struct Bare {
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     authority: http::uri::Authority,
+    scheme: http::uri::Scheme,
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for Bare {
@@ -93,26 +175,67 @@ impl tower::Service<http::Request<tonic::body::Body>> for Bare {
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         *request.uri_mut() = http::Uri::from_parts(parts).expect("valid URI");
         Box::pin(self.send.send_request(request))
     }
 }
 
-async fn bare(addr: &str) -> Result<Bare, Box<dyn std::error::Error>> {
+async fn bare(addr: &str, tls: Option<&BenchTls>) -> Result<Bare, Box<dyn std::error::Error>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (send, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await?;
-    tokio::spawn(connection);
+    let builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .clone();
+    let (send, scheme) = match tls {
+        None => {
+            let (send, connection) = builder
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+            tokio::spawn(connection);
+            (send, http::uri::Scheme::HTTP)
+        }
+        Some(tls) => {
+            let config = tls.waypost().rustls_config()?;
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(TLS_NAME)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
+            let (send, connection) = builder
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+            tokio::spawn(connection);
+            (send, http::uri::Scheme::HTTPS)
+        }
+    };
     Ok(Bare {
         send,
         authority: addr.parse()?,
+        scheme,
     })
+}
+
+/// Client CPU µs of one full TLS handshake (TCP connect included, no
+/// session resumption) through waypost's dialer, over `count` handshakes.
+async fn handshake_cpu(
+    addr: &str,
+    tls: &BenchTls,
+    count: u32,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut config = (*tls.waypost().rustls_config()?).clone();
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    let config = std::sync::Arc::new(config);
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(TLS_NAME)?;
+    let before = cpu_time();
+    for _ in 0..count {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name.clone(), stream)
+            .await?;
+        drop(tls);
+    }
+    Ok((cpu_time() - before).as_secs_f64() * 1e6 / f64::from(count))
 }
 
 fn cpu_time() -> Duration {
@@ -248,10 +371,19 @@ impl Clients {
 }
 
 /// The backends' child process (it ends when dropped) and their addresses.
-async fn spawn_backends() -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>>
-{
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("rpc-backends")
+async fn spawn_backends(
+    tls: Option<&BenchTls>,
+) -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.arg("rpc-backends");
+    if let Some(tls) = tls {
+        command
+            .arg("--tls-cert")
+            .arg(tls.dir.path().join("cert.pem"))
+            .arg("--tls-key")
+            .arg(tls.dir.path().join("key.pem"));
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -272,27 +404,37 @@ async fn spawn_backends() -> Result<(tokio::process::Child, Vec<String>), Box<dy
 
 impl Clients {
     /// Every variant, connected and (for waypost) READY.
-    async fn connect(addrs: &[String]) -> Result<Clients, Box<dyn std::error::Error>> {
-        let waypost = waypost_balancer::Channel::builder(format!("ipv4:{}", addrs.join(",")))
-            .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}))
-            .build()?;
-        let endpoints = addrs.iter().map(|a| {
-            tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint")
-        });
+    async fn connect(
+        addrs: &[String],
+        tls: Option<&BenchTls>,
+    ) -> Result<Clients, Box<dyn std::error::Error>> {
+        let waypost_channel = |target: String| {
+            let mut builder = waypost_balancer::Channel::builder(target)
+                .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}));
+            if let Some(tls) = tls {
+                builder = builder.tls(tls.waypost());
+            }
+            builder.build()
+        };
+        let endpoint = |addr: &str| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+                .expect("endpoint");
+            match tls {
+                Some(tls) => endpoint.tls_config(tls.tonic()).expect("tonic TLS"),
+                None => endpoint,
+            }
+        };
+        let waypost = waypost_channel(format!("ipv4:{}", addrs.join(",")))?;
+        let waypost_single = waypost_channel(format!("ipv4:{}", addrs[0]))?;
         let clients = Clients {
             waypost: MoviesServiceClient::new(waypost.clone()),
             tonic_balance: MoviesServiceClient::new(tonic::transport::Channel::balance_list(
-                endpoints,
+                addrs.iter().map(|a| endpoint(a)),
             )),
-            tonic_single: MoviesServiceClient::new(
-                tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[0]))?
-                    .connect()
-                    .await?,
-            ),
-            floor: MoviesServiceClient::new(bare(&addrs[0]).await?),
-            waypost_single: MoviesServiceClient::new(
-                waypost_balancer::Channel::builder(format!("ipv4:{}", addrs[0])).build()?,
-            ),
+            tonic_single: MoviesServiceClient::new(endpoint(&addrs[0]).connect().await?),
+            floor: MoviesServiceClient::new(bare(&addrs[0], tls).await?),
+            waypost_single: MoviesServiceClient::new(waypost_single),
         };
         let ready_by = Instant::now() + Duration::from_secs(30);
         while waypost.stats().subchannels_ready < addrs.len() as u64 {
@@ -338,6 +480,9 @@ pub(crate) struct CallsArgs {
     /// Calls to make, one after another, after 1,000 warm-up calls.
     #[arg(long, default_value_t = 10_000)]
     calls: u64,
+    /// Over TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// `waypost-bench rpc-calls`: the same backends and variants as `rpc`, but
@@ -349,8 +494,9 @@ pub(crate) async fn calls(args: CallsArgs) -> Result<(), Box<dyn std::error::Err
     if !VARIANTS.contains(&args.variant.as_str()) {
         return Err(format!("unknown variant {:?}; one of {VARIANTS:?}", args.variant).into());
     }
-    let (child, addrs) = spawn_backends().await?;
-    let clients = Clients::connect(&addrs).await?;
+    let tls = args.tls.then(BenchTls::new).transpose()?;
+    let (child, addrs) = spawn_backends(tls.as_ref()).await?;
+    let clients = Clients::connect(&addrs, tls.as_ref()).await?;
     clients.sequential(&args.variant, 1_000).await;
     clients.sequential(&args.variant, args.calls).await;
     drop(child);
@@ -358,8 +504,18 @@ pub(crate) async fn calls(args: CallsArgs) -> Result<(), Box<dyn std::error::Err
 }
 
 pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let (child, addrs) = spawn_backends().await?;
-    let clients = Clients::connect(&addrs).await?;
+    let tls = args.tls.then(BenchTls::new).transpose()?;
+    let (child, addrs) = spawn_backends(tls.as_ref()).await?;
+    let clients = Clients::connect(&addrs, tls.as_ref()).await?;
+    let handshake_us = match &tls {
+        Some(tls) => {
+            handshake_cpu(&addrs[0], tls, 50).await?;
+            let us = handshake_cpu(&addrs[0], tls, 500).await?;
+            eprintln!("one full TLS handshake: {us:.0} client CPU µs (TCP connect included)");
+            Some((us * 10.0).round() / 10.0)
+        }
+        None => None,
+    };
 
     eprintln!("warming up each variant for 1 s");
     for variant in VARIANTS {
@@ -432,6 +588,7 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             "waypost_single_cpu_us": cpu(4), "waypost_single_qps": qps(4),
             "waypost_syscalls_per_call": syscalls(0), "tonic_balance_syscalls_per_call": syscalls(1),
             "floor_syscalls_per_call": syscalls(3), "waypost_single_syscalls_per_call": syscalls(4),
+            "tls": args.tls, "tls_handshake_cpu_us": handshake_us,
         })
     );
     drop(child);
