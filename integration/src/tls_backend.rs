@@ -1,6 +1,6 @@
 //! A tonic server with tonic's own TLS (`ServerTlsConfig`), serving
-//! `movies.v1.MoviesService/GetMovie`, that records the common name of each
-//! caller's client certificate.
+//! `movies.v1.MoviesService/GetMovie` and `grpc.health.v1` (SERVING), that
+//! records the common name of each caller's client certificate.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
@@ -71,6 +71,11 @@ impl TlsBackend {
             callers: callers.clone(),
             authorizations: authorizations.clone(),
         });
+        let (health, health_service) = waypost_proto::health::HealthReporter::new();
+        health.set(
+            "movies.v1.MoviesService",
+            waypost_proto::grpc::health::v1::health_check_response::ServingStatus::Serving,
+        );
         let mut builder = Server::builder();
         if let Some(age) = max_connection_age {
             builder = builder.max_connection_age(age);
@@ -78,12 +83,18 @@ impl TlsBackend {
         let server = builder
             .tls_config(tls)
             .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?
-            .add_service(service);
+            .add_service(service)
+            .add_service(health_service);
         let task = tokio::spawn(async move {
             // Closed connections linger until the client closes too (see
             // `crate::linger`).
-            let incoming = TcpListenerStream::new(listener)
-                .map(|accepted| accepted.map(crate::linger::LingeringStream::new));
+            // (without TCP_NODELAY, small responses wait for delayed ACKs)
+            let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                accepted.map(|stream| {
+                    let _ = stream.set_nodelay(true);
+                    crate::linger::LingeringStream::new(stream)
+                })
+            });
             let _ = server.serve_with_incoming(incoming).await;
         });
         Ok(TlsBackend {

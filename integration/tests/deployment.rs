@@ -1,8 +1,9 @@
 //! The documented production deployment (`deploy/waypost-serve.toml`) run
 //! for real: two `waypost serve` replicas from that file (loopback
-//! addresses substituted), backends registered in etcd and found in DNS,
-//! and a waypost client that finds the replicas through DNS SRV and keeps
-//! working when one replica stops.
+//! addresses and generated certificates substituted), TLS backends
+//! registered in etcd and found in DNS, and a waypost mTLS client that
+//! finds the replicas through DNS SRV, verifies each as its SRV target, and
+//! keeps working when one replica stops.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use waypost_balancer::Channel;
-use waypost_integration::backend::Backend;
+use waypost_balancer::{Certificate, ClientTlsConfig, Identity};
 use waypost_integration::dns::{DnsServer, SrvTarget};
 use waypost_integration::etcd::EtcdServer;
+use waypost_integration::pki::{Pem, TestPki};
+use waypost_integration::tls_backend::TlsBackend;
 use waypost_lbserver::config::Config;
 use waypost_lbserver::registry::ListSnapshot;
 use waypost_lbserver::server::{Running, ServeOptions, start};
@@ -26,10 +29,20 @@ use waypost_resolver::etcd::{Registration, RegistrationOptions};
 
 /// The documented file with test addresses: every substitution must hit,
 /// so the documentation and this test cannot drift apart.
-fn deployment_config(etcd: &str, dns: std::net::SocketAddr, ratings_port: u16) -> Config {
+fn deployment_config(
+    etcd: &str,
+    dns: std::net::SocketAddr,
+    ratings_port: u16,
+    tls: &Material,
+) -> Config {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/waypost-serve.toml");
     let mut text = std::fs::read_to_string(path).unwrap();
+    let file = |name: &str| format!("\"{}\"", tls.dir.path().join(name).display());
     for (from, to) in [
+        ("\"/etc/waypost/tls/waypost.pem\"", file("waypost.pem")),
+        ("\"/etc/waypost/tls/waypost.key\"", file("waypost.key")),
+        ("\"/etc/waypost/tls/clients-ca.pem\"", file("ca.pem")),
+        ("\"/etc/waypost/tls/backends-ca.pem\"", file("ca.pem")),
         (
             "listen = \"0.0.0.0:50050\"",
             "listen = \"127.0.0.1:0\"".to_owned(),
@@ -56,6 +69,27 @@ fn deployment_config(etcd: &str, dns: std::net::SocketAddr, ratings_port: u16) -
     Config::parse(&text, "deploy/waypost-serve.toml").unwrap()
 }
 
+/// The deployment's certificates: one CA for the balancers (named as
+/// both SRV targets), the backends and the client.
+struct Material {
+    pki: TestPki,
+    client: Pem,
+    dir: tempfile::TempDir,
+}
+
+impl Material {
+    fn new() -> Material {
+        let pki = TestPki::new("deployment CA");
+        let dir = tempfile::tempdir().unwrap();
+        let lb = pki.server(&["lb1.internal", "lb2.internal"]);
+        std::fs::write(dir.path().join("waypost.pem"), &lb.cert_pem).unwrap();
+        std::fs::write(dir.path().join("waypost.key"), &lb.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+        let client = pki.client("movies-client");
+        Material { pki, client, dir }
+    }
+}
+
 fn fast() -> BackoffConfig {
     BackoffConfig {
         base: Duration::from_millis(100),
@@ -72,7 +106,12 @@ async fn replica(config: Config) -> Running {
     start(config, options).await.unwrap()
 }
 
-fn client(dns: &DnsServer, service: &str, port: u16) -> MoviesServiceClient<Channel> {
+fn client(
+    dns: &DnsServer,
+    service: &str,
+    port: u16,
+    tls: &Material,
+) -> MoviesServiceClient<Channel> {
     let resolvers = ResolverRegistry::new();
     resolvers.register(DnsResolverBuilder::new(
         DnsOptions::default()
@@ -85,6 +124,14 @@ fn client(dns: &DnsServer, service: &str, port: u16) -> MoviesServiceClient<Chan
             json!({"loadBalancingConfig": [{"grpclb": {"serviceName": service}}]}),
         )
         .connect_backoff(fast())
+        .tls(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(tls.pki.ca_pem()))
+                .identity(Identity::from_pem(
+                    &tls.client.cert_pem,
+                    &tls.client.key_pem,
+                )),
+        )
         .build()
         .unwrap();
     MoviesServiceClient::new(channel)
@@ -110,9 +157,15 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
     let etcd = EtcdServer::start().await.unwrap();
     let dns = DnsServer::start("internal.").await.unwrap();
 
-    // movies: two backends that register themselves in etcd.
-    let m1 = Backend::start("movies-1").await.unwrap();
-    let m2 = Backend::start("movies-2").await.unwrap();
+    let tls = Material::new();
+    // movies: two TLS backends that register themselves in etcd.
+    let movies_identity = tls.pki.server(&["movies.internal"]);
+    let m1 = TlsBackend::start("movies-1", &movies_identity, None)
+        .await
+        .unwrap();
+    let m2 = TlsBackend::start("movies-2", &movies_identity, None)
+        .await
+        .unwrap();
     let etcd_client = waypost_resolver::etcd::connect(&[etcd.addr()])
         .await
         .unwrap();
@@ -128,14 +181,16 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
             .unwrap(),
         );
     }
-    // ratings: one backend behind ratings.internal.
-    let r1 = Backend::start("ratings-1").await.unwrap();
+    // ratings: one TLS backend behind ratings.internal.
+    let r1 = TlsBackend::start("ratings-1", &tls.pki.server(&["ratings.internal"]), None)
+        .await
+        .unwrap();
     dns.set_a("ratings.internal.", &[Ipv4Addr::LOCALHOST], 1)
         .await
         .unwrap();
 
     // Two replicas of the documented configuration.
-    let config = || deployment_config(&etcd.addr(), dns.addr(), r1.addr().port());
+    let config = || deployment_config(&etcd.addr(), dns.addr(), r1.addr().port(), &tls);
     let lb1 = replica(config()).await;
     let lb2 = replica(config()).await;
 
@@ -166,7 +221,7 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
         .unwrap();
     }
 
-    let mut movies = client(&dns, "movies", m1.addr().port());
+    let mut movies = client(&dns, "movies", m1.addr().port(), &tls);
     let mut seen = BTreeSet::new();
     for _ in 0..20 {
         seen.extend(served_by(&mut movies, 10).await);
@@ -179,7 +234,7 @@ async fn the_documented_deployment_serves_through_two_replicas_found_by_srv() {
         BTreeSet::from(["movies-1".to_owned(), "movies-2".to_owned()]),
         "calls spread over both etcd-registered backends"
     );
-    let mut ratings = client(&dns, "ratings", r1.addr().port());
+    let mut ratings = client(&dns, "ratings", r1.addr().port(), &tls);
     assert_eq!(
         served_by(&mut ratings, 5).await,
         BTreeSet::from(["ratings-1".to_owned()]),

@@ -22,7 +22,7 @@ async fn probes_speak_tls_and_list_only_backends_they_can_verify() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pki.ca_pem()).unwrap();
-    // The TLS backends serve no grpc.health.v1: a connected one is healthy.
+    // Whole-server health over TLS.
     let lb = serve(&format!(
         "[[service]]\nname = \"movies\"\nsource = \"{},{}\"\nhealth_service = \"\"\nbackend_tls = true\nbackend_ca_file = \"{}\"\nbackend_server_name = \"movies.internal\"\n",
         good.addr(),

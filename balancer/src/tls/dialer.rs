@@ -5,10 +5,14 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::rustls::SignatureScheme;
+use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::sign::CertifiedKey;
 use waypost_resolver::Address;
 
 use super::config::{ClientTlsConfig, TlsError};
@@ -71,7 +75,17 @@ impl TlsDialer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let config = self.current.config.load_full();
+        let mut config = self.current.config.load_full();
+        // Without a client certificate, note whether the server asks for
+        // one: a TLS 1.3 server that requires it closes the connection
+        // after the handshake, and the alert saying why can be lost to a
+        // reset — the note still explains the failure.
+        let asked = Arc::new(AtomicBool::new(false));
+        if !config.client_auth_cert_resolver.has_certs() {
+            let mut noting = (*config).clone();
+            noting.client_auth_cert_resolver = Arc::new(NoteCertificateRequest(asked.clone()));
+            config = Arc::new(noting);
+        }
         let name = self.server_name.clone();
         async move {
             let offered = !config.alpn_protocols.is_empty();
@@ -93,8 +107,31 @@ impl TlsDialer {
                     ),
                 ));
             }
-            Ok(Explained(tls))
+            Ok(Explained {
+                inner: tls,
+                certificate_requested: asked.load(Ordering::Relaxed),
+            })
         }
+    }
+}
+
+/// A client without a certificate that records whether the server asked
+/// for one.
+#[derive(Debug)]
+struct NoteCertificateRequest(Arc<AtomicBool>);
+
+impl ResolvesClientCert for NoteCertificateRequest {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
     }
 }
 
@@ -117,12 +154,20 @@ pub type ClientTlsStream<IO> = tokio_rustls::client::TlsStream<IO>;
 
 /// A TLS stream whose I/O errors name their TLS cause.
 #[derive(Debug)]
-pub struct Explained<T>(T);
+pub struct Explained<T> {
+    inner: T,
+    /// The server asked for a client certificate we did not have.
+    certificate_requested: bool,
+}
 
 impl<T> Explained<T> {
     /// The TLS stream.
     pub fn get_ref(&self) -> &T {
-        &self.0
+        &self.inner
+    }
+
+    fn explain(&self, error: io::Error) -> io::Error {
+        explain_after_handshake(error, self.certificate_requested)
     }
 }
 
@@ -132,9 +177,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Explained<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.inner)
             .poll_read(cx, buf)
-            .map_err(explain_after_handshake)
+            .map_err(|e| self.explain(e))
     }
 }
 
@@ -144,21 +189,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Explained<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.inner)
             .poll_write(cx, buf)
-            .map_err(explain_after_handshake)
+            .map_err(|e| self.explain(e))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.inner)
             .poll_flush(cx)
-            .map_err(explain_after_handshake)
+            .map_err(|e| self.explain(e))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.inner)
             .poll_shutdown(cx)
-            .map_err(explain_after_handshake)
+            .map_err(|e| self.explain(e))
     }
 
     fn poll_write_vectored(
@@ -166,12 +211,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Explained<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.inner)
             .poll_write_vectored(cx, bufs)
-            .map_err(explain_after_handshake)
+            .map_err(|e| self.explain(e))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 }

@@ -24,13 +24,31 @@ pub(crate) fn explain(error: io::Error) -> io::Error {
 
 /// After the handshake: `error` worded if it is a TLS error (an alert),
 /// else as it is (a peer closing without `close_notify` is not a handshake
-/// problem).
-pub(crate) fn explain_after_handshake(error: io::Error) -> io::Error {
+/// problem) — unless the server asked for a client certificate we did not
+/// have (`certificate_requested`) and then closed or reset the connection:
+/// the likely cause is named, since the alert that says so can be lost.
+pub(crate) fn explain_after_handshake(error: io::Error, certificate_requested: bool) -> io::Error {
     match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
         Some(tls) => io::Error::new(error.kind(), describe(tls)),
+        None if certificate_requested
+            && matches!(
+                error.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            io::Error::new(
+                error.kind(),
+                format!(
+                    "TLS: the server asked for a client certificate, which this channel has none of, and then closed the connection ({error})"
+                ),
+            )
+        }
         None => error,
     }
 }
@@ -143,5 +161,9 @@ mod tests {
         }
         let eof = explain(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
         assert!(eof.to_string().contains("plaintext"), "{eof}");
+        let reset = || io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(explain_after_handshake(reset(), false).to_string(), "reset");
+        let asked = explain_after_handshake(reset(), true).to_string();
+        assert!(asked.contains("asked for a client certificate"), "{asked}");
     }
 }

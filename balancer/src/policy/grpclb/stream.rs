@@ -46,6 +46,64 @@ fn to_duration(d: &prost_types::Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// Dials each balancer over TLS verified for its own name (the SRV
+/// record's target, as gRPC does), or the service name for balancers given
+/// without one; a `domain_name` meant for the backends does not apply.
+#[derive(Debug)]
+struct BalancerDialer {
+    by_address: std::collections::HashMap<std::net::SocketAddr, Arc<crate::tls::TlsDialer>>,
+    default: Arc<crate::tls::TlsDialer>,
+}
+
+impl BalancerDialer {
+    fn new(
+        balancers: &[BalancerAddress],
+        tls: &crate::tls::ClientTlsConfig,
+        service: &str,
+    ) -> Result<BalancerDialer, crate::tls::TlsError> {
+        let mut tls = tls.clone();
+        tls.domain_name = None;
+        let host = |name: &str| -> String {
+            http::uri::Authority::try_from(name)
+                .map(|a| a.host().to_owned())
+                .unwrap_or_else(|_| name.to_owned())
+        };
+        let default = Arc::new(crate::tls::TlsDialer::new(&tls, &host(service))?);
+        let mut by_name: std::collections::HashMap<String, Arc<crate::tls::TlsDialer>> =
+            std::collections::HashMap::new();
+        let mut by_address = std::collections::HashMap::new();
+        for balancer in balancers {
+            let name = host(balancer.server_name.trim_end_matches('.'));
+            if name.is_empty() {
+                continue;
+            }
+            let dialer = match by_name.get(&name) {
+                Some(dialer) => dialer.clone(),
+                None => {
+                    let dialer = Arc::new(crate::tls::TlsDialer::new(&tls, &name)?);
+                    by_name.insert(name, dialer.clone());
+                    dialer
+                }
+            };
+            by_address.insert(balancer.addr, dialer);
+        }
+        Ok(BalancerDialer {
+            by_address,
+            default,
+        })
+    }
+}
+
+impl crate::Dialer for BalancerDialer {
+    fn dial(&self, address: &waypost_resolver::Address) -> crate::DialFuture {
+        let dialer = match address {
+            waypost_resolver::Address::Tcp(addr) => self.by_address.get(addr),
+            _ => None,
+        };
+        dialer.unwrap_or(&self.default).dial(address)
+    }
+}
+
 /// Runs until aborted.
 pub(crate) async fn run(
     balancers: Vec<BalancerAddress>,
@@ -67,16 +125,16 @@ pub(crate) async fn run(
         .filter(|n| !n.is_empty());
     let mut builder = crate::Channel::builder("grpclb-balancers:///balancers")
         .resolvers(registry)
-        .authority(server_name.clone().unwrap_or_else(|| name.clone()))
+        .authority(server_name.unwrap_or_else(|| name.clone()))
         .connect_backoff(backoff);
-    if let Some(mut tls) = tls {
-        // Over TLS the balancers are verified as the name the resolver
-        // gave them (the SRV record's target), as gRPC does — a
-        // `domain_name` meant for the backends does not apply to them.
-        if server_name.is_some() {
-            tls.domain_name = None;
+    if let Some(tls) = tls {
+        match BalancerDialer::new(&balancers, &tls, &name) {
+            Ok(dialer) => builder = builder.dialer(Arc::new(dialer)),
+            Err(error) => {
+                tracing::error!(%error, "grpclb: the balancers' TLS settings cannot be used");
+                return;
+            }
         }
-        builder = builder.tls(tls);
     }
     let channel = match builder.build() {
         Ok(channel) => channel,
