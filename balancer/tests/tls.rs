@@ -185,32 +185,95 @@ fn replace(path: &std::path::Path, content: &str) {
     std::fs::rename(&aside, path).unwrap();
 }
 
+/// A backend whose TLS is waypost's own rotating `TlsAcceptor` (server
+/// certificate files re-read every 50 ms, clients must present a
+/// certificate from the CA), recycling connections every 300 ms so new
+/// ones keep being made. Handshakes run in their own tasks.
+fn rotating_backend(
+    listener: tokio::net::TcpListener,
+    config: waypost_balancer::tls::ServerTlsConfig,
+) -> TlsBackend {
+    use tokio_stream::StreamExt as _;
+    let addr = listener.local_addr().unwrap();
+    let acceptor = waypost_balancer::tls::TlsAcceptor::new(&config).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = socket.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake =
+                    acceptor.accept(waypost_integration::linger::LingeringStream::new(socket));
+                if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                    let _ = tx.send(tls).await;
+                }
+            });
+        }
+    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    TlsBackend::serve("t0", addr, incoming, Some(Duration::from_millis(300)))
+}
+
+/// The certificate a fresh TLS connection to `addr` is shown.
+async fn served_certificate(addr: std::net::SocketAddr, pki: &TestPki, client: &Pem) -> Vec<u8> {
+    let config = tls(pki, Some(client)).rustls_config().unwrap();
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("movies.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, socket)
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_client_files_are_used_by_new_connections_and_no_call_fails() {
+async fn rotating_the_backends_and_the_clients_files_under_load_fails_no_call() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let pki = TestPki::new("test CA");
-    // The backend recycles connections every 300 ms, so new ones keep
-    // being made while the files change.
-    let backend = TlsBackend::start_recycling(
-        "t0",
-        &pki.server(&["movies.test"]),
-        Some(pki.ca_pem()),
-        Some(Duration::from_millis(300)),
-    )
-    .await
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("client.pem"),
-        dir.path().join("client.key"),
+    let path = |name: &str| dir.path().join(name);
+    let (ca, cert, key, server_cert, server_key) = (
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key"),
+        path("server.pem"),
+        path("server.key"),
     );
-    let alice = pki.client("alice");
-    std::fs::write(&ca, pki.ca_pem()).unwrap();
-    std::fs::write(&cert, &alice.cert_pem).unwrap();
-    std::fs::write(&key, &alice.key_pem).unwrap();
+    let (alice, old_server) = (pki.client("alice"), pki.server(&["movies.test"]));
+    for (file, text) in [
+        (&ca, pki.ca_pem()),
+        (&cert, alice.cert_pem.as_str()),
+        (&key, alice.key_pem.as_str()),
+        (&server_cert, old_server.cert_pem.as_str()),
+        (&server_key, old_server.key_pem.as_str()),
+    ] {
+        std::fs::write(file, text).unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = rotating_backend(
+        listener,
+        waypost_balancer::tls::ServerTlsConfig::from_files(
+            &server_cert,
+            &server_key,
+            Some(ca.clone()),
+        )
+        .refresh_interval(Duration::from_millis(50)),
+    );
+    assert_eq!(
+        served_certificate(backend.addr(), &pki, &alice).await,
+        der(&old_server.cert_pem)
+    );
+
     let config = ClientTlsConfig::from_files(&ca, Some((cert.clone(), key.clone())))
         .refresh_interval(Duration::from_millis(50))
         .domain_name("movies.test");
@@ -221,17 +284,21 @@ async fn rotated_client_files_are_used_by_new_connections_and_no_call_fails() {
         .unwrap();
     let client = Client::new(channel.clone());
 
+    // Eight callers for 10 s.
     let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
+    let (calls, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = tokio::time::Instant::now();
     let mut callers = Vec::new();
     for _ in 0..8 {
-        let (mut client, stop, failed) = (client.clone(), stop.clone(), failed.clone());
+        let (mut client, stop) = (client.clone(), stop.clone());
+        let (calls, failed) = (calls.clone(), failed.clone());
         callers.push(tokio::spawn(async move {
             let mut first = None;
-            for _ in 0..50_000 {
+            for _ in 0..1_000_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
+                calls.fetch_add(1, Ordering::Relaxed);
                 if let Err(status) = call(&mut client, false, Duration::from_secs(5)).await {
                     first.get_or_insert(status);
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -240,42 +307,46 @@ async fn rotated_client_files_are_used_by_new_connections_and_no_call_fails() {
             first
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    // A half-written certificate first: kept out, counted, nothing fails.
+    let until = |at: u64| tokio::time::sleep_until(started + Duration::from_millis(at));
+
+    // At 2 s, a half-written client certificate: kept out and counted.
+    until(2_000).await;
     replace(&cert, "-----BEGIN CERTIFICATE-----\nMIIB");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while channel.stats().tls_reload_failures == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            channel.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Then the new identity: key first, then certificate.
+    // At 3 s the client's new identity (key first, then certificate).
+    until(3_000).await;
     let bob = pki.client("bob");
     replace(&key, &bob.key_pem);
     replace(&cert, &bob.cert_pem);
-    while !backend
-        .callers()
-        .iter()
-        .any(|c| c.as_deref() == Some("bob"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "bob never called");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // At 6 s the backend's new certificate (key first, then certificate:
+    // in between the pair does not match and the old one is kept).
+    until(6_000).await;
+    let new_server = pki.server(&["movies.test"]);
+    replace(&server_key, &new_server.key_pem);
+    replace(&server_cert, &new_server.cert_pem);
+    until(10_000).await;
     stop.store(true, Ordering::Relaxed);
     for caller in callers {
         let first = caller.await.unwrap();
         assert!(first.is_none(), "{first:?}");
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0);
-    let callers = backend.callers();
-    // Before the change alice, after it bob; the last calls are all bob's.
-    assert_eq!(callers.first().unwrap().as_deref(), Some("alice"));
-    assert_eq!(callers.last().unwrap().as_deref(), Some("bob"));
-    assert!(channel.stats().tls_reloads >= 1, "{:?}", channel.stats());
+    assert!(
+        calls.load(Ordering::Relaxed) > 1_000,
+        "the callers kept calling"
+    );
+
+    // Connections made after the change were shown the new certificate…
+    assert_eq!(
+        served_certificate(backend.addr(), &pki, &bob).await,
+        der(&new_server.cert_pem)
+    );
+    // …and showed the new client certificate: alice first, bob last.
+    let seen = backend.callers();
+    assert_eq!(seen.first().unwrap().as_deref(), Some("alice"));
+    assert_eq!(seen.last().unwrap().as_deref(), Some("bob"));
+    let stats = channel.stats();
+    assert!(stats.tls_reloads >= 1, "{stats:?}");
+    assert!(stats.tls_reload_failures >= 1, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

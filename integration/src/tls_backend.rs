@@ -64,6 +64,65 @@ impl TlsBackend {
         if let Some(ca) = client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
+        let mut builder = Server::builder();
+        if let Some(age) = max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let builder = builder
+            .tls_config(tls)
+            .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?;
+        // Closed connections linger until the client closes too (see
+        // `crate::linger`).
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.map(|stream| {
+                // (without TCP_NODELAY, small responses wait for delayed ACKs)
+                let _ = stream.set_nodelay(true);
+                crate::linger::LingeringStream::new(stream)
+            })
+        });
+        Ok(Self::spawn(name, addr, builder, incoming))
+    }
+
+    /// Serves as `name` on connections whose TLS the caller terminates
+    /// (e.g. with waypost's own rotating `TlsAcceptor`; for callers'
+    /// certificate names the connections must be `tokio_rustls` server
+    /// streams), `addr` being where they arrive. `max_connection_age` as
+    /// in [`TlsBackend::start_recycling`].
+    pub fn serve<IO>(
+        name: &str,
+        addr: SocketAddr,
+        incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        max_connection_age: Option<std::time::Duration>,
+    ) -> TlsBackend
+    where
+        IO: tonic::transport::server::Connected
+            + tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + Send
+            + Unpin
+            + 'static,
+    {
+        let mut builder = Server::builder();
+        if let Some(age) = max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        Self::spawn(name, addr, builder, incoming)
+    }
+
+    fn spawn<IO>(
+        name: &str,
+        addr: SocketAddr,
+        mut builder: Server,
+        incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    ) -> TlsBackend
+    where
+        IO: tonic::transport::server::Connected
+            + tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + Send
+            + Unpin
+            + 'static,
+    {
         let callers = Arc::new(Mutex::new(Vec::new()));
         let authorizations = Arc::new(Mutex::new(Vec::new()));
         let service = MoviesServiceServer::new(Recorder {
@@ -76,33 +135,16 @@ impl TlsBackend {
             "movies.v1.MoviesService",
             waypost_proto::grpc::health::v1::health_check_response::ServingStatus::Serving,
         );
-        let mut builder = Server::builder();
-        if let Some(age) = max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        let server = builder
-            .tls_config(tls)
-            .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?
-            .add_service(service)
-            .add_service(health_service);
+        let server = builder.add_service(service).add_service(health_service);
         let task = tokio::spawn(async move {
-            // Closed connections linger until the client closes too (see
-            // `crate::linger`).
-            // (without TCP_NODELAY, small responses wait for delayed ACKs)
-            let incoming = TcpListenerStream::new(listener).map(|accepted| {
-                accepted.map(|stream| {
-                    let _ = stream.set_nodelay(true);
-                    crate::linger::LingeringStream::new(stream)
-                })
-            });
             let _ = server.serve_with_incoming(incoming).await;
         });
-        Ok(TlsBackend {
+        TlsBackend {
             addr,
             callers,
             authorizations,
             task,
-        })
+        }
     }
 
     /// Where it listens.

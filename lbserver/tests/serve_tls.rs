@@ -252,3 +252,42 @@ async fn unusable_tls_material_is_a_config_error_at_start() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_mid_handshake_holds_up_no_one_and_is_closed_at_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backends = start_backends(1).await.unwrap();
+    let pki = TestPki::new("waypost CA");
+    let server = pki.server(&[LB_NAME]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &server.cert_pem);
+    let key = write(dir.path(), "key.pem", &server.key_pem);
+    let lb = serve(&format!(
+        "handshake_timeout = \"300ms\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[service]]\nname = \"movies\"\nsource = \"{}\"\nhealth_service = \"\"\n",
+        cert.display(),
+        key.display(),
+        backends[0].addr(),
+    ))
+    .await;
+
+    // The first bytes of a ClientHello record, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(lb.listen).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await.unwrap();
+    let started = tokio::time::Instant::now();
+
+    // Meanwhile a real client is served at once.
+    let mut stream = open_tls(lb.listen, pki.ca_pem(), None).await.unwrap();
+    list_where(&mut stream, |s| s.len() == 1).await;
+
+    // And the stalled one is closed once the handshake timeout passes.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the server sent {closed:?} to a stalled handshake"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
