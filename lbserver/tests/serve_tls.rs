@@ -291,3 +291,96 @@ async fn a_client_stalling_mid_handshake_holds_up_no_one_and_is_closed_at_the_ti
     );
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+
+#[tokio::test]
+async fn the_tls_flags_of_serve_status_and_drain() {
+    let pki = TestPki::new("waypost CA");
+    let server = pki.server(&[LB_NAME]);
+    let operator = pki.client("operator");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &server.cert_pem);
+    let key = write(dir.path(), "key.pem", &server.key_pem);
+    let ca = write(dir.path(), "ca.pem", pki.ca_pem());
+    let client_cert = write(dir.path(), "client.pem", &operator.cert_pem);
+    let client_key = write(dir.path(), "client-key.pem", &operator.key_pem);
+    let path = |p: &PathBuf| p.display().to_string();
+
+    // A certificate without its key is a usage error.
+    let (_, code) = run(&["serve", "--tls-cert", &path(&cert)]).await;
+    assert_eq!(code, 64);
+
+    let (mut serve, mut out) = spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--service",
+        "movies=127.0.0.1:9",
+        "--tls-cert",
+        &path(&cert),
+        "--tls-key",
+        &path(&key),
+        "--tls-client-ca",
+        &path(&ca),
+    ]);
+    let started = next_json(&mut out).await;
+    assert_eq!(started["tls"], true);
+    let admin = started["admin"].as_str().unwrap().to_owned();
+    let listen: std::net::SocketAddr = started["listening"].as_str().unwrap().parse().unwrap();
+
+    // BalanceLoad over mTLS.
+    let mut stream = open_tls(listen, pki.ca_pem(), Some(&operator))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        LoadBalanceResponseType::InitialResponse(_)
+    ));
+
+    let tls_args = |with_certificate: bool| {
+        let mut args = vec![
+            "--admin".to_owned(),
+            admin.clone(),
+            "--tls-ca".to_owned(),
+            path(&ca),
+            "--tls-server-name".to_owned(),
+            LB_NAME.to_owned(),
+        ];
+        if with_certificate {
+            args.extend([
+                "--tls-cert".to_owned(),
+                path(&client_cert),
+                "--tls-key".to_owned(),
+                path(&client_key),
+            ]);
+        }
+        args
+    };
+    let command = |name: &str, with_certificate: bool, extra: &[&str]| {
+        let mut command = tokio::process::Command::new(WAYPOST);
+        command
+            .arg(name)
+            .args(tls_args(with_certificate))
+            .args(extra);
+        command
+    };
+    // status reads over TLS (reads need no credentials).
+    let status = command("status", false, &[]).output().await.unwrap();
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let table = String::from_utf8(status.stdout).unwrap();
+    assert!(table.contains("127.0.0.1:9 "), "{table}");
+    // drain needs the certificate (there is no token).
+    let drain = ["--service", "movies", "--backend", "127.0.0.1:9"];
+    let refused = command("drain", false, &drain).output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{refused:?}"
+    );
+    let drained = command("drain", true, &drain).output().await.unwrap();
+    assert_eq!(drained.status.code(), Some(0), "{drained:?}");
+    assert!(String::from_utf8_lossy(&drained.stdout).contains("\"draining\":true"));
+
+    assert_eq!(terminate(&mut serve).await, 0);
+}
