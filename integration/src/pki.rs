@@ -86,6 +86,40 @@ impl TestPki {
     }
 }
 
+/// A CA certificate and one identity as PEM files in a temporary
+/// directory (removed when dropped), for configurations that name files.
+#[derive(Debug)]
+pub struct PemFiles {
+    /// The CA certificate.
+    pub ca: std::path::PathBuf,
+    /// The identity's certificate.
+    pub cert: std::path::PathBuf,
+    /// The identity's private key.
+    pub key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// This CA's certificate and `identity` as files.
+    pub fn files(&self, identity: &Pem) -> std::io::Result<PemFiles> {
+        let dir = tempfile::tempdir()?;
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+        );
+        std::fs::write(&ca, self.ca_pem())?;
+        std::fs::write(&cert, &identity.cert_pem)?;
+        std::fs::write(&key, &identity.key_pem)?;
+        Ok(PemFiles {
+            ca,
+            cert,
+            key,
+            _dir: dir,
+        })
+    }
+}
+
 fn server_params(names: &[&str]) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     for name in names {

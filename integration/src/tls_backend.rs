@@ -64,11 +64,7 @@ impl TlsBackend {
         if let Some(ca) = client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
-        let mut builder = Server::builder();
-        if let Some(age) = max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        let builder = builder
+        let builder = server_builder(max_connection_age)
             .tls_config(tls)
             .map_err(|e| HarnessError::Peer(format!("tonic TLS: {e}")))?;
         // Closed connections linger until the client closes too (see
@@ -95,18 +91,9 @@ impl TlsBackend {
         max_connection_age: Option<std::time::Duration>,
     ) -> TlsBackend
     where
-        IO: tonic::transport::server::Connected
-            + tokio::io::AsyncRead
-            + tokio::io::AsyncWrite
-            + Send
-            + Unpin
-            + 'static,
+        IO: ServerIo,
     {
-        let mut builder = Server::builder();
-        if let Some(age) = max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        Self::spawn(name, addr, builder, incoming)
+        Self::spawn(name, addr, server_builder(max_connection_age), incoming)
     }
 
     fn spawn<IO>(
@@ -116,12 +103,7 @@ impl TlsBackend {
         incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
     ) -> TlsBackend
     where
-        IO: tonic::transport::server::Connected
-            + tokio::io::AsyncRead
-            + tokio::io::AsyncWrite
-            + Send
-            + Unpin
-            + 'static,
+        IO: ServerIo,
     {
         let callers = Arc::new(Mutex::new(Vec::new()));
         let authorizations = Arc::new(Mutex::new(Vec::new()));
@@ -161,6 +143,36 @@ impl TlsBackend {
     /// a caller without one), in order.
     pub fn callers(&self) -> Vec<Option<String>> {
         self.callers.lock().clone()
+    }
+}
+
+/// A connection a tonic server can serve.
+pub trait ServerIo:
+    tonic::transport::server::Connected
+    + tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> ServerIo for T where
+    T: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// A tonic server builder closing connections after `max_connection_age`.
+fn server_builder(max_connection_age: Option<std::time::Duration>) -> Server {
+    let builder = Server::builder();
+    match max_connection_age {
+        Some(age) => builder.max_connection_age(age),
+        None => builder,
     }
 }
 

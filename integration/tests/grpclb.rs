@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 use waypost_balancer::Channel;
 use waypost_balancer::policy::grpclb::DROP_MESSAGE;
+mod tls_balancer;
+use tls_balancer::tls_balanced;
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::dns::DnsServer;
 use waypost_lbserver::assign::token;
@@ -357,33 +359,9 @@ async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_the_balancer_is_verified_as_the_srv_target_and_the_backends_as_the_service() {
     use waypost_balancer::{Certificate, ClientTlsConfig};
-    use waypost_integration::grpcio::GrpcioBackends;
-    use waypost_integration::pki::TestPki;
-
-    let pki = TestPki::new("grpclb TLS CA");
-    let backends = GrpcioBackends::start_tls(&["a", "b", "c"], &pki.server(&[SERVICE]), None)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let lb_identity = pki.server(&["lb.test"]);
-    let (cert, key, ca) = (
-        file("lb.pem", &lb_identity.cert_pem),
-        file("lb.key", &lb_identity.key_pem),
-        file("ca.pem", pki.ca_pem()),
-    );
-    let source: Vec<String> = backends.addrs().iter().map(|a| a.to_string()).collect();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nbackend_tls = true\nbackend_ca_file = \"{ca}\"\nbackend_server_name = \"{SERVICE}\"\n",
-        source.join(",")
-    );
-    let lb = start(Config::parse(&text, "tls.toml").unwrap(), serve_options())
-        .await
-        .unwrap();
+    // (bound whole: the backends and files live as long as the test)
+    let balanced = tls_balanced(SERVICE, &["a", "b", "c"], "", serve_options()).await;
+    let (pki, lb) = (&balanced.pki, &balanced.lb);
     let dns = dns(lb.listen.port()).await;
     let resolvers = ResolverRegistry::new();
     resolvers.register(DnsResolverBuilder::new(

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::dns::DnsServer;
 use waypost_integration::grpcio::python_with_grpcio;
+mod tls_balancer;
+use tls_balancer::{TlsBalanced, tls_balanced};
 use waypost_lbserver::config::Config;
 use waypost_lbserver::server::{Running, ServeOptions, start};
 
@@ -40,19 +42,29 @@ async fn balanced_backends() -> (Vec<Backend>, Running) {
     (backends, lb)
 }
 
-/// Runs a client program that warms up until it has reached every backend
-/// (`warm NAME` lines), then makes `calls` calls and prints `ok NAME` (the
-/// backend that served it) or the failure for each, then `done`, and holds
-/// its channel open until its standard input ends. Checks that all `calls`
-/// succeeded, spread round robin over the backends, that every call carried
-/// its backend's own `lb-token`, and that the client's ClientStats reports
-/// reached the balancer's totals.
-async fn assert_balanced(
-    mut client: tokio::process::Command,
-    calls: u64,
-    backends: &[Backend],
-    lb: &Running,
-) {
+/// DNS for the C-core clients: `movies.test` and `lb.test` → 127.0.0.1,
+/// `_grpclb._tcp.movies.test` → `lb.test:<lb_port>`; and a port where
+/// nothing listens for the target, so a call can only succeed through the
+/// balancer's list, never by falling back to the name's own address.
+async fn grpclb_dns(lb_port: u16) -> (DnsServer, u16) {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dns = DnsServer::start("test.").await.unwrap();
+    for name in ["movies.test.", "lb.test."] {
+        dns.set_a(name, &[Ipv4Addr::LOCALHOST], 1).await.unwrap();
+    }
+    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb_port, 1)
+        .await
+        .unwrap();
+    (dns, unused)
+}
+
+/// Starts a client program and reads its lines until `done` (at most
+/// 60 s; on time out, fails with what it printed on both outputs).
+async fn run_client(mut client: tokio::process::Command) -> (tokio::process::Child, Vec<String>) {
     let mut child = client
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -62,7 +74,7 @@ async fn assert_balanced(
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut outcomes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), async {
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line == "done" {
                 return;
@@ -70,8 +82,34 @@ async fn assert_balanced(
             outcomes.push(line);
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("the client made its calls within 60 s: {outcomes:?}"));
+    .await;
+    if finished.is_err() {
+        drop(child.stdin.take());
+        let mut stderr = String::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            child.stderr.take().unwrap().read_to_string(&mut stderr),
+        )
+        .await;
+        panic!("the client made its calls within 60 s: {outcomes:?}\n{stderr}");
+    }
+    (child, outcomes)
+}
+
+/// Runs a client program that warms up until it has reached every backend
+/// (`warm NAME` lines), then makes `calls` calls and prints `ok NAME` (the
+/// backend that served it) or the failure for each, then `done`, and holds
+/// its channel open until its standard input ends. Checks that all `calls`
+/// succeeded, spread round robin over the backends, that every call carried
+/// its backend's own `lb-token`, and that the client's ClientStats reports
+/// reached the balancer's totals.
+async fn assert_balanced(
+    client: tokio::process::Command,
+    calls: u64,
+    backends: &[Backend],
+    lb: &Running,
+) {
+    let (mut child, outcomes) = run_client(client).await;
     let count = |prefix: &str, name: Option<&str>| {
         outcomes
             .iter()
@@ -150,21 +188,7 @@ async fn grpc_core_clients_balance_through_waypost_serve() {
     let python = python_with_grpcio().unwrap();
     let (backends, lb) = balanced_backends().await;
 
-    // movies.test → 127.0.0.1 on a port where nothing listens, so a call
-    // can only succeed through the balancer's list, never by falling back
-    // to the name's own address.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dns = DnsServer::start("test.").await.unwrap();
-    dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
-        .await
-        .unwrap();
-    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb.listen.port(), 1)
-        .await
-        .unwrap();
+    let (dns, unused) = grpclb_dns(lb.listen.port()).await;
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -254,94 +278,36 @@ async fn grpc_go_clients_balance_through_waypost_serve() {
 /// carrying its backend's own lb-token (the backends echo what they got).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_core_clients_balance_through_waypost_serve_over_tls() {
-    use waypost_integration::grpcio::GrpcioBackends;
-    use waypost_integration::pki::TestPki;
-
     let python = python_with_grpcio().unwrap();
-    let pki = TestPki::new("waypost interop CA");
-    let backends =
-        GrpcioBackends::start_tls(&["tls-a", "tls-b", "tls-c"], &pki.server(&[SERVICE]), None)
-            .await
-            .unwrap();
-    let lb_identity = pki.server(&["lb.test"]);
-    let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key, ca) = (
-        file("lb.pem", &lb_identity.cert_pem),
-        file("lb.key", &lb_identity.key_pem),
-        file("ca.pem", pki.ca_pem()),
-    );
-    let source: Vec<String> = backends.addrs().iter().map(|a| a.to_string()).collect();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nclient_stats_interval = \"100ms\"\nbackend_tls = true\nbackend_ca_file = \"{ca}\"\nbackend_server_name = \"{SERVICE}\"\n",
-        source.join(",")
-    );
-    let lb = start(
-        Config::parse(&text, "interop-tls.toml").unwrap(),
+    let TlsBalanced {
+        backends,
+        lb,
+        files,
+        ..
+    } = tls_balanced(
+        SERVICE,
+        &["tls-a", "tls-b", "tls-c"],
+        "client_stats_interval = \"100ms\"\n",
         ServeOptions::default(),
     )
-    .await
-    .unwrap();
+    .await;
 
-    let unused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dns = DnsServer::start("test.").await.unwrap();
-    dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
-        .await
-        .unwrap();
-    dns.set_a("lb.test.", &[Ipv4Addr::LOCALHOST], 1)
-        .await
-        .unwrap();
-    dns.set_grpclb_balancer(&format!("{SERVICE}."), "lb.test.", lb.listen.port(), 1)
-        .await
-        .unwrap();
+    let (dns, unused) = grpclb_dns(lb.listen.port()).await;
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/interop/grpclb_client.py"
     );
     let calls: usize = 30;
-    let mut child = tokio::process::Command::new(&python)
+    let mut client = tokio::process::Command::new(&python);
+    client
         .arg(script)
         .arg(format!("dns://{}/{SERVICE}:{unused}", dns.addr()))
         .arg("3")
         .arg(calls.to_string())
         .arg("--tls")
-        .arg(&ca)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut outcomes = Vec::new();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line == "done" {
-                return;
-            }
-            outcomes.push(line);
-        }
-    })
-    .await;
-    if finished.is_err() {
-        drop(child.stdin.take());
-        let mut stderr = String::new();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            child.stderr.take().unwrap().read_to_string(&mut stderr),
-        )
-        .await;
-        panic!("the client made its calls within 60 s: {outcomes:?}\n{stderr}");
-    }
+        .arg(&files.ca);
+    let (mut child, outcomes) = run_client(client).await;
     let ok: Vec<(&str, &str)> = outcomes
         .iter()
         .filter_map(|l| l.strip_prefix("ok "))

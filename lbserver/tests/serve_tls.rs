@@ -30,6 +30,56 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A CA, the balancer's identity (for [`LB_NAME`] and 127.0.0.1) and an
+/// operator's client certificate, all as files in `dir`.
+struct Mtls {
+    pki: TestPki,
+    operator: Pem,
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Mtls {
+    fn new() -> Mtls {
+        let pki = TestPki::new("waypost CA");
+        let server = pki.server(&[LB_NAME, "127.0.0.1"]);
+        let operator = pki.client("operator");
+        let dir = tempfile::tempdir().unwrap();
+        Mtls {
+            cert: write(dir.path(), "cert.pem", &server.cert_pem),
+            key: write(dir.path(), "key.pem", &server.key_pem),
+            ca: write(dir.path(), "ca.pem", pki.ca_pem()),
+            client_cert: write(dir.path(), "client.pem", &operator.cert_pem),
+            client_key: write(dir.path(), "client-key.pem", &operator.key_pem),
+            pki,
+            operator,
+            dir,
+        }
+    }
+}
+
+/// `waypost serve` with `top` (top-level lines), `[tls]` over `cert` and
+/// `key` plus `tls_extra` (more lines of the table), and one service
+/// `movies` over `source`, probed for whole-server health.
+async fn serve_tls(
+    top: &str,
+    cert: &Path,
+    key: &Path,
+    tls_extra: &str,
+    source: &str,
+) -> waypost_lbserver::server::Running {
+    serve(&format!(
+        "{top}[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tls_extra}[[service]]\nname = \"movies\"\nsource = \"{source}\"\nhealth_service = \"\"\n",
+        cert.display(),
+        key.display(),
+    ))
+    .await
+}
+
 /// A BalanceLoad stream over a waypost TLS channel trusting `ca`, with a
 /// client certificate when given.
 async fn open_tls(
@@ -79,24 +129,27 @@ fn drain_args(
 async fn mtls_refuses_clients_without_a_certificate_and_a_certificate_stands_in_for_the_admin_token()
  {
     let backends = start_backends(2).await.unwrap();
-    let pki = TestPki::new("waypost CA");
-    let server = pki.server(&[LB_NAME, "127.0.0.1"]);
-    let operator = pki.client("operator");
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &server.cert_pem);
-    let key = write(dir.path(), "key.pem", &server.key_pem);
-    let ca = write(dir.path(), "ca.pem", pki.ca_pem());
-    let client_cert = write(dir.path(), "client.pem", &operator.cert_pem);
-    let client_key = write(dir.path(), "client-key.pem", &operator.key_pem);
+    let Mtls {
+        pki,
+        operator,
+        dir,
+        cert,
+        key,
+        ca,
+        client_cert,
+        client_key,
+    } = Mtls::new();
     let token = write(dir.path(), "token", "s3cret-admin-token\n");
-    let lb = serve(&format!(
-        "admin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n[[service]]\nname = \"movies\"\nsource = \"{}\"\nhealth_service = \"\"\n",
-        token.display(),
-        cert.display(),
-        key.display(),
-        ca.display(),
-        listing(&backends.iter().collect::<Vec<_>>()),
-    ))
+    let lb = serve_tls(
+        &format!(
+            "admin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n",
+            token.display()
+        ),
+        &cert,
+        &key,
+        &format!("client_ca_file = \"{}\"\n", ca.display()),
+        &listing(&backends.iter().collect::<Vec<_>>()),
+    )
     .await;
 
     // With a certificate from the client CA: the full list.
@@ -180,15 +233,14 @@ async fn rotated_certificate_files_apply_to_new_connections_while_open_streams_k
     let new_ca = TestPki::new("new CA");
     let old = old_ca.server(&[LB_NAME]);
     let new = new_ca.server(&[LB_NAME]);
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &old.cert_pem);
-    let key = write(dir.path(), "key.pem", &old.key_pem);
-    let lb = serve(&format!(
-        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"50ms\"\n[[service]]\nname = \"movies\"\nsource = \"{}\"\nhealth_service = \"\"\n",
-        cert.display(),
-        key.display(),
-        listing(&backends.iter().collect::<Vec<_>>()),
-    ))
+    let files = old_ca.files(&old).unwrap();
+    let lb = serve_tls(
+        "",
+        &files.cert,
+        &files.key,
+        "reload_interval = \"50ms\"\n",
+        &listing(&backends.iter().collect::<Vec<_>>()),
+    )
     .await;
 
     // Eight clients trusting the old CA, each with a list.
@@ -205,8 +257,9 @@ async fn rotated_certificate_files_apply_to_new_connections_while_open_streams_k
     assert!(early.message().contains("unknown issuer"), "{early:?}");
 
     // The files are replaced; new connections get the new certificate.
-    write(dir.path(), "key.pem", &new.key_pem);
-    write(dir.path(), "cert.pem", &new.cert_pem);
+    let dir = files.cert.parent().unwrap();
+    write(dir, "key.pem", &new.key_pem);
+    write(dir, "cert.pem", &new.cert_pem);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut fresh = loop {
         match open_tls(lb.listen, new_ca.ca_pem(), None).await {
@@ -259,16 +312,14 @@ async fn a_client_stalling_mid_handshake_holds_up_no_one_and_is_closed_at_the_ti
 
     let backends = start_backends(1).await.unwrap();
     let pki = TestPki::new("waypost CA");
-    let server = pki.server(&[LB_NAME]);
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &server.cert_pem);
-    let key = write(dir.path(), "key.pem", &server.key_pem);
-    let lb = serve(&format!(
-        "handshake_timeout = \"300ms\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[service]]\nname = \"movies\"\nsource = \"{}\"\nhealth_service = \"\"\n",
-        cert.display(),
-        key.display(),
-        backends[0].addr(),
-    ))
+    let files = pki.files(&pki.server(&[LB_NAME])).unwrap();
+    let lb = serve_tls(
+        "handshake_timeout = \"300ms\"\n",
+        &files.cert,
+        &files.key,
+        "",
+        &backends[0].addr().to_string(),
+    )
     .await;
 
     // The first bytes of a ClientHello record, then nothing.
@@ -294,15 +345,16 @@ async fn a_client_stalling_mid_handshake_holds_up_no_one_and_is_closed_at_the_ti
 
 #[tokio::test]
 async fn the_tls_flags_of_serve_status_and_drain() {
-    let pki = TestPki::new("waypost CA");
-    let server = pki.server(&[LB_NAME]);
-    let operator = pki.client("operator");
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &server.cert_pem);
-    let key = write(dir.path(), "key.pem", &server.key_pem);
-    let ca = write(dir.path(), "ca.pem", pki.ca_pem());
-    let client_cert = write(dir.path(), "client.pem", &operator.cert_pem);
-    let client_key = write(dir.path(), "client-key.pem", &operator.key_pem);
+    let Mtls {
+        pki,
+        operator,
+        dir: _dir,
+        cert,
+        key,
+        ca,
+        client_cert,
+        client_key,
+    } = Mtls::new();
     let path = |p: &PathBuf| p.display().to_string();
 
     // A certificate without its key is a usage error.
