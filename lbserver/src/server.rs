@@ -102,6 +102,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The registry it serves.
     pub registry: Registry,
+    /// How the listeners' `[tls]` files reloaded (`None`: no TLS).
+    pub tls: Option<std::sync::Arc<waypost_balancer::tls::TlsStats>>,
     shutdown: Option<oneshot::Sender<()>>,
     stop_streams: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -276,6 +278,7 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         listen,
         admin,
         registry,
+        tls: tls_stats,
         shutdown: Some(shutdown_tx),
         stop_streams,
         server,

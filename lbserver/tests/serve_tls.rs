@@ -256,8 +256,28 @@ async fn rotated_certificate_files_apply_to_new_connections_while_open_streams_k
         .unwrap_err();
     assert!(early.message().contains("unknown issuer"), "{early:?}");
 
-    // The files are replaced; new connections get the new certificate.
+    // A half-written certificate is kept out and counted; the old one
+    // still serves new connections.
     let dir = files.cert.parent().unwrap();
+    write(dir, "cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB");
+    let stats = lb.tls.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats
+        .reload_failures
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload failure counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut during = open_tls(lb.listen, old_ca.ca_pem(), None).await.unwrap();
+    list_where(&mut during, |s| s.len() == 2).await;
+    streams.push(during);
+
+    // The files are replaced; new connections get the new certificate.
     write(dir, "key.pem", &new.key_pem);
     write(dir, "cert.pem", &new.cert_pem);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -271,6 +291,7 @@ async fn rotated_certificate_files_apply_to_new_connections_while_open_streams_k
         }
     };
     list_where(&mut fresh, |s| s.len() == 2).await;
+    assert!(stats.reloads.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     let late = open_tls(lb.listen, old_ca.ca_pem(), None)
         .await
         .unwrap_err();
