@@ -25,6 +25,8 @@ pub mod picker;
 pub mod policy;
 pub mod service_config;
 pub mod subchannel;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 mod transport;
 

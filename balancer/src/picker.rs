@@ -82,11 +82,39 @@ pub enum Pick {
     Drop(Arc<str>),
 }
 
+/// What a picker is told about a call: its path and its request headers
+/// (`ring_hash` hashes one of them).
+#[derive(Debug, Clone, Copy)]
+pub struct PickInfo<'a> {
+    /// `/package.Service/Method`.
+    pub path: &'a str,
+    /// The call's request headers (its metadata).
+    pub headers: &'a http::HeaderMap,
+}
+
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+    std::sync::LazyLock::new(http::HeaderMap::new);
+
+impl<'a> PickInfo<'a> {
+    /// A call to `path` with these request headers.
+    pub fn new(path: &'a str, headers: &'a http::HeaderMap) -> PickInfo<'a> {
+        PickInfo { path, headers }
+    }
+
+    /// A call to `path` without request headers.
+    pub fn path(path: &'a str) -> PickInfo<'a> {
+        PickInfo {
+            path,
+            headers: &NO_HEADERS,
+        }
+    }
+}
+
 /// Chooses a connection for a call. Implementations are immutable
 /// snapshots: a new state means a new picker.
 pub trait Picker: Send + Sync + 'static {
-    /// Picks for the call to `path` (`/package.Service/Method`).
-    fn pick(&self, path: &str) -> Pick;
+    /// Picks for `call`.
+    fn pick(&self, call: &PickInfo<'_>) -> Pick;
 }
 
 /// Queues every call (no connection yet).
@@ -94,7 +122,7 @@ pub trait Picker: Send + Sync + 'static {
 pub struct QueuePicker;
 
 impl Picker for QueuePicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         Pick::Queue
     }
 }
@@ -104,7 +132,7 @@ impl Picker for QueuePicker {
 pub struct FailPicker(pub Arc<str>);
 
 impl Picker for FailPicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         Pick::Unavailable(self.0.clone())
     }
 }
@@ -116,7 +144,7 @@ impl Picker for FailPicker {
 pub(crate) struct ClosedPicker;
 
 impl Picker for ClosedPicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         Pick::Drop("channel closed".into())
     }
 }
@@ -126,7 +154,7 @@ impl Picker for ClosedPicker {
 pub struct SinglePicker(pub Connection);
 
 impl Picker for SinglePicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         Pick::Ready(Routed::to(self.0.clone()))
     }
 }
@@ -170,7 +198,7 @@ impl RoundRobinPicker {
 }
 
 impl Picker for RoundRobinPicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         let index = Self::next_index(self.ready.len());
         Pick::Ready(Routed::to(self.ready[index].clone()))
     }

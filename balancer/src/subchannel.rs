@@ -141,7 +141,9 @@ pub struct Connection {
 struct ConnectionInner {
     id: SubchannelId,
     address: Address,
-    send: Sender,
+    /// `None` for a test connection (the `testing` kit), which sends
+    /// nothing.
+    send: Option<Sender>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -171,7 +173,24 @@ impl Connection {
         &self,
         request: http::Request<tonic::body::Body>,
     ) -> Result<Exchange, SendError> {
-        self.inner.send.send(request)
+        match &self.inner.send {
+            Some(send) => send.send(request),
+            None => Err(SendError::Failed(tonic::Status::unavailable(
+                "a test connection sends nothing",
+            ))),
+        }
+    }
+
+    /// A connection that sends nothing, for policy tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn fake(id: SubchannelId, address: Address) -> Connection {
+        Connection {
+            inner: Arc::new(ConnectionInner {
+                id,
+                address,
+                send: None,
+            }),
+        }
     }
 }
 
@@ -235,6 +254,28 @@ impl SubchannelHandle {
     /// Its current state.
     pub fn state(&self) -> SubchannelState {
         self.state.borrow().clone()
+    }
+
+    /// A handle with no subchannel behind it, for policy tests: the
+    /// sender sets its state, the notify hears its connect requests.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn fake(
+        id: SubchannelId,
+        addresses: &[Address],
+    ) -> (
+        SubchannelHandle,
+        watch::Sender<SubchannelState>,
+        Arc<Notify>,
+    ) {
+        let (state_tx, state_rx) = watch::channel(SubchannelState::idle());
+        let connect = Arc::new(Notify::new());
+        let handle = SubchannelHandle {
+            id,
+            addresses: addresses.into(),
+            connect: connect.clone(),
+            state: state_rx,
+        };
+        (handle, state_tx, connect)
     }
 }
 
@@ -399,7 +440,7 @@ impl Driver {
                         inner: Arc::new(ConnectionInner {
                             id: self.id,
                             address,
-                            send,
+                            send: Some(send),
                         }),
                     };
                     let closed = self.while_connected(conn, connection).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::*;
-use waypost_balancer::picker::{Pick, Picker, QueuePicker};
+use waypost_balancer::picker::{Pick, PickInfo, Picker, QueuePicker};
 use waypost_balancer::{
     ConnectivityState, Helper, Policy, PolicyBuilder, PolicyRegistry, SubchannelHandle,
     SubchannelId, SubchannelState,
@@ -24,7 +24,7 @@ struct LastOne {
 struct LastOnePicker(waypost_balancer::Connection);
 
 impl Picker for LastOnePicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         Pick::Ready(self.0.clone().into())
     }
 }

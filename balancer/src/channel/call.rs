@@ -409,7 +409,10 @@ fn place(
 ) -> Placed {
     let snapshot = shared.picker.load();
     let generation = snapshot.generation;
-    let routed = match snapshot.picker.pick(request.uri().path()) {
+    let routed = match snapshot.picker.pick(&crate::picker::PickInfo::new(
+        request.uri().path(),
+        request.headers(),
+    )) {
         Pick::Ready(routed) => routed,
         Pick::Drop(reason) => {
             return Placed::Failed(tonic::Status::unavailable(reason.to_string()));

@@ -295,7 +295,13 @@ impl Channel {
     /// and one pick. Consumers that send calls of their own (`waypost::rpc`
     /// data calls) use it.
     pub fn pick(&self, path: &str) -> crate::picker::Pick {
-        self.shared.picker.load().picker.pick(path)
+        self.pick_with(&crate::picker::PickInfo::path(path))
+    }
+
+    /// [`Channel::pick`] for a call with request headers (which a policy
+    /// such as `ring_hash` may pick by).
+    pub fn pick_with(&self, call: &crate::picker::PickInfo<'_>) -> crate::picker::Pick {
+        self.shared.picker.load().picker.pick(call)
     }
 
     /// The number of the picker in force; it grows with every picker a

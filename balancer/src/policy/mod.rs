@@ -8,6 +8,7 @@
 
 pub mod grpclb;
 mod pick_first;
+pub mod ring_hash;
 mod round_robin;
 
 use std::sync::{Arc, LazyLock};
@@ -147,6 +148,10 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
     registry.register(pick_first::PickFirstBuilder);
     registry.register(round_robin::RoundRobinBuilder);
     registry.register(grpclb::GrpclbBuilder);
+    registry.register(ring_hash::RingHashBuilder {
+        name: "ring_hash_experimental",
+    });
+    registry.register(ring_hash::RingHashBuilder { name: "ring_hash" });
     registry
 });
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::picker::{Pick, Picker, RoundRobinPicker, Routed};
+use crate::picker::{Pick, PickInfo, Picker, RoundRobinPicker, Routed};
 use crate::subchannel::Connection;
 
 use super::stats::GrpclbStats;
@@ -45,7 +45,7 @@ impl GrpclbPicker {
 }
 
 impl Picker for GrpclbPicker {
-    fn pick(&self, _path: &str) -> Pick {
+    fn pick(&self, _call: &PickInfo<'_>) -> Pick {
         if self.pick_first {
             return self
                 .entries
