@@ -33,18 +33,25 @@ async fn the_quickstart_spreads_calls_and_avoids_the_unhealthy_backend() {
 #[path = "../examples/balancer_demo.rs"]
 mod balancer_demo;
 
+/// `n` ports free on 127.0.0.1 now, from 20000–32767 (below Linux's
+/// default ephemeral range, 32768–60999).
+fn free_ports_outside_the_ephemeral_range(n: usize) -> Vec<u16> {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (0..12_768u16)
+        .map(|i| 20_000 + (start - 20_000 + i) % 12_768)
+        .filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .take(n)
+        .collect()
+}
+
 #[tokio::test]
 async fn the_balancer_demo_spreads_calls_and_honours_a_drain() {
     // The demo's ports, but free ones, and `waypost serve`'s library form.
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    // They are chosen below the kernel's ephemeral range: the balancer
+    // probes them before the demo's backends listen, and a connection to a
+    // local port in that range with nothing listening can be given the very
+    // same port as its source (a TCP self-connection), which then holds it.
+    let ports = free_ports_outside_the_ephemeral_range(3);
     let text = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}\"\nhealth_service = \"movies.v1.MoviesService\"\nclient_stats_interval = \"1s\"\n",
         ports[0], ports[1], ports[2]
