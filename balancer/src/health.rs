@@ -72,7 +72,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for ConnectionService {
                 Err(SendError::Failed(status)) => return Err(status.into()),
             };
             match std::future::poll_fn(|cx| exchange.poll_response(cx)).await {
-                Ok(response) => Ok(response.map(|body| crate::ChannelBody::new(body, None))),
+                Ok(response) => Ok(
+                    response.map(|body| crate::ChannelBody::new(body, None, Default::default()))
+                ),
                 Err(Failure::Unsent(_)) => {
                     Err(tonic::Status::unavailable("the connection closed").into())
                 }

@@ -20,12 +20,35 @@ pub enum CallOutcome {
     Failed,
 }
 
-/// Observes the calls a picker routes (grpclb's ClientStats).
+/// Observes the calls a picker routes (grpclb's ClientStats,
+/// least_request's outstanding counts).
 pub trait CallTracker: Send + Sync + 'static {
     /// The call was sent to the routed connection.
     fn started(&self);
-    /// The call ended.
+    /// How the call landed: response headers arrived, or it failed first.
     fn finished(&self, outcome: CallOutcome);
+    /// The call is over: its response was read to the end, or it failed,
+    /// or it was cancelled (dropped). Once per [`CallTracker::started`].
+    fn ended(&self) {}
+}
+
+/// Tells a call's tracker that the call ended when dropped: the channel
+/// keeps it with the call (in its response body once headers arrived).
+#[derive(Default)]
+pub struct CallEnd(Option<Arc<dyn CallTracker>>);
+
+impl std::fmt::Debug for CallEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallEnd")
+    }
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.0.take() {
+            tracker.ended();
+        }
+    }
 }
 
 /// Where a call goes: a READY connection, plus what the call must carry
@@ -49,6 +72,17 @@ impl Routed {
             header: None,
             tracker: None,
         }
+    }
+}
+
+impl Routed {
+    /// Tells the tracker the call starts; the returned guard tells it the
+    /// call ended when dropped.
+    pub fn begin(&self) -> CallEnd {
+        if let Some(tracker) = &self.tracker {
+            tracker.started();
+        }
+        CallEnd(self.tracker.clone())
     }
 }
 

@@ -86,6 +86,8 @@ struct Stats {
     authorizations: Mutex<Vec<String>>,
     open_connections: AtomicU64,
     accepted: AtomicU64,
+    /// Added to every GetMovie, in milliseconds (a slow backend).
+    delay_ms: AtomicU64,
 }
 
 /// One backend server; stopped when dropped.
@@ -159,6 +161,14 @@ impl Backend {
     /// The health reporter behind its `grpc.health.v1` service.
     pub fn health(&self) -> &HealthReporter {
         &self.health
+    }
+
+    /// Makes every `GetMovie` take `delay` longer (a slow backend; zero
+    /// undoes it).
+    pub fn set_delay(&self, delay: Duration) {
+        self.stats
+            .delay_ms
+            .store(delay.min(MAX_DELAY).as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Sets the health of the whole server and of `movies.v1.MoviesService`.
@@ -420,7 +430,11 @@ impl MoviesService for MoviesBackend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|ms| Duration::from_millis(ms).min(MAX_DELAY));
-        if let Some(delay) = delay {
+        let slow = Duration::from_millis(self.stats.delay_ms.load(Ordering::Relaxed));
+        if let Some(delay) = delay
+            .map(|d| d + slow)
+            .or((!slow.is_zero()).then_some(slow))
+        {
             tokio::time::sleep(delay).await;
         }
         let injected = request

@@ -363,9 +363,8 @@ impl Client {
             metadata,
             message: message.into(),
         };
-        if let Some(tracker) = &routed.tracker {
-            tracker.started();
-        }
+        // Over once the handler answered (or the call failed or was dropped).
+        let _end = routed.begin();
         let outcome = self.exchange(routed.connection.address(), head, body).await;
         if let Some(tracker) = &routed.tracker {
             tracker.finished(match &outcome {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::limits::{CallLimits, MessageGuard, response_too_large};
+use crate::picker::CallEnd;
 use crate::transport::{RecvBody, status_of};
 
 /// The body of a response received through a waypost channel.
@@ -26,14 +27,18 @@ pub struct ChannelBody {
     limits: Option<Arc<CallLimits>>,
     /// Checks response messages, when they have a limit.
     guard: Option<MessageGuard>,
+    /// Tells the pick's tracker the call is over: dropped at the end of
+    /// the stream, on an error, or with the body.
+    end: Option<CallEnd>,
 }
 
 impl ChannelBody {
-    pub(crate) fn new(inner: RecvBody, limits: Option<Arc<CallLimits>>) -> Self {
+    pub(crate) fn new(inner: RecvBody, limits: Option<Arc<CallLimits>>, end: CallEnd) -> Self {
         ChannelBody {
             inner: Some(inner),
             guard: limits.as_ref().and_then(|l| l.response_guard()),
             limits,
+            end: Some(end),
         }
     }
 }
@@ -51,16 +56,21 @@ impl Body for ChannelBody {
             return Poll::Ready(Some(Err(status)));
         }
         let Some(inner) = this.inner.as_mut() else {
+            this.end = None;
             return Poll::Ready(None);
         };
         let frame = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
+                this.end = None;
                 // A request message over its limit reset the stream: say so.
                 let violation = this.limits.as_ref().and_then(|l| l.violation());
                 return Poll::Ready(Some(Err(violation.unwrap_or_else(|| status_of(&error)))));
             }
-            None => return Poll::Ready(None),
+            None => {
+                this.end = None;
+                return Poll::Ready(None);
+            }
         };
         let Some(guard) = &mut this.guard else {
             return Poll::Ready(Some(Ok(frame)));

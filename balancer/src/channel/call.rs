@@ -285,6 +285,8 @@ struct InFlight {
     /// The deadline's timer, once polled with a deadline.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     tracker: Option<Arc<dyn crate::picker::CallTracker>>,
+    /// Tells the tracker when the call is over (moves into the body).
+    end: crate::picker::CallEnd,
     /// The picker's header, removed again if the call must go elsewhere.
     added: Option<http::HeaderName>,
     /// The picker generation that placed it.
@@ -338,7 +340,8 @@ impl InFlight {
         Poll::Ready(match response {
             Ok(response) => {
                 let limits = self.limits.take();
-                Landed::Done(Ok(response.map(|body| ChannelBody::new(body, limits))))
+                let end = std::mem::take(&mut self.end);
+                Landed::Done(Ok(response.map(|body| ChannelBody::new(body, limits, end))))
             }
             // A request message over its limit reset the stream: say so.
             Err(Failure::Failed(error)) => Landed::Done(Err(self
@@ -439,18 +442,17 @@ fn place(
     };
     drop(snapshot);
     shared.counters.picks.fetch_add(1, Ordering::Relaxed);
+    let end = routed.begin();
     let added = routed.header.map(|(name, value)| {
         request.headers_mut().insert(name.clone(), value);
         name
     });
-    if let Some(tracker) = &routed.tracker {
-        tracker.started();
-    }
     let limits = request.extensions().get::<Arc<CallLimits>>().cloned();
     match routed.connection.send(request) {
         Ok(exchange) => Placed::Sent(InFlight {
             exchange,
             timer: None,
+            end,
             tracker: routed.tracker,
             added,
             generation,

@@ -7,6 +7,7 @@
 //! pickers. It does no I/O itself, which keeps it testable.
 
 pub mod grpclb;
+pub mod least_request;
 mod pick_first;
 pub mod ring_hash;
 mod round_robin;
@@ -152,6 +153,12 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
         name: "ring_hash_experimental",
     });
     registry.register(ring_hash::RingHashBuilder { name: "ring_hash" });
+    registry.register(least_request::LeastRequestBuilder {
+        name: "least_request_experimental",
+    });
+    registry.register(least_request::LeastRequestBuilder {
+        name: "least_request",
+    });
     registry
 });
 

@@ -8,8 +8,8 @@ use waypost_resolver::{Address, ResolveError, ResolverState};
 
 use super::{Helper, Policy, PolicyBuilder};
 use crate::connectivity::{ConnectivityState, aggregate};
-use crate::picker::{FailPicker, QueuePicker, RoundRobinPicker};
-use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
+use crate::picker::{FailPicker, Picker, QueuePicker, RoundRobinPicker};
+use crate::subchannel::{Connection, SubchannelHandle, SubchannelId, SubchannelState};
 
 pub(super) struct RoundRobinBuilder;
 
@@ -28,17 +28,56 @@ struct Entry {
     state: SubchannelState,
 }
 
+/// How a policy that keeps every endpoint connected picks among the READY
+/// ones: round_robin rotates, least_request compares outstanding calls.
+pub(crate) trait ReadyPicker: Send + 'static {
+    /// The policy's config object from the service config (validated).
+    fn configure(&mut self, config: &serde_json::Value);
+    /// A picker over `ready` (not empty), in resolver order.
+    fn picker(&mut self, ready: Vec<Connection>) -> Arc<dyn Picker>;
+}
+
+/// round_robin's own: rotate.
+struct Rotate;
+
+impl ReadyPicker for Rotate {
+    fn configure(&mut self, _config: &serde_json::Value) {}
+
+    fn picker(&mut self, ready: Vec<Connection>) -> Arc<dyn Picker> {
+        Arc::new(RoundRobinPicker::new(ready))
+    }
+}
+
 /// The `round_robin` policy.
-#[derive(Default)]
 pub struct RoundRobin {
     /// Subchannels by their address list, in resolver order.
     subchannels: Vec<(Vec<Address>, SubchannelId)>,
     entries: BTreeMap<SubchannelId, Entry>,
     /// Published state; TRANSIENT_FAILURE is sticky until something is READY.
     published: Option<ConnectivityState>,
+    ready_picker: Box<dyn ReadyPicker>,
+    name: &'static str,
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        RoundRobin::with(Box::new(Rotate), "round_robin")
+    }
 }
 
 impl RoundRobin {
+    /// Every endpoint kept connected, picks made by `ready_picker`; `name`
+    /// in messages.
+    pub(crate) fn with(ready_picker: Box<dyn ReadyPicker>, name: &'static str) -> RoundRobin {
+        RoundRobin {
+            subchannels: Vec::new(),
+            entries: BTreeMap::new(),
+            published: None,
+            ready_picker,
+            name,
+        }
+    }
+
     fn publish(&mut self, helper: &mut dyn Helper) {
         let ready: Vec<_> = self
             .subchannels
@@ -48,10 +87,8 @@ impl RoundRobin {
             .collect();
         if !ready.is_empty() {
             self.published = Some(ConnectivityState::Ready);
-            helper.update_picker(
-                ConnectivityState::Ready,
-                Arc::new(RoundRobinPicker::new(ready)),
-            );
+            let picker = self.ready_picker.picker(ready);
+            helper.update_picker(ConnectivityState::Ready, picker);
             return;
         }
         let state = aggregate(self.entries.values().map(|e| e.state.connectivity));
@@ -63,7 +100,7 @@ impl RoundRobin {
                 .entries
                 .values()
                 .find_map(|e| e.state.last_error.clone())
-                .unwrap_or_else(|| "round_robin: no addresses".into());
+                .unwrap_or_else(|| format!("{}: no addresses", self.name).into());
             self.published = Some(ConnectivityState::TransientFailure);
             helper.update_picker(
                 ConnectivityState::TransientFailure,
@@ -80,9 +117,10 @@ impl Policy for RoundRobin {
     fn resolver_update(
         &mut self,
         state: &ResolverState,
-        _config: &serde_json::Value,
+        config: &serde_json::Value,
         helper: &mut dyn Helper,
     ) {
+        self.ready_picker.configure(config);
         let mut old: BTreeMap<Vec<Address>, SubchannelId> = self.subchannels.drain(..).collect();
         for endpoint in &state.endpoints {
             if endpoint.addresses.is_empty() {
@@ -117,7 +155,7 @@ impl Policy for RoundRobin {
             helper.update_picker(
                 ConnectivityState::TransientFailure,
                 Arc::new(FailPicker(
-                    "round_robin: the resolver produced no addresses".into(),
+                    format!("{}: the resolver produced no addresses", self.name).into(),
                 )),
             );
             return;
