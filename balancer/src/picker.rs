@@ -29,24 +29,48 @@ pub trait CallTracker: Send + Sync + 'static {
     fn finished(&self, outcome: CallOutcome);
     /// The call is over: its response was read to the end, or it failed,
     /// or it was cancelled (dropped). Once per [`CallTracker::started`].
-    fn ended(&self) {}
+    /// `succeeded`: whether it ended with status OK; `None` when that is
+    /// not known (cancelled, or a consumer that does not say).
+    fn ended(&self, succeeded: Option<bool>) {
+        let _ = succeeded;
+    }
 }
 
-/// Tells a call's tracker that the call ended when dropped: the channel
-/// keeps it with the call (in its response body once headers arrived).
+/// Tells a call's tracker that the call ended, and how, when dropped: the
+/// channel keeps it with the call (in its response body once headers
+/// arrived) and records the call's status in it.
 #[derive(Default)]
-pub struct CallEnd(Option<Arc<dyn CallTracker>>);
+pub struct CallEnd {
+    tracker: Option<Arc<dyn CallTracker>>,
+    succeeded: Option<bool>,
+}
+
+impl CallEnd {
+    /// Records whether the call ended with status OK.
+    pub fn record(&mut self, succeeded: bool) {
+        self.succeeded = Some(succeeded);
+    }
+
+    /// Records the status in `headers` (`grpc-status`), if they carry one.
+    pub(crate) fn record_status(&mut self, headers: &http::HeaderMap) {
+        if let Some(status) = headers.get("grpc-status") {
+            self.record(status.as_bytes() == b"0");
+        }
+    }
+}
 
 impl std::fmt::Debug for CallEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CallEnd")
+        f.debug_struct("CallEnd")
+            .field("succeeded", &self.succeeded)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for CallEnd {
     fn drop(&mut self) {
-        if let Some(tracker) = self.0.take() {
-            tracker.ended();
+        if let Some(tracker) = self.tracker.take() {
+            tracker.ended(self.succeeded);
         }
     }
 }
@@ -82,7 +106,10 @@ impl Routed {
         if let Some(tracker) = &self.tracker {
             tracker.started();
         }
-        CallEnd(self.tracker.clone())
+        CallEnd {
+            tracker: self.tracker.clone(),
+            succeeded: None,
+        }
     }
 }
 

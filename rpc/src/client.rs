@@ -364,8 +364,9 @@ impl Client {
             message: message.into(),
         };
         // Over once the handler answered (or the call failed or was dropped).
-        let _end = routed.begin();
+        let mut end = routed.begin();
         let outcome = self.exchange(routed.connection.address(), head, body).await;
+        end.record(outcome.is_ok());
         if let Some(tracker) = &routed.tracker {
             tracker.finished(match &outcome {
                 Ok(_) => CallOutcome::KnownReceived,

@@ -62,6 +62,9 @@ impl Body for ChannelBody {
         let frame = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
+                if let Some(end) = &mut this.end {
+                    end.record(false);
+                }
                 this.end = None;
                 // A request message over its limit reset the stream: say so.
                 let violation = this.limits.as_ref().and_then(|l| l.violation());
@@ -72,6 +75,9 @@ impl Body for ChannelBody {
                 return Poll::Ready(None);
             }
         };
+        if let (Some(trailers), Some(end)) = (frame.trailers_ref(), &mut this.end) {
+            end.record_status(trailers);
+        }
         let Some(guard) = &mut this.guard else {
             return Poll::Ready(Some(Ok(frame)));
         };

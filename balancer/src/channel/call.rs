@@ -326,6 +326,7 @@ impl InFlight {
                 if let Some(tracker) = &self.tracker {
                     tracker.finished(CallOutcome::Failed);
                 }
+                self.end.record(false);
                 let status = tonic::Status::deadline_exceeded("deadline exceeded");
                 return Poll::Ready(Landed::Done(Err(status)));
             }
@@ -340,15 +341,20 @@ impl InFlight {
         Poll::Ready(match response {
             Ok(response) => {
                 let limits = self.limits.take();
-                let end = std::mem::take(&mut self.end);
+                let mut end = std::mem::take(&mut self.end);
+                // A trailers-only response carries its status here.
+                end.record_status(response.headers());
                 Landed::Done(Ok(response.map(|body| ChannelBody::new(body, limits, end))))
             }
             // A request message over its limit reset the stream: say so.
-            Err(Failure::Failed(error)) => Landed::Done(Err(self
-                .limits
-                .as_ref()
-                .and_then(|l| l.violation())
-                .unwrap_or_else(|| status_of(&error)))),
+            Err(Failure::Failed(error)) => {
+                self.end.record(false);
+                Landed::Done(Err(self
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.violation())
+                    .unwrap_or_else(|| status_of(&error))))
+            }
             Err(Failure::Unsent(request)) => Landed::Unsent(unsent(
                 &self.shared,
                 *request,

@@ -93,7 +93,7 @@ impl CallTracker for Outstanding {
 
     fn finished(&self, _outcome: CallOutcome) {}
 
-    fn ended(&self) {
+    fn ended(&self, _succeeded: Option<bool>) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod grpclb;
 pub mod least_request;
+pub mod outlier_detection;
 mod pick_first;
 pub mod ring_hash;
 mod round_robin;
@@ -158,6 +159,12 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
     });
     registry.register(least_request::LeastRequestBuilder {
         name: "least_request",
+    });
+    registry.register(outlier_detection::OutlierDetectionBuilder {
+        name: "outlier_detection_experimental",
+    });
+    registry.register(outlier_detection::OutlierDetectionBuilder {
+        name: "outlier_detection",
     });
     registry
 });
