@@ -88,6 +88,8 @@ struct Stats {
     accepted: AtomicU64,
     /// Added to every GetMovie, in milliseconds (a slow backend).
     delay_ms: AtomicU64,
+    /// This many of every 100 GetMovie calls fail with UNAVAILABLE.
+    failing_percent: AtomicU64,
 }
 
 /// One backend server; stopped when dropped.
@@ -169,6 +171,14 @@ impl Backend {
         self.stats
             .delay_ms
             .store(delay.min(MAX_DELAY).as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes `percent` of every 100 `GetMovie` calls fail with UNAVAILABLE
+    /// (deterministically, by call count; zero undoes it).
+    pub fn set_failing(&self, percent: u64) {
+        self.stats
+            .failing_percent
+            .store(percent.min(100), Ordering::Relaxed);
     }
 
     /// Sets the health of the whole server and of `movies.v1.MoviesService`.
@@ -424,6 +434,13 @@ type MovieStream = Pin<Box<dyn Stream<Item = Result<Movie, Status>> + Send + 'st
 impl MoviesService for MoviesBackend {
     async fn get_movie(&self, request: Request<MovieId>) -> Result<Response<Movie>, Status> {
         self.record(&request);
+        let failing = self.stats.failing_percent.load(Ordering::Relaxed);
+        if failing > 0 && self.stats.calls.load(Ordering::SeqCst) % 100 < failing {
+            return Err(Status::unavailable(format!(
+                "{} fails on purpose",
+                self.name
+            )));
+        }
         let delay = request
             .metadata()
             .get("x-delay-ms")
