@@ -1,0 +1,172 @@
+//! The same service configs given to gRPC C-core (Python grpcio) and to a
+//! waypost channel, against the same backends, behave alike.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::json;
+use waypost_balancer::Channel;
+use waypost_integration::backend::Backend;
+use waypost_integration::grpcio::python_with_grpcio;
+use waypost_proto::movies::v1::MovieId;
+use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
+
+/// C-core's backend for each key (5 calls each must agree).
+async fn c_core_placement(
+    target: &str,
+    config: &serde_json::Value,
+    keys: &[String],
+) -> BTreeMap<String, String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/policy_client.py"
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python_with_grpcio().unwrap())
+            .arg(script)
+            .arg(target)
+            .arg(config.to_string())
+            .arg("x-user")
+            .args(keys)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the C-core client finished within 60 s")
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines().last() == Some("done"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| {
+            assert!(!v.starts_with("MIXED"), "C-core: {k} {v}");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// waypost's backend for each key (5 calls each must agree).
+async fn waypost_placement(
+    target: &str,
+    config: &serde_json::Value,
+    keys: &[String],
+) -> BTreeMap<String, String> {
+    let channel = Channel::builder(target)
+        .default_service_config(config.clone())
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let mut placed = BTreeMap::new();
+    for key in keys {
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let mut request = tonic::Request::new(MovieId { mid: 1 });
+            request.set_timeout(Duration::from_secs(10));
+            request
+                .metadata_mut()
+                .insert("x-user", key.parse().unwrap());
+            request
+                .extensions_mut()
+                .insert(waypost_balancer::WaitForReady(true));
+            names.insert(
+                client
+                    .get_movie(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .served_by,
+            );
+        }
+        assert_eq!(names.len(), 1, "waypost: {key} went to {names:?}");
+        placed.insert(key.clone(), names.pop_first().unwrap());
+    }
+    placed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_places_every_key_where_c_core_does() {
+    // Three backends on 127.0.0.2-4, one port: the addresses hashed onto
+    // the ring are the same strings for both clients.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut backends = Vec::new();
+    for last in 2..=4u8 {
+        let addr = SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), port);
+        backends.push(Backend::start_at(&format!("b{last}"), addr).await.unwrap());
+    }
+    let target = format!("ipv4:127.0.0.2:{port},127.0.0.3:{port},127.0.0.4:{port}");
+    let config = json!({"loadBalancingConfig": [
+        {"ring_hash_experimental": {"requestHashHeader": "x-user"}}]});
+    let keys: Vec<String> = (0..60).map(|k| format!("user-{k}")).collect();
+    let c_core = c_core_placement(&target, &config, &keys).await;
+    let waypost = waypost_placement(&target, &config, &keys).await;
+    let used: std::collections::BTreeSet<_> = c_core.values().collect();
+    assert_eq!(used.len(), 3, "C-core used {used:?}");
+    let agree = keys.iter().filter(|k| c_core[*k] == waypost[*k]).count();
+    assert_eq!(agree, keys.len(), "C-core {c_core:?}\nwaypost {waypost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_the_failing_backend_in_c_core_as_in_waypost() {
+    let backends = waypost_integration::backend::start_backends(4)
+        .await
+        .unwrap();
+    backends[0].set_failing(80);
+    let target = format!(
+        "ipv4:{}",
+        backends
+            .iter()
+            .map(|b| b.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // The same config the waypost test (balancer/tests/outlier_detection.rs)
+    // uses.
+    let config = json!({"loadBalancingConfig": [{"outlier_detection_experimental": {
+        "interval": "0.2s", "baseEjectionTime": "1s", "maxEjectionPercent": 50,
+        "failurePercentageEjection": {"threshold": 50, "minimumHosts": 4, "requestVolume": 10},
+        "childPolicy": [{"round_robin": {}}]}}]});
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/policy_client.py"
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python_with_grpcio().unwrap())
+            .arg(script)
+            .arg(&target)
+            .arg(config.to_string())
+            .arg("--rounds")
+            .arg("30")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the C-core client finished within 60 s")
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rounds: Vec<&str> = text.lines().filter(|l| l.starts_with("round")).collect();
+    assert_eq!(
+        rounds.len(),
+        30,
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let failing = backends[0].name();
+    // C-core, too, stops sending to the failing backend: some round has
+    // no call to it at all.
+    let clean = rounds
+        .iter()
+        .position(|r| !r.contains(&format!(" {failing}=")))
+        .unwrap_or_else(|| panic!("C-core never ejected {failing}:\n{text}"));
+    assert!(clean < 20, "ejected only at round {clean}:\n{text}");
+}
