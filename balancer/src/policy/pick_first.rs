@@ -209,3 +209,74 @@ impl Policy for PickFirst {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use waypost_resolver::{Endpoint, ResolverState};
+
+    use super::*;
+    use crate::connectivity::ConnectivityState::*;
+    use crate::testing::FakeHelper;
+
+    const PATH: &str = "/movies.v1.MoviesService/GetMovie";
+
+    fn address(i: usize) -> Address {
+        Address::Tcp(format!("10.0.0.{i}:443").parse().unwrap())
+    }
+
+    fn three() -> ResolverState {
+        ResolverState::from_endpoints((1..=3).map(|i| Endpoint::new(address(i))))
+    }
+
+    #[test]
+    fn tries_in_order_moves_on_after_the_happy_eyeballs_delay_and_keeps_the_first_ready() {
+        let mut policy = PickFirst::default();
+        let mut helper = FakeHelper::new("movies.test");
+        policy.resolver_update(&three(), &json!({}), &mut helper);
+        let first = helper.subchannel_for(&address(1)).unwrap();
+        assert!(helper.take_connect_request(first));
+        helper.set_state(&mut policy, first, Connecting);
+        assert_eq!(helper.state(), Some(Connecting));
+        // Still connecting after 250 ms: the second is tried too.
+        let (after, token) = *helper.timers().last().unwrap();
+        assert_eq!(after, HAPPY_EYEBALLS_DELAY);
+        policy.timer(token, &mut helper);
+        let second = helper.subchannel_for(&address(2)).unwrap();
+        assert!(helper.take_connect_request(second));
+        // The second wins: the others are dropped, every call goes there.
+        helper.set_state(&mut policy, second, Ready);
+        assert_eq!(helper.state(), Some(Ready));
+        assert!(helper.removed(first));
+        for _ in 0..5 {
+            assert_eq!(helper.pick(PATH, &[]), Some(second));
+        }
+    }
+
+    #[test]
+    fn losing_the_connection_re_resolves_and_all_failing_fails_calls() {
+        let mut policy = PickFirst::default();
+        let mut helper = FakeHelper::new("movies.test");
+        policy.resolver_update(&three(), &json!({}), &mut helper);
+        let first = helper.subchannel_for(&address(1)).unwrap();
+        helper.set_state(&mut policy, first, Ready);
+        helper.set_state(&mut policy, first, Idle);
+        assert!(helper.resolve_now_calls() >= 1);
+        // A new pass where every address fails.
+        for i in 1..=3 {
+            if let Some(id) = helper.subchannel_for(&address(i)) {
+                helper.set_state(&mut policy, id, TransientFailure);
+            }
+        }
+        for i in 1..=3 {
+            if let Some(id) = helper.subchannel_for(&address(i)) {
+                helper.set_state(&mut policy, id, TransientFailure);
+            }
+        }
+        assert_eq!(helper.state(), Some(TransientFailure));
+        assert!(matches!(
+            helper.pick_with(PATH, &[]),
+            crate::picker::Pick::Unavailable(_)
+        ));
+    }
+}

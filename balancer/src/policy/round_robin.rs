@@ -187,3 +187,64 @@ impl Policy for RoundRobin {
         self.publish(helper);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+    use waypost_resolver::{Endpoint, ResolverState};
+
+    use super::*;
+    use crate::connectivity::ConnectivityState::*;
+    use crate::testing::FakeHelper;
+
+    const PATH: &str = "/movies.v1.MoviesService/GetMovie";
+
+    fn endpoints(range: std::ops::RangeInclusive<usize>) -> ResolverState {
+        ResolverState::from_endpoints(
+            range.map(|i| Endpoint::new(Address::Tcp(format!("10.0.0.{i}:443").parse().unwrap()))),
+        )
+    }
+
+    #[test]
+    fn connects_every_endpoint_and_rotates_over_the_ready_ones() {
+        let mut policy = RoundRobin::default();
+        let mut helper = FakeHelper::new("movies.test");
+        policy.resolver_update(&endpoints(1..=3), &json!({}), &mut helper);
+        let ids = helper.subchannel_ids();
+        assert!(ids.iter().all(|id| helper.take_connect_request(*id)));
+        assert_eq!(helper.state(), Some(Idle));
+        helper.set_state(&mut policy, ids[0], Ready);
+        helper.set_state(&mut policy, ids[2], Ready);
+        let mut served = BTreeMap::new();
+        for _ in 0..40 {
+            *served.entry(helper.pick(PATH, &[]).unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(served.len(), 2);
+        assert!(served.values().all(|n| *n == 20), "{served:?}");
+        // A connection that ends goes IDLE and is reconnected at once.
+        helper.set_state(&mut policy, ids[0], Idle);
+        assert!(helper.take_connect_request(ids[0]));
+    }
+
+    #[test]
+    fn failure_is_sticky_until_something_is_ready_and_removed_endpoints_go() {
+        let mut policy = RoundRobin::default();
+        let mut helper = FakeHelper::new("movies.test");
+        policy.resolver_update(&endpoints(1..=2), &json!({}), &mut helper);
+        let ids = helper.subchannel_ids();
+        helper.set_state(&mut policy, ids[0], TransientFailure);
+        helper.set_state(&mut policy, ids[1], TransientFailure);
+        assert_eq!(helper.state(), Some(TransientFailure));
+        // Reconnecting does not hide the failure…
+        helper.set_state(&mut policy, ids[0], Connecting);
+        assert_eq!(helper.state(), Some(TransientFailure));
+        // …READY does.
+        helper.set_state(&mut policy, ids[0], Ready);
+        assert_eq!(helper.state(), Some(Ready));
+        policy.resolver_update(&endpoints(1..=1), &json!({}), &mut helper);
+        assert!(helper.removed(ids[1]));
+        assert!(!helper.removed(ids[0]));
+    }
+}
