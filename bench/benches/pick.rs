@@ -12,6 +12,10 @@
 //! - `*/2_threads`: two threads picking at once; the time is per pick per
 //!   thread. `naive_atomic_cursor` is a shared `AtomicUsize` round-robin
 //!   over the same connections, the design waypost's picker avoids.
+//! - `waypost_ring_hash`, `waypost_least_request`,
+//!   `waypost_outlier_detection` (over round_robin): the same pick with the
+//!   other policies over the same 1,000 backends (ring_hash hashing an
+//!   `x-user` header; every endpoint connected first).
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
@@ -26,37 +30,60 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tower::Service;
 use tower::ServiceExt;
-use waypost_balancer::picker::Pick;
+use waypost_balancer::picker::{Pick, PickInfo};
 use waypost_balancer::{Channel, Connection};
 use waypost_integration::backend::Backend;
 
 const SUBCHANNELS: usize = 1000;
 const PATH: &str = "/movies.v1.MoviesService/GetMovie";
 
-fn ready_channel(runtime: &tokio::runtime::Runtime) -> (Channel, Vec<Backend>) {
+fn start_backends(runtime: &tokio::runtime::Runtime) -> Vec<Backend> {
     runtime.block_on(async {
         let mut backends = Vec::with_capacity(SUBCHANNELS);
         for i in 0..SUBCHANNELS {
             backends.push(Backend::start(&format!("b{i}")).await.expect("backend"));
         }
+        backends
+    })
+}
+
+/// A channel over `backends` with `policy`, once every subchannel is READY
+/// (ring_hash connects only what picks land on: picks with many keys wake
+/// them all).
+fn ready_channel(
+    runtime: &tokio::runtime::Runtime,
+    backends: &[Backend],
+    policy: serde_json::Value,
+) -> Channel {
+    runtime.block_on(async {
         let list: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
         let channel = Channel::builder(format!("ipv4:{}", list.join(",")))
-            .default_service_config(
-                serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}),
-            )
+            .default_service_config(serde_json::json!({"loadBalancingConfig": [policy]}))
             .build()
             .expect("channel");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut key = 0u64;
         while channel.stats().subchannels_ready < SUBCHANNELS as u64 {
             assert!(
                 Instant::now() < deadline,
-                "subchannels not READY in 60 s: {:?}",
+                "subchannels not READY in 120 s: {:?}",
                 channel.stats()
             );
+            for _ in 0..200 {
+                key += 1;
+                let _ = channel.pick_with(&PickInfo::new(PATH, &user(key)));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (channel, backends)
+        channel
     })
+}
+
+/// Request headers with `x-user: user-<key>`.
+fn user(key: u64) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", format!("user-{key}").parse().expect("a value"));
+    headers
 }
 
 /// Runs `pick` `iters` times on each of two threads at once; returns the
@@ -90,7 +117,36 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (channel, _backends) = ready_channel(&runtime);
+    let backends = start_backends(&runtime);
+    let channel = ready_channel(&runtime, &backends, serde_json::json!({"round_robin": {}}));
+    let others = [
+        (
+            "waypost_ring_hash",
+            ready_channel(
+                &runtime,
+                &backends,
+                serde_json::json!({"ring_hash_experimental": {"requestHashHeader": "x-user"}}),
+            ),
+        ),
+        (
+            "waypost_least_request",
+            ready_channel(
+                &runtime,
+                &backends,
+                serde_json::json!({"least_request_experimental": {}}),
+            ),
+        ),
+        (
+            "waypost_outlier_detection",
+            ready_channel(
+                &runtime,
+                &backends,
+                serde_json::json!({"outlier_detection_experimental": {
+                    "failurePercentageEjection": {}, "childPolicy": [{"round_robin": {}}]}}),
+            ),
+        ),
+    ];
+    let headers = user(7);
     let connections: Vec<Connection> = (0..SUBCHANNELS)
         .filter_map(|_| match channel.pick(PATH) {
             Pick::Ready(routed) => Some(routed.connection),
@@ -145,7 +201,19 @@ fn bench(c: &mut Criterion) {
     group.bench_function("naive_atomic_cursor/2_threads", |b| {
         b.iter_custom(|iters| two_threads(iters, naive))
     });
+    for (name, other) in &others {
+        let pick = || black_box(other.pick_with(&PickInfo::new(black_box(PATH), &headers)));
+        group.bench_function(format!("{name}/1_thread"), |b| b.iter(pick));
+        group.bench_function(format!("{name}/2_threads"), |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, || {
+                    pick();
+                })
+            })
+        });
+    }
     group.finish();
+    drop(others);
     drop(channel);
 }
 

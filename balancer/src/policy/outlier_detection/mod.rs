@@ -106,10 +106,34 @@ impl CallTracker for Both {
     }
 }
 
+/// Hashes a subchannel id with one multiplication (Fibonacci hashing; ids
+/// are small distinct integers and not chosen by peers): a pick's lookup
+/// costs no SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ById<T> = HashMap<SubchannelId, T, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The child's picker, with every routed call counted.
 struct Counting {
     child: Arc<dyn Picker>,
-    counters: HashMap<SubchannelId, Arc<Counters>>,
+    counters: ById<Arc<Counters>>,
 }
 
 impl Picker for Counting {

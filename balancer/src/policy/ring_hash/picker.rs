@@ -38,8 +38,12 @@ impl RingHashPicker {
         let name = self.header.as_ref()?;
         let mut values = call.headers.get_all(name).iter();
         let first = values.next()?;
+        let Some(second) = values.next() else {
+            // The usual case: one value, hashed in place.
+            return Some(ring::hash(first.as_bytes()));
+        };
         let mut joined = first.as_bytes().to_vec();
-        for value in values {
+        for value in std::iter::once(second).chain(values) {
             joined.push(b',');
             joined.extend_from_slice(value.as_bytes());
         }
