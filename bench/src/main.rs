@@ -7,6 +7,7 @@
 //! cargo run --release -p waypost-bench -- rpc
 //! cargo run --release -p waypost-bench -- rpc --tls
 //! cargo run --release -p waypost-bench -- dataconn
+//! cargo run --release -p waypost-bench -- skew
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
 
@@ -14,6 +15,7 @@ mod dataconn;
 mod etcd;
 mod lbserver;
 mod rpc;
+mod skew;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,8 @@ enum Command {
     Rpc(rpc::RpcArgs),
     /// One rpc variant making sequential calls (for counting instructions).
     RpcCalls(rpc::CallsArgs),
+    /// Latency with one slow backend: round_robin vs least_request vs tonic.
+    Skew(skew::SkewArgs),
     /// BalanceLoad streams one `waypost serve` holds, its RSS, and fan-out time.
     Lbserver(lbserver::LbArgs),
     /// One bulk stream: waypost-rpc data connection vs raw TCP vs tonic streaming.
@@ -54,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Etcd(args) => etcd::run(args).await,
         Command::Rpc(args) => rpc::run(args).await,
         Command::RpcCalls(args) => rpc::calls(args).await,
+        Command::Skew(args) => skew::run(args).await,
         Command::Lbserver(args) => lbserver::run(args).await,
         Command::LbserverTonic => lbserver::tonic_child().await,
         Command::RpcBackends(args) => rpc::backends(args).await,

@@ -74,6 +74,9 @@ pub(crate) struct BackendArgs {
     /// …and this key (PEM).
     #[arg(long)]
     tls_key: Option<std::path::PathBuf>,
+    /// Added latency per backend, in ms, comma-separated (plaintext only).
+    #[arg(long, value_delimiter = ',')]
+    delays_ms: Vec<u64>,
 }
 
 /// The name the backends' certificate is for.
@@ -81,7 +84,7 @@ const TLS_NAME: &str = "movies.bench";
 
 /// The TLS material of a `--tls` run: a CA, and the backends' certificate
 /// in files the child reads.
-struct BenchTls {
+pub(crate) struct BenchTls {
     ca_pem: String,
     dir: tempfile::TempDir,
 }
@@ -141,7 +144,12 @@ pub(crate) async fn backends(args: BackendArgs) -> Result<(), Box<dyn std::error
                 );
             }
         }
-        _ => plain = waypost_integration::backend::start_backends(4).await?,
+        _ => {
+            plain = waypost_integration::backend::start_backends(4).await?;
+            for (backend, ms) in plain.iter().zip(&args.delays_ms) {
+                backend.set_delay(Duration::from_millis(*ms));
+            }
+        }
     }
     let addrs: Vec<String> = plain
         .iter()
@@ -301,8 +309,9 @@ where
     )
 }
 
-/// `concurrency` callers as fast as they can for `seconds`.
-async fn unpaced<T>(
+/// `concurrency` callers as fast as they can for `seconds`: calls/s, p50
+/// and p99 in µs.
+pub(crate) async fn unpaced<T>(
     client: MoviesServiceClient<T>,
     concurrency: usize,
     seconds: u64,
@@ -374,8 +383,20 @@ impl Clients {
 async fn spawn_backends(
     tls: Option<&BenchTls>,
 ) -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>> {
+    spawn_backends_with(tls, &[]).await
+}
+
+/// [`spawn_backends`], each backend slowed by `delays_ms` (in order).
+pub(crate) async fn spawn_backends_with(
+    tls: Option<&BenchTls>,
+    delays_ms: &[u64],
+) -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>> {
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.arg("rpc-backends");
+    if !delays_ms.is_empty() {
+        let list: Vec<String> = delays_ms.iter().map(u64::to_string).collect();
+        command.arg("--delays-ms").arg(list.join(","));
+    }
     if let Some(tls) = tls {
         command
             .arg("--tls-cert")
