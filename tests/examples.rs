@@ -204,3 +204,28 @@ async fn the_file_transfer_arrives_intact_with_matching_checksums() {
     assert!(seen.identical, "the written file equals the source");
     assert_eq!(seen.bad_ticket, Some(tonic::Code::PermissionDenied));
 }
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/policies.rs"]
+mod policies;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policies_example_keeps_users_on_one_backend_and_spares_the_slow_one() {
+    let observed = policies::run().await.expect("the example runs");
+    for (user, reached) in &observed.by_user {
+        assert!(
+            reached.iter().all(|b| *b == reached[0]),
+            "{user}: {reached:?}"
+        );
+    }
+    assert!(
+        (15.0..=35.0).contains(&observed.slow_round_robin),
+        "{}",
+        observed.slow_round_robin
+    );
+    assert!(
+        observed.slow_least_request < 15.0,
+        "{}",
+        observed.slow_least_request
+    );
+}
