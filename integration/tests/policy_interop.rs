@@ -12,12 +12,9 @@ use waypost_integration::grpcio::python_with_grpcio;
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
 
-/// C-core's backend for each key (5 calls each must agree).
-async fn c_core_placement(
-    target: &str,
-    config: &serde_json::Value,
-    keys: &[String],
-) -> BTreeMap<String, String> {
+/// Runs `policy_client.py TARGET CONFIG ARGS…` (C-core) to its end; its
+/// standard output, which must end with `done`.
+async fn c_core(target: &str, config: &serde_json::Value, args: &[String]) -> String {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/interop/policy_client.py"
@@ -28,20 +25,31 @@ async fn c_core_placement(
             .arg(script)
             .arg(target)
             .arg(config.to_string())
-            .arg("x-user")
-            .args(keys)
+            .args(args)
             .kill_on_drop(true)
             .output(),
     )
     .await
     .expect("the C-core client finished within 60 s")
     .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         text.lines().last() == Some("done"),
         "{text}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    text
+}
+
+/// C-core's backend for each key (5 calls each must agree).
+async fn c_core_placement(
+    target: &str,
+    config: &serde_json::Value,
+    keys: &[String],
+) -> BTreeMap<String, String> {
+    let mut args = vec!["x-user".to_owned()];
+    args.extend(keys.iter().cloned());
+    let text = c_core(target, config, &args).await;
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| {
@@ -135,32 +143,9 @@ async fn outlier_detection_ejects_the_failing_backend_in_c_core_as_in_waypost() 
         "interval": "0.2s", "baseEjectionTime": "1s", "maxEjectionPercent": 50,
         "failurePercentageEjection": {"threshold": 50, "minimumHosts": 4, "requestVolume": 10},
         "childPolicy": [{"round_robin": {}}]}}]});
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/policy_client.py"
-    );
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python_with_grpcio().unwrap())
-            .arg(script)
-            .arg(&target)
-            .arg(config.to_string())
-            .arg("--rounds")
-            .arg("30")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the C-core client finished within 60 s")
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = c_core(&target, &config, &["--rounds".to_owned(), "30".to_owned()]).await;
     let rounds: Vec<&str> = text.lines().filter(|l| l.starts_with("round")).collect();
-    assert_eq!(
-        rounds.len(),
-        30,
-        "{text}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(rounds.len(), 30, "{text}");
     let failing = backends[0].name();
     // C-core, too, stops sending to the failing backend: some round has
     // no call to it at all.
