@@ -430,3 +430,110 @@ impl Policy for Grpclb {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use waypost_proto::grpc::lb::v1::Server;
+    use waypost_resolver::{Endpoint, ResolverState};
+
+    use super::*;
+    use crate::connectivity::ConnectivityState::*;
+    use crate::picker::Pick;
+    use crate::testing::FakeHelper;
+
+    const PATH: &str = "/movies.v1.MoviesService/GetMovie";
+
+    fn server(last: u8, token: &str, drop: bool) -> Server {
+        Server {
+            ip_address: vec![10, 0, 0, last],
+            port: 443,
+            load_balance_token: token.into(),
+            drop,
+        }
+    }
+
+    fn address(last: u8) -> Address {
+        Address::Tcp(format!("10.0.0.{last}:443").parse().unwrap())
+    }
+
+    /// A grpclb policy whose balancer (never reachable here) is given in
+    /// the config, with one resolver backend for fallback.
+    fn start(helper: &mut FakeHelper) -> Box<dyn Policy> {
+        let mut policy = GrpclbBuilder.build();
+        let state = ResolverState::from_endpoints([Endpoint::new(address(9))]);
+        policy.resolver_update(
+            &state,
+            &json!({"balancerAddresses": ["127.0.0.1:1"], "initialFallbackTimeout": "10s"}),
+            helper,
+        );
+        policy
+    }
+
+    #[tokio::test]
+    async fn a_server_list_is_walked_in_order_with_tokens_and_drops() {
+        let mut helper = FakeHelper::new("movies.test");
+        let mut policy = start(&mut helper);
+        policy.event(
+            Box::new(StreamEvent::List(vec![
+                server(1, "t1", false),
+                server(0, "", true),
+                server(2, "t2", false),
+            ])),
+            &mut helper,
+        );
+        let (one, two) = (
+            helper.subchannel_for(&address(1)).unwrap(),
+            helper.subchannel_for(&address(2)).unwrap(),
+        );
+        assert!(
+            helper.subchannel_for(&address(9)).is_none(),
+            "no fallback yet"
+        );
+        helper.set_state(&mut *policy, one, Ready);
+        helper.set_state(&mut *policy, two, Ready);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            match helper.pick_with(PATH, &[]) {
+                Pick::Ready(routed) => {
+                    let (name, value) = routed.header.expect("an lb-token");
+                    assert_eq!(name, "lb-token");
+                    seen.push(value.to_str().unwrap().to_owned());
+                }
+                Pick::Drop(_) => seen.push("drop".into()),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The list's order, drops included, over and over.
+        let cycle: Vec<_> = seen
+            .iter()
+            .cycle()
+            .skip_while(|s| *s != "t1")
+            .take(3)
+            .cloned()
+            .collect();
+        assert_eq!(cycle, ["t1", "drop", "t2"], "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn without_a_list_in_time_the_resolvers_backends_are_used() {
+        let mut helper = FakeHelper::new("movies.test");
+        let mut policy = start(&mut helper);
+        assert!(helper.subchannel_for(&address(9)).is_none());
+        policy.timer(FALLBACK_TIMER, &mut helper);
+        let fallback = helper
+            .subchannel_for(&address(9))
+            .expect("the fallback backend");
+        helper.set_state(&mut *policy, fallback, Ready);
+        assert_eq!(helper.state(), Some(Ready));
+        assert_eq!(helper.pick(PATH, &[]), Some(fallback));
+        // A list arriving later takes over.
+        policy.event(
+            Box::new(StreamEvent::List(vec![server(1, "t1", false)])),
+            &mut helper,
+        );
+        let one = helper.subchannel_for(&address(1)).unwrap();
+        helper.set_state(&mut *policy, one, Ready);
+        assert_eq!(helper.pick(PATH, &[]), Some(one));
+    }
+}
