@@ -35,37 +35,39 @@ need_packages() {
     exit 1
 }
 
-# The interop tests run gRPC C-core clients through Python's grpcio. Finds a
-# python3 that imports it (installing grpcio with pip, or Debian's
-# python3-grpcio, when missing) and exports it as WAYPOST_PYTHON.
+# The interop tests run gRPC C-core clients through Python's grpcio, and the
+# policy interop tests need a recent one (ring_hash's requestHashHeader
+# came in grpcio 1.60; Debian 12's python3-grpcio is 1.51). Finds a python3
+# whose grpcio is at least 1.60, else installs grpcio with pip into a
+# virtual environment under ~/.cache/waypost (installing python3-venv with
+# apt-get when missing), and exports it as WAYPOST_PYTHON.
 #
 # usage: need_python_grpcio
 need_python_grpcio() {
-    local py
-    for py in python3 /usr/bin/python3; do
-        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import grpc' 2>/dev/null; then
+    local py venv="${XDG_CACHE_HOME:-$HOME/.cache}/waypost/python"
+    local recent='import grpc, sys; v = tuple(int(x) for x in grpc.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 60) else 1)'
+    for py in "$venv/bin/python3" python3 /usr/bin/python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c "$recent" 2>/dev/null; then
             export WAYPOST_PYTHON="$py"
             return 0
         fi
     done
-    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
-        echo "==> installing grpcio (pip)"
-        if python3 -m pip install -q grpcio >/dev/null 2>&1 && python3 -c 'import grpc' 2>/dev/null; then
-            export WAYPOST_PYTHON=python3
-            return 0
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            echo "==> installing python3-venv (apt-get)"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
         fi
     fi
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "==> installing python3-grpcio (apt-get)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-grpcio >/dev/null
-        if /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
-            export WAYPOST_PYTHON=/usr/bin/python3
-            return 0
-        fi
+    echo "==> installing grpcio (pip, into $venv)"
+    if python3 -m venv "$venv" >/dev/null 2>&1 \
+        && "$venv/bin/python3" -m pip install -q grpcio >/dev/null 2>&1 \
+        && "$venv/bin/python3" -c "$recent" 2>/dev/null; then
+        export WAYPOST_PYTHON="$venv/bin/python3"
+        return 0
     fi
-    echo "the interop tests need Python 3 with grpcio:" >&2
-    echo "  python3 -m pip install grpcio   (or: apt-get install python3-grpcio)" >&2
+    echo "the interop tests need Python 3 with grpcio 1.60 or later:" >&2
+    echo "  python3 -m venv ~/.cache/waypost/python && ~/.cache/waypost/python/bin/pip install grpcio" >&2
     exit 1
 }
 
