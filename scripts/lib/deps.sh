@@ -60,11 +60,26 @@ need_python_grpcio() {
         fi
     fi
     echo "==> installing grpcio (pip, into $venv)"
-    if python3 -m venv "$venv" >/dev/null 2>&1 \
-        && "$venv/bin/python3" -m pip install -q grpcio >/dev/null 2>&1 \
-        && "$venv/bin/python3" -c "$recent" 2>/dev/null; then
+    local log
+    log=$(mktemp)
+    if python3 -m venv "$venv" >"$log" 2>&1 \
+        && "$venv/bin/python3" -m pip install -q grpcio >>"$log" 2>&1 \
+        && "$venv/bin/python3" -c "$recent" >>"$log" 2>&1; then
+        rm -f "$log"
         export WAYPOST_PYTHON="$venv/bin/python3"
         return 0
+    fi
+    # Say why, then try pip without a venv (Debian's python3-pip).
+    tail -15 "$log" >&2
+    rm -f "$log"
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "==> installing python3-pip (apt-get) and grpcio (pip --user)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+        if python3 -m pip install -q --user --break-system-packages grpcio \
+            && python3 -c "$recent" 2>/dev/null; then
+            export WAYPOST_PYTHON=python3
+            return 0
+        fi
     fi
     echo "the interop tests need Python 3 with grpcio 1.60 or later:" >&2
     echo "  python3 -m venv ~/.cache/waypost/python && ~/.cache/waypost/python/bin/pip install grpcio" >&2
