@@ -62,8 +62,11 @@ need_python_grpcio() {
     echo "==> installing grpcio (pip, into $venv)"
     local log
     log=$(mktemp)
+    # A network whose TLS needs its own CA names its bundle in SSL_CERT_FILE.
+    local cert=()
+    [ -n "${SSL_CERT_FILE:-}" ] && cert=(--cert "$SSL_CERT_FILE")
     if python3 -m venv "$venv" >"$log" 2>&1 \
-        && "$venv/bin/python3" -m pip install -q grpcio >>"$log" 2>&1 \
+        && "$venv/bin/python3" -m pip install -q "${cert[@]}" grpcio >>"$log" 2>&1 \
         && "$venv/bin/python3" -c "$recent" >>"$log" 2>&1; then
         rm -f "$log"
         export WAYPOST_PYTHON="$venv/bin/python3"
@@ -75,7 +78,7 @@ need_python_grpcio() {
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "==> installing python3-pip (apt-get) and grpcio (pip --user)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-        if python3 -m pip install -q --user --break-system-packages grpcio \
+        if python3 -m pip install -q --user --break-system-packages "${cert[@]}" grpcio \
             && python3 -c "$recent" 2>/dev/null; then
             export WAYPOST_PYTHON=python3
             return 0
