@@ -123,8 +123,25 @@ async fn keys_stick_a_new_backend_takes_its_share_and_a_stopped_ones_keys_move()
         "{between_old} of 60 moved between the old backends"
     );
 
-    // One backend stops: its keys move, no other does.
+    // One backend stops: its keys move, no other does. (Measured once the
+    // channel has seen the connection go: a call sent on it just before
+    // fails UNAVAILABLE, as gRPC specifies.)
+    let ready = channel.stats().subchannels_ready;
     backends[0].stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while channel.stats().subchannels_ready >= ready {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            channel.stats()
+        );
+        let seen = channel.picker_generation();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(200),
+            channel.wait_for_picker_change(seen),
+        )
+        .await;
+    }
     let after = placement(&mut client, &keys).await;
     for key in &keys {
         if four[key] == "b2" {
