@@ -5,6 +5,9 @@
 //!   grpc C-core and grpc-java.
 //! - [`grpc::health::v1`]: the standard health checking protocol, plus
 //!   [`health::HealthReporter`], a ready-made server for it.
+//! - [`xds::data::orca::v3`] and [`xds::service::orca::v3`]: ORCA backend
+//!   load reports (gRFC A51), plus [`orca`], a ready-made server side for
+//!   them.
 //! - [`movies::v1`]: the example service used by waypost's examples, tests and
 //!   benchmarks.
 //!
@@ -21,6 +24,7 @@
 
 pub mod codec;
 pub mod health;
+pub mod orca;
 
 /// The `grpc.*` packages.
 pub mod grpc {
@@ -66,5 +70,37 @@ pub mod movies {
         include!("generated/movies.v1.rs");
         /// Encoded descriptors of this package, for server reflection.
         pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/movies.v1.bin");
+    }
+}
+
+/// The `xds.*` packages (CNCF xDS API) that gRPC uses outside xDS itself.
+pub mod xds {
+    /// `xds.data.*`.
+    pub mod data {
+        /// `xds.data.orca.*`.
+        pub mod orca {
+            /// `xds.data.orca.v3`: the ORCA load report.
+            #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+            pub mod v3 {
+                include!("generated/xds.data.orca.v3.rs");
+                /// Encoded descriptors of this package, for server reflection.
+                pub const FILE_DESCRIPTOR_SET: &[u8] =
+                    include_bytes!("generated/xds.data.orca.v3.bin");
+            }
+        }
+    }
+    /// `xds.service.*`.
+    pub mod service {
+        /// `xds.service.orca.*`.
+        pub mod orca {
+            /// `xds.service.orca.v3`: ORCA's out-of-band reporting service.
+            #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+            pub mod v3 {
+                include!("generated/xds.service.orca.v3.rs");
+                /// Encoded descriptors of this package, for server reflection.
+                pub const FILE_DESCRIPTOR_SET: &[u8] =
+                    include_bytes!("generated/xds.service.orca.v3.bin");
+            }
+        }
     }
 }

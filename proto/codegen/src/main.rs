@@ -20,6 +20,10 @@ const PROTOS: &[(&str, Option<&str>)] = &[
     ("grpc/health/v1/health.proto", None),
     ("movies/v1/movies.proto", None),
     ("bulk/v1/bulk.proto", None),
+    // ORCA load reports (weighted_round_robin); the service file brings in
+    // the report's, whose code is written again, identically.
+    ("xds/data/orca/v3/orca_load_report.proto", None),
+    ("xds/service/orca/v3/orca.proto", None),
 ];
 
 fn main() -> ExitCode {
