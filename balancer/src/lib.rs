@@ -23,6 +23,7 @@ pub mod credentials;
 mod health;
 pub mod picker;
 pub mod policy;
+mod sequence;
 pub mod service_config;
 pub mod subchannel;
 #[cfg(any(test, feature = "testing"))]

@@ -4,9 +4,9 @@
 //! changes; the channel swaps it in atomically. A pick loads the current
 //! snapshot and chooses, taking no lock and allocating nothing.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
+use crate::sequence::Sequence;
 use crate::subchannel::Connection;
 
 /// How a call ended, for a [`CallTracker`].
@@ -220,47 +220,74 @@ impl Picker for SinglePicker {
     }
 }
 
-thread_local! {
-    /// Each thread walks the ring with its own cursor, so concurrent picks
-    /// share no written memory (a shared atomic cursor bounces its cache
-    /// line between cores on every pick).
-    static CURSOR: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
 /// Round-robin over READY connections (`round_robin`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RoundRobinPicker {
     ready: Arc<[Connection]>,
+    sequence: Sequence,
 }
 
 impl RoundRobinPicker {
-    /// A picker over `ready`, which must not be empty.
+    /// A picker over `ready`, which must not be empty, starting at a random
+    /// place, as gRPC's round_robin does (so clients do not all begin with
+    /// the same backend).
     pub fn new(ready: Vec<Connection>) -> Self {
+        let start = rand::random_range(0..ready.len().max(1));
+        Self::starting_at(ready, start)
+    }
+
+    /// A picker over `ready`, which must not be empty, whose first pick on
+    /// each thread is `ready[start % len]`.
+    pub fn starting_at(ready: Vec<Connection>, start: usize) -> Self {
         assert!(!ready.is_empty(), "a round-robin picker needs a connection");
         RoundRobinPicker {
             ready: ready.into(),
+            sequence: Sequence::new(start),
         }
-    }
-
-    /// The index the next pick on this thread takes, out of `len`.
-    pub(crate) fn next_index(len: usize) -> usize {
-        CURSOR.with(|cursor| {
-            let mut current = cursor.get();
-            if current == usize::MAX {
-                // First pick on this thread: start at a random place, as
-                // gRPC's round_robin does, so threads do not move in step.
-                current = rand::random::<u32>() as usize;
-            }
-            let next = current.wrapping_add(1);
-            cursor.set(next);
-            next % len
-        })
     }
 }
 
 impl Picker for RoundRobinPicker {
     fn pick(&self, _call: &PickInfo<'_>) -> Pick {
-        let index = Self::next_index(self.ready.len());
+        let index = self.sequence.next() % self.ready.len();
         Pick::Ready(Routed::to(self.ready[index].clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subchannel::SubchannelId;
+
+    fn picker(n: u64) -> RoundRobinPicker {
+        let ready = (1..=n)
+            .map(|i| {
+                let address = format!("10.0.0.{i}:443").parse().unwrap();
+                Connection::fake(SubchannelId(i), waypost_resolver::Address::Tcp(address))
+            })
+            .collect();
+        RoundRobinPicker::starting_at(ready, 0)
+    }
+
+    fn picked(picker: &RoundRobinPicker) -> u64 {
+        match picker.pick(&PickInfo::path("/s/m")) {
+            Pick::Ready(routed) => routed.connection.id().0,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_channels_used_in_turn_on_one_thread_each_rotate_over_all_their_backends() {
+        // One counter per thread shared by every picker once sent each of
+        // these channels' calls to a single backend.
+        let (a, b) = (picker(2), picker(2));
+        let mut seen_a = Vec::new();
+        let mut seen_b = Vec::new();
+        for _ in 0..4 {
+            seen_a.push(picked(&a));
+            seen_b.push(picked(&b));
+        }
+        assert_eq!(seen_a, [1, 2, 1, 2]);
+        assert_eq!(seen_b, [1, 2, 1, 2]);
     }
 }

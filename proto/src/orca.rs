@@ -235,7 +235,10 @@ impl OrcaReporter {
     /// A named utilization, a fraction in [0, 1].
     pub fn set_utilization(&self, name: &str, value: f64) -> Result<(), InvalidMetric> {
         let value = check(name, value, Some(1.0))?;
-        self.figures.lock().utilization.insert(name.to_owned(), value);
+        self.figures
+            .lock()
+            .utilization
+            .insert(name.to_owned(), value);
         Ok(())
     }
 
@@ -480,8 +483,8 @@ impl OpenRcaService for OrcaOobService {
         let reporter = self.reporter.clone();
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stream = tokio_stream::wrappers::IntervalStream::new(ticks)
-            .map(move |_| Ok(reporter.report()));
+        let stream =
+            tokio_stream::wrappers::IntervalStream::new(ticks).map(move |_| Ok(reporter.report()));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -18,12 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 
 use super::round_robin::{ReadyPicker, RoundRobin};
-use super::{Policy, PolicyBuilder};
+use super::{Helper, Policy, PolicyBuilder};
 use crate::picker::{CallOutcome, CallTracker, Pick, PickInfo, Picker, Routed};
 use crate::subchannel::{Connection, SubchannelId};
 
-/// Draws an index below its argument (a seeded source in tests).
-pub type RandomIndex = Arc<dyn Fn(usize) -> usize + Send + Sync>;
+pub use super::RandomIndex;
 
 /// Parses `{choiceCount}`: a whole number, clamped to [2, 10] as A48
 /// says; default 2. An unknown field is an error.
@@ -66,7 +65,7 @@ impl PolicyBuilder for LeastRequestBuilder {
     }
 
     fn build(&self) -> Box<dyn Policy> {
-        Box::new(least_request(Arc::new(|n| rand::random_range(0..n))))
+        Box::new(least_request(super::thread_random()))
     }
 }
 
@@ -112,7 +111,7 @@ impl ReadyPicker for Fewest {
         }
     }
 
-    fn picker(&mut self, ready: Vec<Connection>) -> Arc<dyn Picker> {
+    fn picker(&mut self, ready: Vec<Connection>, _helper: &mut dyn Helper) -> Arc<dyn Picker> {
         self.outstanding
             .retain(|id, _| ready.iter().any(|c| c.id() == *id));
         let endpoints = ready

@@ -25,6 +25,22 @@ use crate::connectivity::ConnectivityState;
 use crate::picker::Picker;
 use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
 
+/// Draws a whole number below its argument: the randomness a policy and
+/// its pickers use, injected so tests can seed it ([`seeded_random`]).
+pub type RandomIndex = Arc<dyn Fn(usize) -> usize + Send + Sync>;
+
+/// The randomness policies use by default: the thread's generator.
+pub fn thread_random() -> RandomIndex {
+    Arc::new(|n| rand::random_range(0..n.max(1)))
+}
+
+/// A reproducible source seeded with `seed`, for tests.
+pub fn seeded_random(seed: u64) -> RandomIndex {
+    use rand::{RngExt, SeedableRng};
+    let rng = parking_lot::Mutex::new(rand::rngs::SmallRng::seed_from_u64(seed));
+    Arc::new(move |n| rng.lock().random_range(0..n.max(1)))
+}
+
 /// What a policy may ask of its channel.
 pub trait Helper {
     /// Creates an IDLE subchannel for `addresses` (tried in order).

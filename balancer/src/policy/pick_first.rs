@@ -10,10 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
 use waypost_resolver::{Address, ResolveError, ResolverState};
 
-use super::{Helper, Policy, PolicyBuilder};
+use super::{Helper, Policy, PolicyBuilder, RandomIndex};
 use crate::connectivity::ConnectivityState;
 use crate::picker::{FailPicker, QueuePicker, SinglePicker};
 use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
@@ -49,8 +48,9 @@ struct Attempt {
 }
 
 /// The `pick_first` policy.
-#[derive(Default)]
 pub struct PickFirst {
+    /// Shuffles the address list when asked to.
+    random: RandomIndex,
     addresses: Vec<Address>,
     /// One subchannel per address, in order, during a connection pass.
     attempts: Vec<Attempt>,
@@ -60,7 +60,24 @@ pub struct PickFirst {
     pass: u64,
 }
 
+impl Default for PickFirst {
+    fn default() -> Self {
+        PickFirst::seeded(super::thread_random())
+    }
+}
+
 impl PickFirst {
+    /// pick_first shuffling (when configured to) with `random`.
+    pub fn seeded(random: RandomIndex) -> PickFirst {
+        PickFirst {
+            random,
+            addresses: Vec::new(),
+            attempts: Vec::new(),
+            selected: None,
+            pass: 0,
+        }
+    }
+
     /// Starts connecting through the addresses in order. Subchannels for
     /// addresses still wanted are kept, so their connection backoff carries
     /// over (a backend that keeps dropping connections is redialled at the
@@ -127,7 +144,10 @@ impl Policy for PickFirst {
         let mut seen = std::collections::HashSet::new();
         addresses.retain(|a| seen.insert(a.clone()));
         if config.get("shuffleAddressList").and_then(|v| v.as_bool()) == Some(true) {
-            addresses.shuffle(&mut rand::rng());
+            // Fisher–Yates.
+            for i in (1..addresses.len()).rev() {
+                addresses.swap(i, (self.random)(i + 1));
+            }
         }
         self.addresses = addresses;
         if let Some(selected) = &self.selected {
@@ -278,5 +298,41 @@ mod tests {
             helper.pick_with(PATH, &[]),
             crate::picker::Pick::Unavailable(_)
         ));
+    }
+
+    /// The order in which a policy seeded with `seed` creates subchannels.
+    fn shuffled_order(seed: u64) -> Vec<Address> {
+        let mut policy = PickFirst::seeded(crate::policy::seeded_random(seed));
+        let mut helper = FakeHelper::new("movies.test");
+        let state = ResolverState::from_endpoints((1..=8).map(|i| Endpoint::new(address(i))));
+        policy.resolver_update(&state, &json!({"shuffleAddressList": true}), &mut helper);
+        let ids = helper.subchannel_ids();
+        (1..=8)
+            .map(address)
+            .map(|a| {
+                (
+                    ids.iter()
+                        .position(|id| Some(*id) == helper.subchannel_for(&a)),
+                    a,
+                )
+            })
+            .fold(vec![None; 8], |mut order, (position, a)| {
+                order[position.unwrap()] = Some(a);
+                order
+            })
+            .into_iter()
+            .map(Option::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn shuffle_address_list_uses_the_injected_randomness() {
+        let in_order: Vec<Address> = (1..=8).map(address).collect();
+        let first = shuffled_order(7);
+        assert_eq!(first, shuffled_order(7), "the same seed, the same order");
+        assert_ne!(first, in_order, "shuffled");
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, in_order, "every address once");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use waypost_resolver::{Address, ResolveError, ResolverState};
 
-use super::{Helper, Policy, PolicyBuilder};
+use super::{Helper, Policy, PolicyBuilder, RandomIndex};
 use crate::connectivity::{ConnectivityState, aggregate};
 use crate::picker::{FailPicker, Picker, QueuePicker, RoundRobinPicker};
 use crate::subchannel::{Connection, SubchannelHandle, SubchannelId, SubchannelState};
@@ -34,17 +34,24 @@ pub(crate) trait ReadyPicker: Send + 'static {
     /// The policy's config object from the service config (validated).
     fn configure(&mut self, config: &serde_json::Value);
     /// A picker over `ready` (not empty), in resolver order.
-    fn picker(&mut self, ready: Vec<Connection>) -> Arc<dyn Picker>;
+    fn picker(&mut self, ready: Vec<Connection>, helper: &mut dyn Helper) -> Arc<dyn Picker>;
+    /// A timer this picker set through the helper fired; true asks for a
+    /// new picker (e.g. weights were recomputed).
+    fn timer(&mut self, token: u64, helper: &mut dyn Helper) -> bool {
+        let _ = (token, helper);
+        false
+    }
 }
 
-/// round_robin's own: rotate.
-struct Rotate;
+/// round_robin's own: rotate, from a random start.
+struct Rotate(RandomIndex);
 
 impl ReadyPicker for Rotate {
     fn configure(&mut self, _config: &serde_json::Value) {}
 
-    fn picker(&mut self, ready: Vec<Connection>) -> Arc<dyn Picker> {
-        Arc::new(RoundRobinPicker::new(ready))
+    fn picker(&mut self, ready: Vec<Connection>, _helper: &mut dyn Helper) -> Arc<dyn Picker> {
+        let start = (self.0)(ready.len());
+        Arc::new(RoundRobinPicker::starting_at(ready, start))
     }
 }
 
@@ -61,11 +68,16 @@ pub struct RoundRobin {
 
 impl Default for RoundRobin {
     fn default() -> Self {
-        RoundRobin::with(Box::new(Rotate), "round_robin")
+        RoundRobin::seeded(super::thread_random())
     }
 }
 
 impl RoundRobin {
+    /// round_robin drawing each picker's starting place from `random`.
+    pub fn seeded(random: RandomIndex) -> RoundRobin {
+        RoundRobin::with(Box::new(Rotate(random)), "round_robin")
+    }
+
     /// Every endpoint kept connected, picks made by `ready_picker`; `name`
     /// in messages.
     pub(crate) fn with(ready_picker: Box<dyn ReadyPicker>, name: &'static str) -> RoundRobin {
@@ -87,7 +99,7 @@ impl RoundRobin {
             .collect();
         if !ready.is_empty() {
             self.published = Some(ConnectivityState::Ready);
-            let picker = self.ready_picker.picker(ready);
+            let picker = self.ready_picker.picker(ready, helper);
             helper.update_picker(ConnectivityState::Ready, picker);
             return;
         }
@@ -185,6 +197,12 @@ impl Policy for RoundRobin {
             entry.handle.connect();
         }
         self.publish(helper);
+    }
+
+    fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
+        if self.ready_picker.timer(token, helper) {
+            self.publish(helper);
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub use self::picker::DROP_MESSAGE;
 use self::picker::{Entry, GrpclbPicker};
 pub use self::stats::GrpclbStats;
 use self::stream::StreamEvent;
-use super::{Helper, Policy, PolicyBuilder, PolicyEvents};
+use super::{Helper, Policy, PolicyBuilder, PolicyEvents, RandomIndex};
 use crate::connectivity::ConnectivityState;
 use crate::picker::{FailPicker, QueuePicker};
 use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
@@ -138,8 +138,9 @@ impl Drop for StreamTask {
 }
 
 /// The `grpclb` policy.
-#[derive(Default)]
 pub struct Grpclb {
+    /// Where each picker starts its walk of the list.
+    random: RandomIndex,
     config: Option<GrpclbConfig>,
     balancers: Vec<BalancerAddress>,
     stream: Option<StreamTask>,
@@ -166,7 +167,31 @@ fn server_address(server: &Server) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(server.port).ok()?))
 }
 
+impl Default for Grpclb {
+    fn default() -> Self {
+        Grpclb::seeded(super::thread_random())
+    }
+}
+
 impl Grpclb {
+    /// grpclb starting each picker's walk at a place drawn from `random`.
+    pub fn seeded(random: RandomIndex) -> Grpclb {
+        Grpclb {
+            random,
+            config: None,
+            balancers: Vec::new(),
+            stream: None,
+            resolver_backends: Vec::new(),
+            list: None,
+            got_list: false,
+            fallback: false,
+            subchannels: HashMap::new(),
+            by_id: HashMap::new(),
+            stats: Arc::default(),
+            events: None,
+        }
+    }
+
     fn start_stream(&mut self, helper: &mut dyn Helper) {
         let config = self
             .config
@@ -281,7 +306,9 @@ impl Grpclb {
             } else {
                 ConnectivityState::TransientFailure
             };
+            let start = (self.random)(entries.len());
             let picker = GrpclbPicker {
+                sequence: crate::sequence::Sequence::new(start),
                 entries: entries.into(),
                 stats: self.stats.clone(),
                 pick_first,

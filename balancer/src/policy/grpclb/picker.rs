@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::picker::{Pick, PickInfo, Picker, RoundRobinPicker, Routed};
+use crate::picker::{Pick, PickInfo, Picker, Routed};
+use crate::sequence::Sequence;
 use crate::subchannel::Connection;
 
 use super::stats::GrpclbStats;
@@ -30,6 +31,8 @@ pub(crate) struct GrpclbPicker {
     pub(crate) stats: Arc<GrpclbStats>,
     pub(crate) pick_first: bool,
     pub(crate) drop_message: Arc<str>,
+    /// Where the walk is (a random start per picker).
+    pub(crate) sequence: Sequence,
 }
 
 impl GrpclbPicker {
@@ -61,7 +64,7 @@ impl Picker for GrpclbPicker {
         }
         let n = self.entries.len();
         for _ in 0..n {
-            match &self.entries[RoundRobinPicker::next_index(n)] {
+            match &self.entries[self.sequence.next() % n] {
                 Entry::Drop(token) => {
                     self.stats.dropped(token);
                     return Pick::Drop(self.drop_message.clone());
