@@ -34,6 +34,13 @@ pub trait CallTracker: Send + Sync + 'static {
     fn ended(&self, succeeded: Option<bool>) {
         let _ = succeeded;
     }
+    /// The call's trailers arrived (or a trailers-only response's
+    /// headers), for trackers that read what backends report there
+    /// (weighted_round_robin's ORCA load reports). Before
+    /// [`CallTracker::ended`].
+    fn trailers(&self, trailers: &http::HeaderMap) {
+        let _ = trailers;
+    }
 }
 
 /// Tells a call's tracker that the call ended, and how, when dropped: the
@@ -51,10 +58,14 @@ impl CallEnd {
         self.succeeded = Some(succeeded);
     }
 
-    /// Records the status in `headers` (`grpc-status`), if they carry one.
+    /// Records the status in `headers` (`grpc-status`), if they carry one
+    /// (they are then trailers, and the tracker sees them).
     pub(crate) fn record_status(&mut self, headers: &http::HeaderMap) {
         if let Some(status) = headers.get("grpc-status") {
             self.record(status.as_bytes() == b"0");
+            if let Some(tracker) = &self.tracker {
+                tracker.trailers(headers);
+            }
         }
     }
 }

@@ -166,6 +166,11 @@ impl Connection {
         &self.inner.address
     }
 
+    /// Whether both are the same connection (not just the same subchannel).
+    pub(crate) fn same_as(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Sends one request on this connection, without waiting. If the
     /// connection was already closing, the request is handed back
     /// ([`SendError::Unsent`]) and may be sent elsewhere.

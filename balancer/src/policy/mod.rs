@@ -12,6 +12,7 @@ pub mod outlier_detection;
 mod pick_first;
 pub mod ring_hash;
 mod round_robin;
+pub mod weighted_round_robin;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -182,6 +183,7 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
     registry.register(outlier_detection::OutlierDetectionBuilder {
         name: "outlier_detection",
     });
+    registry.register(weighted_round_robin::WrrBuilder);
     registry
 });
 

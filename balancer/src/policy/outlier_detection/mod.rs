@@ -104,6 +104,10 @@ impl CallTracker for Both {
         self.0.ended(succeeded);
         self.1.ended(succeeded);
     }
+
+    fn trailers(&self, trailers: &http::HeaderMap) {
+        self.1.trailers(trailers);
+    }
 }
 
 /// Hashes a subchannel id with one multiplication (Fibonacci hashing; ids
