@@ -9,6 +9,10 @@
 //! its health status flipped. A request header `x-delay-ms` makes `GetMovie`
 //! wait that long (at most 60 s) before answering, for deadline and load
 //! tests; `x-fail-code: N` makes it answer with gRPC status code `N`. Each backend counts its calls and the `lb-token` values it sees.
+//! Each also reports ORCA load (for `weighted_round_robin`) once figures
+//! are set on [`Backend::orca`]: in every call's trailers (unless
+//! [`Backend::set_orca_per_call`] turns that off) and on the out-of-band
+//! `OpenRcaService`, which grants intervals down to 50 ms.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), waypost_integration::HarnessError> {
@@ -40,6 +44,7 @@ use waypost_proto::grpc::health::v1::health_check_response::ServingStatus;
 use waypost_proto::health::HealthReporter;
 use waypost_proto::movies::v1::movies_service_server::{MoviesService, MoviesServiceServer};
 use waypost_proto::movies::v1::{Movie, MovieId, MovieQuery};
+use waypost_proto::orca::{OrcaFuture, OrcaReporter, WithOrca};
 
 use crate::HarnessError;
 use crate::gate::{Gate, GatedIo};
@@ -90,7 +95,12 @@ struct Stats {
     delay_ms: AtomicU64,
     /// This many of every 100 GetMovie calls fail with UNAVAILABLE.
     failing_percent: AtomicU64,
+    /// Whether calls carry ORCA reports in their trailers.
+    orca_per_call: std::sync::atomic::AtomicBool,
 }
+
+/// The shortest out-of-band ORCA interval a backend grants.
+pub const ORCA_MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// One backend server; stopped when dropped.
 #[derive(Debug)]
@@ -106,6 +116,8 @@ pub struct Backend {
     draining: tokio::sync::watch::Sender<bool>,
     /// Each new connection is shut down gracefully after this long.
     max_connection_age: Arc<parking_lot::Mutex<Option<Duration>>>,
+    /// The load it reports.
+    orca: OrcaReporter,
 }
 
 impl Backend {
@@ -145,7 +157,9 @@ impl Backend {
             serve_health,
             draining: tokio::sync::watch::Sender::new(false),
             max_connection_age: Arc::default(),
+            orca: OrcaReporter::new().with_min_interval(ORCA_MIN_INTERVAL),
         };
+        backend.stats.orca_per_call.store(true, Ordering::Relaxed);
         *backend.running.lock().await = Some(backend.serve(listener));
         Ok(backend)
     }
@@ -179,6 +193,17 @@ impl Backend {
         self.stats
             .failing_percent
             .store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// The ORCA load figures it reports (nothing until one is set).
+    pub fn orca(&self) -> &OrcaReporter {
+        &self.orca
+    }
+
+    /// Whether calls carry ORCA reports in their trailers (they do by
+    /// default; the out-of-band service answers either way).
+    pub fn set_orca_per_call(&self, on: bool) {
+        self.stats.orca_per_call.store(on, Ordering::Relaxed);
     }
 
     /// Sets the health of the whole server and of `movies.v1.MoviesService`.
@@ -281,7 +306,12 @@ impl Backend {
         } else {
             Routes::new(movies)
         };
-        let routes = routes.prepare();
+        let routes = routes.add_service(self.orca.service()).prepare();
+        let routes = PerCallOrca {
+            layered: tower::Layer::layer(&self.orca.layer(), routes.clone()),
+            plain: routes,
+            stats: self.stats.clone(),
+        };
         let gate = self.gate.clone();
         let stats = self.stats.clone();
         let draining = self.draining.subscribe();
@@ -350,6 +380,42 @@ impl Drop for Backend {
     fn drop(&mut self) {
         if let Some(task) = self.running.get_mut().take() {
             task.abort();
+        }
+    }
+}
+
+/// The backend's routes, with ORCA trailers while per-call reports are on.
+#[derive(Clone)]
+struct PerCallOrca {
+    plain: Routes,
+    layered: WithOrca<Routes>,
+    stats: Arc<Stats>,
+}
+
+impl<B> tower::Service<http::Request<B>> for PerCallOrca
+where
+    Routes: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = <Routes as tower::Service<http::Request<B>>>::Error;
+    type Future = futures_util::future::Either<
+        OrcaFuture<<Routes as tower::Service<http::Request<B>>>::Future>,
+        <Routes as tower::Service<http::Request<B>>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Routes is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if self.stats.orca_per_call.load(Ordering::Relaxed) {
+            futures_util::future::Either::Left(self.layered.call(request))
+        } else {
+            futures_util::future::Either::Right(self.plain.call(request))
         }
     }
 }
