@@ -155,3 +155,104 @@ async fn outlier_detection_ejects_the_failing_backend_in_c_core_as_in_waypost() 
         .unwrap_or_else(|| panic!("C-core never ejected {failing}:\n{text}"));
     assert!(clean < 20, "ejected only at round {clean}:\n{text}");
 }
+
+/// Three backends reporting ORCA utilizations 0.2, 0.4, 0.8 at 100 qps
+/// (per-call reports on or off), and their `ipv4:` target.
+async fn orca_backends(per_call: bool) -> (Vec<Backend>, String) {
+    let backends = waypost_integration::backend::start_backends(3)
+        .await
+        .unwrap();
+    for (backend, utilization) in backends.iter().zip([0.2, 0.4, 0.8]) {
+        backend.orca().set_cpu_utilization(utilization).unwrap();
+        backend.orca().set_qps(100.0).unwrap();
+        backend.set_orca_per_call(per_call);
+    }
+    let target = format!(
+        "ipv4:{}",
+        backends
+            .iter()
+            .map(|b| b.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    (backends, target)
+}
+
+/// Calls per backend over the last 10 of C-core's 30 rounds of 100.
+async fn c_core_late_spread(target: &str, config: &serde_json::Value) -> BTreeMap<String, usize> {
+    let text = c_core(target, config, &["--rounds".to_owned(), "30".to_owned()]).await;
+    let rounds: Vec<&str> = text.lines().filter(|l| l.starts_with("round")).collect();
+    assert_eq!(rounds.len(), 30, "{text}");
+    let mut served = BTreeMap::new();
+    for round in &rounds[20..] {
+        for (name, count) in round.split(' ').skip(2).filter_map(|f| f.split_once('=')) {
+            *served.entry(name.to_owned()).or_insert(0) += count.parse::<usize>().unwrap();
+        }
+    }
+    served
+}
+
+/// Calls per backend over the last 1,000 of 3,000 waypost calls.
+async fn waypost_late_spread(target: &str, config: &serde_json::Value) -> BTreeMap<String, usize> {
+    let channel = Channel::builder(target)
+        .default_service_config(config.clone())
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let mut served = BTreeMap::new();
+    for i in 0..3000 {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        request
+            .extensions_mut()
+            .insert(waypost_balancer::WaitForReady(true));
+        let name = client
+            .get_movie(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .served_by;
+        if i >= 2000 {
+            *served.entry(name).or_insert(0) += 1;
+        }
+    }
+    served
+}
+
+fn assert_four_two_one(who: &str, served: &BTreeMap<String, usize>) {
+    let total: usize = served.values().sum();
+    for (name, share) in [("b0", 4.0), ("b1", 2.0), ("b2", 1.0)] {
+        let expected = total as f64 * share / 7.0;
+        let got = served.get(name).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - expected).abs() <= expected * 0.25,
+            "{who}: {name} served {got}, expected {expected:.0} ± 25 % (4:2:1): {served:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_with_per_call_orca_splits_like_c_core() {
+    let (_backends, target) = orca_backends(true).await;
+    let config = json!({"loadBalancingConfig": [{"weighted_round_robin": {
+        "blackoutPeriod": "1s", "weightUpdatePeriod": "0.1s"}}]});
+    let c_core = c_core_late_spread(&target, &config).await;
+    let waypost = waypost_late_spread(&target, &config).await;
+    eprintln!("per-call ORCA: C-core {c_core:?}, waypost {waypost:?}");
+    assert_four_two_one("C-core", &c_core);
+    assert_four_two_one("waypost", &waypost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_with_out_of_band_orca_splits_like_c_core() {
+    // No per-call reports: C-core's weights come from our OpenRcaService.
+    let (_backends, target) = orca_backends(false).await;
+    let config = json!({"loadBalancingConfig": [{"weighted_round_robin": {
+        "enableOobLoadReport": true, "oobReportingPeriod": "0.1s",
+        "blackoutPeriod": "1s", "weightUpdatePeriod": "0.1s"}}]});
+    let c_core = c_core_late_spread(&target, &config).await;
+    let waypost = waypost_late_spread(&target, &config).await;
+    eprintln!("out-of-band ORCA: C-core {c_core:?}, waypost {waypost:?}");
+    assert_four_two_one("C-core", &c_core);
+    assert_four_two_one("waypost", &waypost);
+}
