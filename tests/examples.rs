@@ -210,7 +210,7 @@ async fn the_file_transfer_arrives_intact_with_matching_checksums() {
 mod policies;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_policies_example_keeps_users_on_one_backend_and_spares_the_slow_one() {
+async fn the_policies_example_keeps_users_on_one_backend_and_spares_the_slow_and_the_loaded_one() {
     let observed = policies::run().await.expect("the example runs");
     for (user, reached) in &observed.by_user {
         assert!(
@@ -227,5 +227,17 @@ async fn the_policies_example_keeps_users_on_one_backend_and_spares_the_slow_one
         observed.slow_least_request < 15.0,
         "{}",
         observed.slow_least_request
+    );
+    // Weights 100/0.9, 100/0.3, 100/0.3: the loaded backend's share is
+    // 1/7 ≈ 14 %; round_robin gives it a third.
+    assert!(
+        (28.0..=38.0).contains(&observed.loaded_round_robin),
+        "{}",
+        observed.loaded_round_robin
+    );
+    assert!(
+        (10.0..=18.0).contains(&observed.loaded_weighted),
+        "{}",
+        observed.loaded_weighted
     );
 }
