@@ -13,9 +13,12 @@
 //!   thread. `naive_atomic_cursor` is a shared `AtomicUsize` round-robin
 //!   over the same connections, the design waypost's picker avoids.
 //! - `waypost_ring_hash`, `waypost_least_request`,
-//!   `waypost_outlier_detection` (over round_robin): the same pick with the
-//!   other policies over the same 1,000 backends (ring_hash hashing an
-//!   `x-user` header; every endpoint connected first).
+//!   `waypost_outlier_detection` (over round_robin),
+//!   `waypost_weighted_round_robin`: the same pick with the other policies
+//!   over the same 1,000 backends (ring_hash hashing an `x-user` header;
+//!   every endpoint connected first; the backends report ORCA CPU
+//!   utilizations 0.1 to 1.0 out of band, and the weighted pick is timed
+//!   once the weights are in use).
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
@@ -41,9 +44,38 @@ fn start_backends(runtime: &tokio::runtime::Runtime) -> Vec<Backend> {
     runtime.block_on(async {
         let mut backends = Vec::with_capacity(SUBCHANNELS);
         for i in 0..SUBCHANNELS {
-            backends.push(Backend::start(&format!("b{i}")).await.expect("backend"));
+            let backend = Backend::start(&format!("b{i}")).await.expect("backend");
+            // Ten load levels, for weighted_round_robin.
+            let utilization = 0.1 + (i % 10) as f64 * 0.1;
+            backend
+                .orca()
+                .set_cpu_utilization(utilization)
+                .expect("valid");
+            backend.orca().set_qps(100.0).expect("valid");
+            backends.push(backend);
         }
         backends
+    })
+}
+
+/// Waits until `channel`'s picks are weighted: 1,000 picks in a row from
+/// one thread no longer reach each of the 1,000 endpoints once.
+fn until_weighted(runtime: &tokio::runtime::Runtime, channel: &Channel) {
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut seen = std::collections::HashMap::new();
+            for _ in 0..SUBCHANNELS {
+                if let Pick::Ready(routed) = channel.pick(PATH) {
+                    *seen.entry(routed.connection.id()).or_insert(0) += 1;
+                }
+            }
+            if seen.values().any(|n| *n != 1) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "weights unused after 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
 }
 
@@ -137,6 +169,16 @@ fn bench(c: &mut Criterion) {
             ),
         ),
         (
+            "waypost_weighted_round_robin",
+            ready_channel(
+                &runtime,
+                &backends,
+                serde_json::json!({"weighted_round_robin": {
+                    "enableOobLoadReport": true, "oobReportingPeriod": "1s",
+                    "blackoutPeriod": "0s", "weightUpdatePeriod": "0.1s"}}),
+            ),
+        ),
+        (
             "waypost_outlier_detection",
             ready_channel(
                 &runtime,
@@ -146,6 +188,7 @@ fn bench(c: &mut Criterion) {
             ),
         ),
     ];
+    until_weighted(&runtime, &others[2].1);
     let headers = user(7);
     let connections: Vec<Connection> = (0..SUBCHANNELS)
         .filter_map(|_| match channel.pick(PATH) {

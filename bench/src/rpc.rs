@@ -77,6 +77,10 @@ pub(crate) struct BackendArgs {
     /// Added latency per backend, in ms, comma-separated (plaintext only).
     #[arg(long, value_delimiter = ',')]
     delays_ms: Vec<u64>,
+    /// Report measured load with ORCA (calls in flight / this capacity;
+    /// plaintext only).
+    #[arg(long)]
+    orca_capacity: Option<f64>,
 }
 
 /// The name the backends' certificate is for.
@@ -148,6 +152,11 @@ pub(crate) async fn backends(args: BackendArgs) -> Result<(), Box<dyn std::error
             plain = waypost_integration::backend::start_backends(4).await?;
             for (backend, ms) in plain.iter().zip(&args.delays_ms) {
                 backend.set_delay(Duration::from_millis(*ms));
+            }
+            if let Some(capacity) = args.orca_capacity {
+                for backend in &plain {
+                    backend.report_measured_load(capacity);
+                }
             }
         }
     }
@@ -383,16 +392,20 @@ impl Clients {
 async fn spawn_backends(
     tls: Option<&BenchTls>,
 ) -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>> {
-    spawn_backends_with(tls, &[]).await
+    spawn_backends_with(tls, &[], None).await
 }
 
 /// [`spawn_backends`], each backend slowed by `delays_ms` (in order).
 pub(crate) async fn spawn_backends_with(
     tls: Option<&BenchTls>,
     delays_ms: &[u64],
+    orca_capacity: Option<f64>,
 ) -> Result<(tokio::process::Child, Vec<String>), Box<dyn std::error::Error>> {
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.arg("rpc-backends");
+    if let Some(capacity) = orca_capacity {
+        command.arg("--orca-capacity").arg(capacity.to_string());
+    }
     if !delays_ms.is_empty() {
         let list: Vec<String> = delays_ms.iter().map(u64::to_string).collect();
         command.arg("--delays-ms").arg(list.join(","));

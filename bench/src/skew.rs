@@ -3,10 +3,13 @@
 //! Four `movies.v1` backends in a child process, one ten times slower than
 //! the others (`--fast-ms`, `--slow-ms`); 32 callers as fast as they can
 //! for `--seconds` per variant: waypost round_robin, waypost
-//! least_request (`choiceCount` 2, the default, and 4), and tonic
-//! `balance_list` (p2c over zero load) as the named competitor. Each repetition measures the variants in a rotated
-//! order; medians of p50 and p99 are reported, the last stdout line is
-//! JSON.
+//! least_request (`choiceCount` 2, the default, and 4), waypost
+//! weighted_round_robin (the backends report their measured load with
+//! ORCA: calls in flight / `--orca-capacity` as utilization, and qps, so a
+//! backend's weight is capacity / latency), and tonic `balance_list` (p2c
+//! over zero load) as the named competitor. Each repetition measures the
+//! variants in a rotated order; medians of p50 and p99 are reported, the
+//! last stdout line is JSON.
 
 use serde_json::json;
 use tokio::time::Instant;
@@ -33,18 +36,23 @@ pub(crate) struct SkewArgs {
     /// Added latency of the slow one, in ms.
     #[arg(long, default_value_t = 20)]
     slow_ms: u64,
+    /// The capacity (calls in flight at 100 % utilization) the backends
+    /// report their load against.
+    #[arg(long, default_value_t = 8.0)]
+    orca_capacity: f64,
 }
 
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 5] = [
     "round_robin",
     "least_request",
     "least_request_4",
+    "weighted_round_robin",
     "tonic_balance",
 ];
 
 pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>> {
     let delays = [args.slow_ms, args.fast_ms, args.fast_ms, args.fast_ms];
-    let (child, addrs) = spawn_backends_with(None, &delays).await?;
+    let (child, addrs) = spawn_backends_with(None, &delays, Some(args.orca_capacity)).await?;
     let waypost = |policy: serde_json::Value| {
         waypost_balancer::Channel::builder(format!("ipv4:{}", addrs.join(",")))
             .default_service_config(json!({"loadBalancingConfig": [policy]}))
@@ -56,15 +64,19 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
     let least_request_4 = MoviesServiceClient::new(waypost(
         json!({"least_request_experimental": {"choiceCount": 4}}),
     )?);
+    // A short blackout, so the 1 s warm-up covers it.
+    let weighted = MoviesServiceClient::new(waypost(json!({"weighted_round_robin": {
+        "blackoutPeriod": "0.5s", "weightUpdatePeriod": "0.2s"}}))?);
     let tonic_balance =
         MoviesServiceClient::new(tonic::transport::Channel::balance_list(addrs.iter().map(
             |a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint"),
         )));
     let measure = |variant: &str, seconds: u64| {
-        let (rr, lr, lr4, tb) = (
+        let (rr, lr, lr4, wrr, tb) = (
             round_robin.clone(),
             least_request.clone(),
             least_request_4.clone(),
+            weighted.clone(),
             tonic_balance.clone(),
         );
         let variant = variant.to_owned();
@@ -74,6 +86,7 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
                 "round_robin" => unpaced(rr, concurrency, seconds).await,
                 "least_request" => unpaced(lr, concurrency, seconds).await,
                 "least_request_4" => unpaced(lr4, concurrency, seconds).await,
+                "weighted_round_robin" => unpaced(wrr, concurrency, seconds).await,
                 _ => unpaced(tb, concurrency, seconds).await,
             }
         }
@@ -89,7 +102,7 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
             let i = (k + rep) % VARIANTS.len();
             let measured = measure(VARIANTS[i], args.seconds).await;
             eprintln!(
-                "rep {rep} {:>14}: {:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs",
+                "rep {rep} {:>20}: {:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs",
                 VARIANTS[i], measured.0, measured.1, measured.2
             );
             results[i].push(measured);
@@ -105,7 +118,7 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
     );
     for (i, name) in VARIANTS.iter().enumerate() {
         eprintln!(
-            "  {name:>14}: p50 {:.0} µs, p99 {:.0} µs, {:.0} calls/s",
+            "  {name:>20}: p50 {:.0} µs, p99 {:.0} µs, {:.0} calls/s",
             med(i, |m| m.1),
             med(i, |m| m.2),
             med(i, |m| m.0)
@@ -117,9 +130,12 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
             "round_robin_p50_us": med(0, |m| m.1), "round_robin_p99_us": med(0, |m| m.2),
             "least_request_p50_us": med(1, |m| m.1), "least_request_p99_us": med(1, |m| m.2),
             "least_request_4_p50_us": med(2, |m| m.1), "least_request_4_p99_us": med(2, |m| m.2),
-            "tonic_balance_p50_us": med(3, |m| m.1), "tonic_balance_p99_us": med(3, |m| m.2),
+            "weighted_round_robin_p50_us": med(3, |m| m.1),
+            "weighted_round_robin_p99_us": med(3, |m| m.2),
+            "tonic_balance_p50_us": med(4, |m| m.1), "tonic_balance_p99_us": med(4, |m| m.2),
             "round_robin_qps": med(0, |m| m.0), "least_request_qps": med(1, |m| m.0),
-            "least_request_4_qps": med(2, |m| m.0), "tonic_balance_qps": med(3, |m| m.0),
+            "least_request_4_qps": med(2, |m| m.0), "weighted_round_robin_qps": med(3, |m| m.0),
+            "tonic_balance_qps": med(4, |m| m.0),
         })
     );
     drop(child);

@@ -97,6 +97,24 @@ struct Stats {
     failing_percent: AtomicU64,
     /// Whether calls carry ORCA reports in their trailers.
     orca_per_call: std::sync::atomic::AtomicBool,
+    /// GetMovie calls being served now.
+    in_flight: AtomicU64,
+}
+
+/// Counts a GetMovie call as in flight until dropped.
+struct InFlight<'a>(&'a Stats);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a Stats) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The shortest out-of-band ORCA interval a backend grants.
@@ -118,6 +136,8 @@ pub struct Backend {
     max_connection_age: Arc<parking_lot::Mutex<Option<Duration>>>,
     /// The load it reports.
     orca: OrcaReporter,
+    /// The task measuring its load, while it does.
+    meter: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Backend {
@@ -158,6 +178,7 @@ impl Backend {
             draining: tokio::sync::watch::Sender::new(false),
             max_connection_age: Arc::default(),
             orca: OrcaReporter::new().with_min_interval(ORCA_MIN_INTERVAL),
+            meter: parking_lot::Mutex::new(None),
         };
         backend.stats.orca_per_call.store(true, Ordering::Relaxed);
         *backend.running.lock().await = Some(backend.serve(listener));
@@ -198,6 +219,43 @@ impl Backend {
     /// The ORCA load figures it reports (nothing until one is set).
     pub fn orca(&self) -> &OrcaReporter {
         &self.orca
+    }
+
+    /// Reports its measured load with ORCA from now on, updated every
+    /// 100 ms: `application_utilization` = mean calls in flight /
+    /// `capacity`, qps = calls per second. By Little's law its weight in
+    /// `weighted_round_robin` (qps / utilization) is then `capacity` /
+    /// latency: a slower backend weighs less.
+    pub fn report_measured_load(&self, capacity: f64) {
+        let stats = self.stats.clone();
+        let orca = self.orca.clone();
+        let task = tokio::spawn(async move {
+            const WINDOW: Duration = Duration::from_millis(100);
+            const SAMPLES: u32 = 20;
+            let mut last_calls = stats.calls.load(Ordering::Relaxed);
+            let mut ticks = tokio::time::interval(WINDOW / SAMPLES);
+            loop {
+                let started = tokio::time::Instant::now();
+                let mut in_flight = 0;
+                for _ in 0..SAMPLES {
+                    ticks.tick().await;
+                    in_flight += stats.in_flight.load(Ordering::Relaxed);
+                }
+                let calls = stats.calls.load(Ordering::Relaxed);
+                let qps = (calls - last_calls) as f64 / started.elapsed().as_secs_f64();
+                last_calls = calls;
+                let utilization = in_flight as f64 / f64::from(SAMPLES) / capacity;
+                // Idle windows report nothing new (an empty report would
+                // be ignored anyway).
+                if qps > 0.0 && utilization > 0.0 {
+                    let _ = orca.set_application_utilization(utilization);
+                    let _ = orca.set_qps(qps);
+                }
+            }
+        });
+        if let Some(old) = self.meter.lock().replace(task) {
+            old.abort();
+        }
     }
 
     /// Whether calls carry ORCA reports in their trailers (they do by
@@ -378,6 +436,9 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        if let Some(meter) = self.meter.get_mut().take() {
+            meter.abort();
+        }
         if let Some(task) = self.running.get_mut().take() {
             task.abort();
         }
@@ -499,6 +560,7 @@ type MovieStream = Pin<Box<dyn Stream<Item = Result<Movie, Status>> + Send + 'st
 #[tonic::async_trait]
 impl MoviesService for MoviesBackend {
     async fn get_movie(&self, request: Request<MovieId>) -> Result<Response<Movie>, Status> {
+        let _in_flight = InFlight::new(&self.stats);
         self.record(&request);
         let failing = self.stats.failing_percent.load(Ordering::Relaxed);
         if failing > 0 && self.stats.calls.load(Ordering::SeqCst) % 100 < failing {

@@ -218,7 +218,7 @@ struct WeightedPicker {
 
 impl Picker for WeightedPicker {
     fn pick(&self, _call: &PickInfo<'_>) -> Pick {
-        let index = self.scheduler.pick(|| self.sequence.next());
+        let index = self.sequence.walk(|cursor| self.scheduler.pick(cursor));
         Pick::Ready(self.routes[index].clone())
     }
 }

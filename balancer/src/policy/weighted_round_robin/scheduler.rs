@@ -52,29 +52,42 @@ impl Scheduler {
         Scheduler::Stride(scaled)
     }
 
-    /// The endpoint to use, drawing sequence numbers from `next` (one, or a
-    /// few when an endpoint skips its turn).
+    /// The endpoint to use, taking sequence numbers from `cursor` (one, or
+    /// a few when an endpoint skips its turn).
     #[inline]
-    pub(crate) fn pick(&self, mut next: impl FnMut() -> usize) -> usize {
+    pub(crate) fn pick(&self, cursor: &mut usize) -> usize {
         match self {
-            Scheduler::Rotate(n) => next() % n,
+            Scheduler::Rotate(n) => {
+                let value = *cursor;
+                *cursor = value.wrapping_add(1);
+                value % n
+            }
             Scheduler::Stride(weights) => {
-                let n = weights.len() as u64;
                 // Spreads neighbours' skipped turns apart.
                 const OFFSET: u64 = MAX_WEIGHT as u64 / 2;
+                let n = weights.len() as u64;
+                // Sequence numbers cycle through the endpoints; each full
+                // cycle is a "generation". Endpoint i takes its turn in
+                // weight_i of every MAX_WEIGHT generations, spread evenly
+                // by the multiplication. (One division per pick: the walk
+                // below steps index and generation itself.)
+                let start = *cursor as u64;
+                let mut index = start % n;
+                let mut generation = start / n;
+                let mut taken: u64 = 0;
                 loop {
-                    // Sequence numbers cycle through the endpoints; each
-                    // full cycle is a "generation". Endpoint i takes its
-                    // turn in weight_i of every MAX_WEIGHT generations,
-                    // spread evenly by the multiplication.
-                    let sequence = next() as u64;
-                    let index = sequence % n;
-                    let generation = sequence / n;
+                    taken += 1;
                     let weight = u64::from(weights[index as usize]);
                     let phase =
                         (weight.wrapping_mul(generation) + index * OFFSET) % u64::from(MAX_WEIGHT);
                     if phase >= u64::from(MAX_WEIGHT) - weight {
+                        *cursor = cursor.wrapping_add(taken as usize);
                         return index as usize;
+                    }
+                    index += 1;
+                    if index == n {
+                        index = 0;
+                        generation += 1;
                     }
                 }
             }
@@ -87,10 +100,10 @@ mod tests {
     use super::*;
 
     fn shares(scheduler: &Scheduler, n: usize, picks: usize) -> Vec<usize> {
-        let mut sequence = 0usize..;
+        let mut cursor = 0;
         let mut counts = vec![0; n];
         for _ in 0..picks {
-            counts[scheduler.pick(|| sequence.next().unwrap())] += 1;
+            counts[scheduler.pick(&mut cursor)] += 1;
         }
         counts
     }
