@@ -30,9 +30,26 @@ use crate::subchannel::{SubchannelHandle, SubchannelId, SubchannelState};
 /// its pickers use, injected so tests can seed it ([`seeded_random`]).
 pub type RandomIndex = Arc<dyn Fn(usize) -> usize + Send + Sync>;
 
-/// The randomness policies use by default: the thread's generator.
+thread_local! {
+    /// A fast generator per thread for picks (least_request's choices,
+    /// ring_hash's random hashes): balancing needs spread, not secrecy,
+    /// and rand's cryptographic thread generator costs several times
+    /// more per draw. Seeded from the system's randomness.
+    static PICK_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::make_rng());
+}
+
+/// The randomness policies use by default: a fast per-thread generator
+/// seeded from the system.
 pub fn thread_random() -> RandomIndex {
-    Arc::new(|n| rand::random_range(0..n.max(1)))
+    use rand::RngExt;
+    Arc::new(|n| PICK_RNG.with(|rng| rng.borrow_mut().random_range(0..n.max(1))))
+}
+
+/// A random 64-bit number from the same fast per-thread generator.
+pub(crate) fn thread_random_u64() -> u64 {
+    use rand::Rng;
+    PICK_RNG.with(|rng| rng.borrow_mut().next_u64())
 }
 
 /// A reproducible source seeded with `seed`, for tests.

@@ -53,7 +53,7 @@ impl PolicyBuilder for RingHashBuilder {
     }
 
     fn build(&self) -> Box<dyn Policy> {
-        Box::new(RingHash::new(Arc::new(rand::random::<u64>)))
+        Box::new(RingHash::new(Arc::new(super::thread_random_u64)))
     }
 }
 
