@@ -64,10 +64,9 @@ fn start_backends(runtime: &tokio::runtime::Runtime) -> Vec<Backend> {
 fn until_weighted(runtime: &tokio::runtime::Runtime, channel: &Channel) {
     runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut client =
-            waypost_proto::movies::v1::movies_service_client::MoviesServiceClient::new(
-                channel.clone(),
-            );
+        let mut client = waypost_proto::movies::v1::movies_service_client::MoviesServiceClient::new(
+            channel.clone(),
+        );
         loop {
             // Each call's trailers carry its backend's load report.
             for _ in 0..2 * SUBCHANNELS {

@@ -75,7 +75,7 @@ pub struct RingHash {
     config: RingHashConfig,
     endpoints: Vec<Endpoint>,
     by_id: HashMap<SubchannelId, usize>,
-    ring: Arc<[ring::Entry]>,
+    ring: Arc<ring::Ring>,
     random: RandomHash,
 }
 
@@ -87,7 +87,7 @@ impl RingHash {
             config: RingHashConfig::default(),
             endpoints: Vec::new(),
             by_id: HashMap::new(),
-            ring: Arc::from(Vec::new()),
+            ring: Arc::default(),
             random,
         }
     }
@@ -157,7 +157,11 @@ impl RingHash {
             .iter()
             .map(|e| (e.key.clone(), e.weight))
             .collect();
-        self.ring = ring::build(&keys, self.config.min_ring_size, self.config.max_ring_size).into();
+        self.ring = Arc::new(ring::Ring::new(ring::build(
+            &keys,
+            self.config.min_ring_size,
+            self.config.max_ring_size,
+        )));
     }
 }
 
@@ -236,7 +240,7 @@ impl Policy for RingHash {
             .map(|(i, e)| (e.handle.id(), i))
             .collect();
         if self.endpoints.is_empty() {
-            self.ring = Arc::from(Vec::new());
+            self.ring = Arc::default();
             helper.update_picker(
                 ConnectivityState::TransientFailure,
                 Arc::new(FailPicker(

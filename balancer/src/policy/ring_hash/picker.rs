@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::ring::{self, Entry};
+use super::ring::{self, Ring};
 use crate::connectivity::ConnectivityState;
 use crate::picker::{Pick, PickInfo, Picker, Routed};
 use crate::subchannel::{Connection, SubchannelHandle};
@@ -22,7 +22,7 @@ pub type RandomHash = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Picks by the request's hash on the ring.
 pub(crate) struct RingHashPicker {
-    pub(crate) ring: Arc<[Entry]>,
+    pub(crate) ring: Arc<Ring>,
     pub(crate) slots: Vec<Slot>,
     pub(crate) header: Option<http::HeaderName>,
     /// Some endpoint is CONNECTING (a random-hash pick then asks for no
@@ -51,7 +51,7 @@ impl RingHashPicker {
     }
 
     fn failure(&self, first: usize) -> Pick {
-        let slot = &self.slots[self.ring[first].endpoint];
+        let slot = &self.slots[self.ring.entries()[first].endpoint];
         Pick::Unavailable(
             slot.error
                 .clone()
@@ -62,19 +62,20 @@ impl RingHashPicker {
 
 impl Picker for RingHashPicker {
     fn pick(&self, call: &PickInfo<'_>) -> Pick {
-        if self.ring.is_empty() {
+        if self.ring.entries().is_empty() {
             return Pick::Unavailable("ring_hash: no endpoints".into());
         }
         let (hash, random) = match self.header_hash(call) {
             Some(hash) => (hash, false),
             None => ((self.random)(), true),
         };
-        let first = ring::find(&self.ring, hash);
-        let len = self.ring.len();
+        let first = self.ring.find(hash);
+        let ring = self.ring.entries();
+        let len = ring.len();
         if !random {
             // The endpoint the key hashes to; past failed ones, the next.
             for i in 0..len {
-                let slot = &self.slots[self.ring[(first + i) % len].endpoint];
+                let slot = &self.slots[ring[(first + i) % len].endpoint];
                 match slot.state {
                     ConnectivityState::Ready => {
                         if let Some(connection) = &slot.connection {
@@ -95,7 +96,7 @@ impl Picker for RingHashPicker {
         // most one IDLE one on the way (and none while one is connecting).
         let mut requested = self.connecting;
         for i in 0..len {
-            let slot = &self.slots[self.ring[(first + i) % len].endpoint];
+            let slot = &self.slots[ring[(first + i) % len].endpoint];
             match slot.state {
                 ConnectivityState::Ready => {
                     if let Some(connection) = &slot.connection {

@@ -56,6 +56,61 @@ pub fn find(ring: &[Entry], hash: u64) -> usize {
     if index == ring.len() { 0 } else { index }
 }
 
+/// A built ring with an index by the hash's top bits, so a lookup
+/// searches only the entries that share them (about one) instead of
+/// binary-searching the whole ring.
+#[derive(Debug, Default)]
+pub struct Ring {
+    entries: Box<[Entry]>,
+    /// `buckets[b]`: the first entry whose hash's top `bits` are ≥ `b`.
+    buckets: Box<[u32]>,
+    bits: u32,
+}
+
+impl Ring {
+    /// Indexes `entries` (sorted by hash, as [`build`] returns them).
+    pub fn new(entries: Vec<Entry>) -> Ring {
+        // About one bucket per entry, at most 2^16 buckets.
+        let bits = entries
+            .len()
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, 16);
+        let shift = 64 - bits;
+        let buckets = (0..1u64 << bits)
+            .map(|b| entries.partition_point(|e| e.hash >> shift < b) as u32)
+            .collect();
+        Ring {
+            entries: entries.into(),
+            buckets,
+            bits,
+        }
+    }
+
+    /// The entries, in ring order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The index of the first entry at or after `hash`, wrapping to 0 (as
+    /// [`find`]); the ring must not be empty.
+    #[inline]
+    pub fn find(&self, hash: u64) -> usize {
+        let bucket = (hash >> (64 - self.bits)) as usize;
+        let low = self.buckets[bucket] as usize;
+        let high = self
+            .buckets
+            .get(bucket + 1)
+            .map_or(self.entries.len(), |h| *h as usize);
+        let index = low + self.entries[low..high].partition_point(|e| e.hash < hash);
+        if index == self.entries.len() {
+            0
+        } else {
+            index
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +137,33 @@ mod tests {
         // Clamped to the maximum.
         let many = build(&[("a:1".into(), 1), ("b:1".into(), 10_000)], 1024, 4096);
         assert!(many.len() <= 4096);
+    }
+
+    #[test]
+    fn the_indexed_ring_finds_what_the_binary_search_finds() {
+        for n in [1, 2, 3, 50, 1000] {
+            let entries = build(&keys(n), 1024, 4096);
+            let ring = Ring::new(entries.clone());
+            let mut probe = 0x9E37_79B9_7F4A_7C15u64;
+            for _ in 0..5000 {
+                probe = probe
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                assert_eq!(
+                    ring.find(probe),
+                    find(&entries, probe),
+                    "n {n}, hash {probe:#x}"
+                );
+            }
+            for edge in [
+                0,
+                u64::MAX,
+                entries[0].hash,
+                entries[entries.len() - 1].hash,
+            ] {
+                assert_eq!(ring.find(edge), find(&entries, edge));
+            }
+        }
     }
 
     #[test]
