@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::*;
-use waypost_integration::backend::{Backend, start_backends};
+use waypost_integration::backend::{Backend, assert_shares, start_backends};
 
 /// Three backends reporting utilizations 0.2, 0.4, 0.8 at 100 qps; per-call
 /// reports on or off.
@@ -64,15 +64,12 @@ async fn weighted_spread(
 }
 
 fn assert_four_two_one(served: &BTreeMap<String, usize>) {
-    let total: usize = served.values().sum();
-    for (name, share) in [("b0", 4.0), ("b1", 2.0), ("b2", 1.0)] {
-        let expected = total as f64 * share / 7.0;
-        let got = served.get(name).copied().unwrap_or(0) as f64;
-        assert!(
-            (got - expected).abs() <= expected * 0.25,
-            "{name} served {got}, expected {expected:.0} ± 25 % (4:2:1): {served:?}"
-        );
-    }
+    assert_shares(
+        "waypost",
+        served,
+        &[("b0", 4.0), ("b1", 2.0), ("b2", 1.0)],
+        0.25,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -506,6 +506,34 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, HarnessError> {
     Ok(socket.listen(1024)?)
 }
 
+/// An `ipv4:` target listing the backends' addresses, in order.
+pub fn ipv4_target(backends: &[Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    format!("ipv4:{}", list.join(","))
+}
+
+/// Asserts that `served` (calls per backend name) splits its total in the
+/// proportions `shares` (name, share), each within `tolerance` (relative:
+/// 0.25 is ± 25 %); `who` names the client in the message.
+pub fn assert_shares(
+    who: &str,
+    served: &std::collections::BTreeMap<String, usize>,
+    shares: &[(&str, f64)],
+    tolerance: f64,
+) {
+    let total: usize = served.values().sum();
+    let sum: f64 = shares.iter().map(|(_, share)| share).sum();
+    for (name, share) in shares {
+        let expected = total as f64 * share / sum;
+        let got = served.get(*name).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - expected).abs() <= expected * tolerance,
+            "{who}: {name} served {got}, expected {expected:.0} ± {:.0} % ({shares:?}): {served:?}",
+            tolerance * 100.0
+        );
+    }
+}
+
 /// Starts `n` backends named `b0`, `b1`, ….
 pub async fn start_backends(n: usize) -> Result<Vec<Backend>, HarnessError> {
     let mut backends = Vec::with_capacity(n);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use waypost_balancer::Channel;
-use waypost_integration::backend::Backend;
+use waypost_integration::backend::{Backend, assert_shares, ipv4_target};
 use waypost_integration::grpcio::python_with_grpcio;
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
@@ -129,14 +129,7 @@ async fn outlier_detection_ejects_the_failing_backend_in_c_core_as_in_waypost() 
         .await
         .unwrap();
     backends[0].set_failing(80);
-    let target = format!(
-        "ipv4:{}",
-        backends
-            .iter()
-            .map(|b| b.addr().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let target = ipv4_target(&backends);
     // The same config the waypost test (balancer/tests/outlier_detection.rs)
     // uses.
     let config = json!({"loadBalancingConfig": [{"outlier_detection_experimental": {
@@ -167,14 +160,7 @@ async fn orca_backends(per_call: bool) -> (Vec<Backend>, String) {
         backend.orca().set_qps(100.0).unwrap();
         backend.set_orca_per_call(per_call);
     }
-    let target = format!(
-        "ipv4:{}",
-        backends
-            .iter()
-            .map(|b| b.addr().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let target = ipv4_target(&backends);
     (backends, target)
 }
 
@@ -220,15 +206,7 @@ async fn waypost_late_spread(target: &str, config: &serde_json::Value) -> BTreeM
 }
 
 fn assert_four_two_one(who: &str, served: &BTreeMap<String, usize>) {
-    let total: usize = served.values().sum();
-    for (name, share) in [("b0", 4.0), ("b1", 2.0), ("b2", 1.0)] {
-        let expected = total as f64 * share / 7.0;
-        let got = served.get(name).copied().unwrap_or(0) as f64;
-        assert!(
-            (got - expected).abs() <= expected * 0.25,
-            "{who}: {name} served {got}, expected {expected:.0} ± 25 % (4:2:1): {served:?}"
-        );
-    }
+    assert_shares(who, served, &[("b0", 4.0), ("b1", 2.0), ("b2", 1.0)], 0.25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
