@@ -71,10 +71,10 @@ async fn reflect(channel: Channel) -> Result<Vec<String>, Box<dyn std::error::Er
         .await?
         .into_inner();
     let mut names = Vec::new();
-    if let Some(response) = responses.message().await? {
-        if let Some(MessageResponse::ListServicesResponse(list)) = response.message_response {
-            names = list.service.into_iter().map(|s| s.name).collect();
-        }
+    if let Some(response) = responses.message().await?
+        && let Some(MessageResponse::ListServicesResponse(list)) = response.message_response
+    {
+        names = list.service.into_iter().map(|s| s.name).collect();
     }
     names.sort();
     Ok(names)

@@ -147,10 +147,10 @@ impl TokenFile {
             modified: metadata.modified().ok(),
             len: metadata.len(),
         };
-        if let Some((seen, value)) = &*self.cached.lock() {
-            if *seen == stamp {
-                return Ok(value.clone());
-            }
+        if let Some((seen, value)) = &*self.cached.lock()
+            && *seen == stamp
+        {
+            return Ok(value.clone());
         }
         if stamp.len > 64 * 1024 {
             return Err(unavailable("longer than 64 KiB".into()));

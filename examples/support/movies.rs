@@ -222,19 +222,17 @@ impl MoviesService for Movies {
             }
         }
 
-        if wants_downstream {
-            if let (Some(downstream), Some(left)) = (&self.downstream, left) {
-                // Pass on a shorter deadline: what is left, minus our own
-                // share of the work (100 ms).
-                let budget = left
-                    .saturating_sub(started.elapsed())
-                    .saturating_sub(Duration::from_millis(100));
-                let mut call = Request::new(MovieId { mid });
-                call.set_timeout(budget);
-                let answer = downstream.clone().get_movie(call).await?;
-                if let Some(v) = answer.metadata().get("x-time-left-ms") {
-                    headers.insert("x-downstream-time-left-ms", v.clone());
-                }
+        if wants_downstream && let (Some(downstream), Some(left)) = (&self.downstream, left) {
+            // Pass on a shorter deadline: what is left, minus our own
+            // share of the work (100 ms).
+            let budget = left
+                .saturating_sub(started.elapsed())
+                .saturating_sub(Duration::from_millis(100));
+            let mut call = Request::new(MovieId { mid });
+            call.set_timeout(budget);
+            let answer = downstream.clone().get_movie(call).await?;
+            if let Some(v) = answer.metadata().get("x-time-left-ms") {
+                headers.insert("x-downstream-time-left-ms", v.clone());
             }
         }
         if let Some(left) = left {

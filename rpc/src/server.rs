@@ -545,11 +545,11 @@ async fn exchange(
             if body::push(tx, &shared, head).await.is_err() {
                 return None;
             }
-            if let Some(source) = response.body {
-                if let Err(e) = body::send(tx, &shared, Some(source)).await {
-                    tracing::debug!(error = %e, "response body not completed");
-                    return None;
-                }
+            if let Some(source) = response.body
+                && let Err(e) = body::send(tx, &shared, Some(source)).await
+            {
+                tracing::debug!(error = %e, "response body not completed");
+                return None;
             }
         }
         Err(status) => {

@@ -150,10 +150,10 @@ impl Policy for PickFirst {
             }
         }
         self.addresses = addresses;
-        if let Some(selected) = &self.selected {
-            if self.addresses.contains(&selected.addresses()[0]) {
-                return; // Sticky: the connected address is still wanted.
-            }
+        if let Some(selected) = &self.selected
+            && self.addresses.contains(&selected.addresses()[0])
+        {
+            return; // Sticky: the connected address is still wanted.
         }
         self.start_pass(helper);
     }

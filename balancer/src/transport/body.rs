@@ -47,10 +47,10 @@ impl Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if let Some(request) = &mut self.request {
-            if request.poll_send(cx).is_ready() {
-                self.request = None;
-            }
+        if let Some(request) = &mut self.request
+            && request.poll_send(cx).is_ready()
+        {
+            self.request = None;
         }
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {

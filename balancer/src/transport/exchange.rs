@@ -77,10 +77,10 @@ impl Exchange {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<http::Response<RecvBody>, Failure>> {
-        if let Some(pump) = &mut self.pump {
-            if pump.poll_send(cx).is_ready() {
-                self.pump = None;
-            }
+        if let Some(pump) = &mut self.pump
+            && pump.poll_send(cx).is_ready()
+        {
+            self.pump = None;
         }
         let response = match ready!(Pin::new(&mut self.response).poll(cx)) {
             Ok(response) => response,

@@ -111,10 +111,10 @@ pub async fn list_where(stream: &mut Stream, pred: impl Fn(&[Server]) -> bool) -
             tokio::time::Instant::now() < deadline,
             "no matching list within 10 s"
         );
-        if let LoadBalanceResponseType::ServerList(list) = next(stream).await {
-            if pred(&list.servers) {
-                return list.servers;
-            }
+        if let LoadBalanceResponseType::ServerList(list) = next(stream).await
+            && pred(&list.servers)
+        {
+            return list.servers;
         }
     }
 }

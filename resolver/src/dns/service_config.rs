@@ -75,10 +75,10 @@ pub fn choose_service_config(
             }
         }
         // An empty list, like an absent field, matches every client.
-        if let Some(hosts) = hosts.filter(|h| !h.is_empty()) {
-            if !client_host_name.is_some_and(|h| hosts.contains(&h)) {
-                continue;
-            }
+        if let Some(hosts) = hosts.filter(|h| !h.is_empty())
+            && !client_host_name.is_some_and(|h| hosts.contains(&h))
+        {
+            continue;
         }
         return match choice.remove("serviceConfig") {
             Some(config @ Value::Object(_)) => Ok(Some(config)),

@@ -123,14 +123,12 @@ impl RingHash {
             state,
             ConnectivityState::Connecting | ConnectivityState::TransientFailure
         ) && !connecting
-        {
-            if let Some(idle) = self
+            && let Some(idle) = self
                 .endpoints
                 .iter()
                 .find(|e| e.state == ConnectivityState::Idle)
-            {
-                idle.handle.connect();
-            }
+        {
+            idle.handle.connect();
         }
         let picker = RingHashPicker {
             ring: self.ring.clone(),
