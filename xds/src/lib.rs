@@ -6,3 +6,4 @@
 //! steps, each tested against a scripted ADS server.
 
 pub mod bootstrap;
+pub mod client;
