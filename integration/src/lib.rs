@@ -11,6 +11,8 @@
 //! - [`tls_backend::TlsBackend`]: a tonic server with tonic's own TLS
 //!   (optionally mTLS) that records its callers' certificate names;
 //!   [`pki::TestPki`] makes the certificates.
+//! - [`ads::AdsServer`]: a scripted xDS management server (ADS, State of
+//!   the World) that records every request and sends what a test gives it.
 //! - [`grpcio::GrpcioBackends`]: gRPC C-core servers (Python grpcio) with
 //!   any channel arguments, e.g. a `max_connection_age`.
 //!
@@ -29,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ads;
 pub mod backend;
 pub mod dns;
 pub mod etcd;

@@ -7,3 +7,4 @@
 
 pub mod bootstrap;
 pub mod client;
+pub mod resources;

@@ -1,0 +1,4 @@
+//! The xDS resource types, each decoded and checked as gRPC does, and
+//! reduced to what the client uses.
+
+pub mod cluster;
