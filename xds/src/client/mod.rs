@@ -39,7 +39,10 @@ use crate::bootstrap::{Bootstrap, XdsServer};
 
 /// The resource types every XdsClient knows.
 pub fn resource_types() -> Vec<&'static ResourceType> {
-    vec![&crate::resources::cluster::CDS]
+    vec![
+        &crate::resources::cluster::CDS,
+        &crate::resources::endpoint::EDS,
+    ]
 }
 
 /// What a watcher knows of one resource.

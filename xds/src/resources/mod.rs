@@ -2,3 +2,4 @@
 //! reduced to what the client uses.
 
 pub mod cluster;
+pub mod endpoint;
