@@ -1,0 +1,655 @@
+//! RDS: the `RouteConfiguration` resource (gRFC A28, A31, A42), checked and
+//! reduced to what the client routes by — virtual hosts by domain, routes
+//! by path and headers — with the matching itself: pure functions a
+//! per-call config selector runs.
+//!
+//! Supported: path `prefix`, `path`, `safe_regex` (RE2 syntax, compiled
+//! once, size-limited), `case_sensitive`; header matchers exact, prefix,
+//! suffix, contains, present, range and safe_regex, each invertible;
+//! `runtime_fraction` (its default value); actions `cluster` and
+//! `weighted_clusters`, `max_stream_duration` (`grpc_timeout_header_max`
+//! first), and `hash_policy` (header, and filter_state
+//! `io.grpc.channel_id`). Routes with another action stay, and calls they
+//! match fail, as gRPC does. Not yet: `retry_policy` (A44), query
+//! parameters, `cluster_specifier_plugin`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher as PbHeaderMatcher, RouteConfiguration,
+};
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use crate::client::ads::{ResourceError, ResourceType, Value};
+
+/// The type URL of RDS resources.
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// RDS for the XdsClient.
+pub static RDS: ResourceType = ResourceType {
+    type_url: TYPE_URL,
+    full_state: false,
+    decode: decode_value,
+};
+
+/// The compiled size a route's regular expression may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// How a route matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Starts with this.
+    Prefix(String),
+    /// Is exactly this.
+    Path(String),
+    /// Matches this regular expression in full.
+    Regex(regex::Regex),
+}
+
+/// How a header matcher compares.
+#[derive(Debug, Clone)]
+pub enum HeaderMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Contains.
+    Contains(String),
+    /// Present (true) or absent (false).
+    Present(bool),
+    /// A whole number in [start, end).
+    Range(i64, i64),
+    /// Matches in full.
+    Regex(regex::Regex),
+}
+
+/// One header matcher.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    /// The header (lower case).
+    pub name: String,
+    /// The comparison.
+    pub matcher: HeaderMatch,
+    /// Whether the result is inverted.
+    pub invert: bool,
+}
+
+/// Where a route sends calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// One cluster.
+    Cluster(String),
+    /// Clusters by weight (each ≥ 0, total > 0).
+    Weighted(Vec<(String, u32)>),
+    /// A route that does not forward: calls it matches fail.
+    NonForwarding,
+    /// An action gRPC does not support: calls it matches fail.
+    Unsupported,
+}
+
+/// How a call's ring hash is made (A42).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPolicy {
+    /// From a request header's value.
+    Header {
+        /// The header.
+        name: String,
+        /// Stop at this policy if it produced a hash.
+        terminal: bool,
+    },
+    /// From the channel's id (the same for every call of a channel).
+    ChannelId {
+        /// Stop here if it produced a hash.
+        terminal: bool,
+    },
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The path matcher.
+    pub path: PathMatch,
+    /// Whether the path compares case-sensitively (default true).
+    pub case_sensitive: bool,
+    /// Every one must match.
+    pub headers: Vec<HeaderMatcher>,
+    /// The share of matching calls taken, per million (`None`: all).
+    pub fraction_per_million: Option<u32>,
+    /// Where calls go.
+    pub action: RouteAction,
+    /// The longest a call may take (`None`: the listener's, if any).
+    pub max_stream_duration: Option<Duration>,
+    /// How ring_hash hashes calls of this route.
+    pub hash_policies: Vec<HashPolicy>,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    /// The domains it serves (`*`, `*.suffix`, `prefix.*`, or exact).
+    pub domains: Vec<String>,
+    /// Its routes, in order (the first match wins).
+    pub routes: Vec<Route>,
+}
+
+/// A checked route configuration.
+#[derive(Debug, Clone)]
+pub struct RouteConfigUpdate {
+    /// Its name.
+    pub name: String,
+    /// Its virtual hosts.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+fn refuse(name: &str, message: impl Into<String>) -> ResourceError {
+    ResourceError {
+        name: Some(name.to_owned()),
+        message: message.into(),
+    }
+}
+
+fn compile(pattern: &str, at: &str, name: &str) -> Result<regex::Regex, ResourceError> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| refuse(name, format!("{at} error:invalid regex: {e}")))
+}
+
+fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> Option<Duration> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Some(Duration::new(seconds, nanos))
+}
+
+fn header_matcher(
+    m: &PbHeaderMatcher,
+    at: &str,
+    name: &str,
+) -> Result<HeaderMatcher, ResourceError> {
+    let header = m.name.to_ascii_lowercase();
+    let matcher = match &m.header_match_specifier {
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => HeaderMatch::Exact(v.clone()),
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => HeaderMatch::Prefix(v.clone()),
+        Some(HeaderMatchSpecifier::SuffixMatch(v)) => HeaderMatch::Suffix(v.clone()),
+        Some(HeaderMatchSpecifier::ContainsMatch(v)) => HeaderMatch::Contains(v.clone()),
+        Some(HeaderMatchSpecifier::PresentMatch(present)) => HeaderMatch::Present(*present),
+        Some(HeaderMatchSpecifier::RangeMatch(range)) => HeaderMatch::Range(range.start, range.end),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(regex)) => HeaderMatch::Regex(compile(
+            &regex.regex,
+            &format!("{at}.safe_regex_match"),
+            name,
+        )?),
+        _ => {
+            return Err(refuse(
+                name,
+                format!("{at} error:unsupported header matcher"),
+            ));
+        }
+    };
+    Ok(HeaderMatcher {
+        name: header,
+        matcher,
+        invert: m.invert_match,
+    })
+}
+
+/// Decodes and checks one `RouteConfiguration`.
+pub fn decode(any: &Any) -> Result<RouteConfigUpdate, ResourceError> {
+    let config = RouteConfiguration::decode(any.value.as_slice()).map_err(|e| ResourceError {
+        name: None,
+        message: format!("can't decode RouteConfiguration: {e}"),
+    })?;
+    from_proto(&config)
+}
+
+/// Checks a `RouteConfiguration` (also one inline in a listener).
+pub fn from_proto(config: &RouteConfiguration) -> Result<RouteConfigUpdate, ResourceError> {
+    let name = config.name.clone();
+    let mut virtual_hosts = Vec::with_capacity(config.virtual_hosts.len());
+    for (i, host) in config.virtual_hosts.iter().enumerate() {
+        let mut routes = Vec::with_capacity(host.routes.len());
+        for (j, route) in host.routes.iter().enumerate() {
+            let at = format!("field:virtual_hosts[{i}].routes[{j}]");
+            let Some(matcher) = &route.r#match else {
+                return Err(refuse(&name, format!("{at}.match error:field not present")));
+            };
+            let case_sensitive = matcher.case_sensitive.as_ref().is_none_or(|c| c.value);
+            let path = match &matcher.path_specifier {
+                Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+                Some(PathSpecifier::Path(p)) => PathMatch::Path(p.clone()),
+                Some(PathSpecifier::SafeRegex(r)) => {
+                    let pattern = if case_sensitive {
+                        r.regex.clone()
+                    } else {
+                        format!("(?i:{})", r.regex)
+                    };
+                    PathMatch::Regex(compile(&pattern, &format!("{at}.match.safe_regex"), &name)?)
+                }
+                _ => {
+                    return Err(refuse(
+                        &name,
+                        format!("{at}.match error:unsupported path matcher"),
+                    ));
+                }
+            };
+            let headers = matcher
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(k, h)| header_matcher(h, &format!("{at}.match.headers[{k}]"), &name))
+                .collect::<Result<_, _>>()?;
+            let fraction_per_million = match matcher
+                .runtime_fraction
+                .as_ref()
+                .and_then(|f| f.default_value.as_ref())
+            {
+                None => None,
+                Some(percent) => {
+                    let scale = match DenominatorType::try_from(percent.denominator) {
+                        Ok(DenominatorType::Hundred) => 10_000,
+                        Ok(DenominatorType::TenThousand) => 100,
+                        Ok(DenominatorType::Million) => 1,
+                        Err(_) => {
+                            return Err(refuse(
+                                &name,
+                                format!("{at}.match.runtime_fraction error:unknown denominator"),
+                            ));
+                        }
+                    };
+                    Some(percent.numerator.saturating_mul(scale).min(1_000_000))
+                }
+            };
+            let (action, max_stream_duration, hash_policies) = match &route.action {
+                Some(Action::Route(action)) => {
+                    let target = match &action.cluster_specifier {
+                        Some(ClusterSpecifier::Cluster(cluster)) if !cluster.is_empty() => {
+                            RouteAction::Cluster(cluster.clone())
+                        }
+                        Some(ClusterSpecifier::WeightedClusters(weighted)) => {
+                            let clusters: Vec<(String, u32)> = weighted
+                                .clusters
+                                .iter()
+                                .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                                .collect();
+                            let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+                            if clusters.is_empty() || total == 0 || total > u64::from(u32::MAX) {
+                                return Err(refuse(
+                                    &name,
+                                    format!(
+                                        "{at}.route.weighted_clusters error:weights must sum to between 1 and 4294967295, got {total}"
+                                    ),
+                                ));
+                            }
+                            if clusters.iter().any(|(c, _)| c.is_empty()) {
+                                return Err(refuse(
+                                    &name,
+                                    format!(
+                                        "{at}.route.weighted_clusters error:a cluster without a name"
+                                    ),
+                                ));
+                            }
+                            RouteAction::Weighted(clusters)
+                        }
+                        _ => {
+                            return Err(refuse(
+                                &name,
+                                format!("{at}.route error:no supported cluster specifier"),
+                            ));
+                        }
+                    };
+                    let max = action.max_stream_duration.as_ref().and_then(|m| {
+                        m.grpc_timeout_header_max
+                            .as_ref()
+                            .or(m.max_stream_duration.as_ref())
+                            .and_then(duration)
+                    });
+                    let hashes = action
+                        .hash_policy
+                        .iter()
+                        .filter_map(|policy| match &policy.policy_specifier {
+                            Some(PolicySpecifier::Header(header)) => Some(HashPolicy::Header {
+                                name: header.header_name.to_ascii_lowercase(),
+                                terminal: policy.terminal,
+                            }),
+                            Some(PolicySpecifier::FilterState(state))
+                                if state.key == "io.grpc.channel_id" =>
+                            {
+                                Some(HashPolicy::ChannelId {
+                                    terminal: policy.terminal,
+                                })
+                            }
+                            // Others are ignored, as gRPC does.
+                            _ => None,
+                        })
+                        .collect();
+                    (target, max, hashes)
+                }
+                Some(Action::NonForwardingAction(_)) => {
+                    (RouteAction::NonForwarding, None, Vec::new())
+                }
+                _ => (RouteAction::Unsupported, None, Vec::new()),
+            };
+            routes.push(Route {
+                path,
+                case_sensitive,
+                headers,
+                fraction_per_million,
+                action,
+                max_stream_duration,
+                hash_policies,
+            });
+        }
+        virtual_hosts.push(VirtualHost {
+            domains: host
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            routes,
+        });
+    }
+    Ok(RouteConfigUpdate {
+        name,
+        virtual_hosts,
+    })
+}
+
+fn decode_value(any: &Any) -> Result<(String, Value), ResourceError> {
+    let update = decode(any)?;
+    if update.name.is_empty() {
+        return Err(ResourceError {
+            name: None,
+            message: "field:name error:empty".into(),
+        });
+    }
+    Ok((update.name.clone(), Arc::new(update)))
+}
+
+/// The virtual host for `authority` (A28): an exact domain first, then
+/// the longest `*.suffix`, then the longest `prefix.*`, then `*`.
+pub fn virtual_host<'a>(hosts: &'a [VirtualHost], authority: &str) -> Option<&'a VirtualHost> {
+    let authority = authority.to_ascii_lowercase();
+    // (kind: 0 exact, 1 suffix, 2 prefix, 3 any; then longer is better)
+    let mut best: Option<((u8, std::cmp::Reverse<usize>), &VirtualHost)> = None;
+    for host in hosts {
+        for domain in &host.domains {
+            let rank = if *domain == "*" {
+                Some(3)
+            } else if let Some(suffix) = domain.strip_prefix('*') {
+                authority.ends_with(suffix).then_some(1)
+            } else if let Some(prefix) = domain.strip_suffix('*') {
+                authority.starts_with(prefix).then_some(2)
+            } else {
+                (*domain == authority).then_some(0)
+            };
+            if let Some(kind) = rank {
+                let key = (kind, std::cmp::Reverse(domain.len()));
+                if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                    best = Some((key, host));
+                }
+            }
+        }
+    }
+    best.map(|(_, host)| host)
+}
+
+impl HeaderMatcher {
+    /// Whether the call's headers match (values of a repeated header
+    /// joined by `,`; `-bin` headers never match, as gRPC says).
+    pub fn matches(&self, headers: &http::HeaderMap) -> bool {
+        let value: Option<String> = if self.name.ends_with("-bin") {
+            None
+        } else {
+            let mut values = headers
+                .get_all(self.name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            values.next().map(|first| {
+                values.fold(first.to_owned(), |mut joined, v| {
+                    joined.push(',');
+                    joined.push_str(v);
+                    joined
+                })
+            })
+        };
+        let matched = match (&self.matcher, value.as_deref()) {
+            (HeaderMatch::Present(present), value) => value.is_some() == *present,
+            (_, None) => false,
+            (HeaderMatch::Exact(want), Some(v)) => v == want,
+            (HeaderMatch::Prefix(want), Some(v)) => v.starts_with(want.as_str()),
+            (HeaderMatch::Suffix(want), Some(v)) => v.ends_with(want.as_str()),
+            (HeaderMatch::Contains(want), Some(v)) => v.contains(want.as_str()),
+            (HeaderMatch::Range(start, end), Some(v)) => {
+                v.parse::<i64>().is_ok_and(|n| *start <= n && n < *end)
+            }
+            (HeaderMatch::Regex(regex), Some(v)) => regex.is_match(v),
+        };
+        matched != self.invert
+    }
+}
+
+impl Route {
+    /// Whether a call to `path` with `headers` takes this route;
+    /// `draw` is a random number below one million (for
+    /// `runtime_fraction`).
+    pub fn matches(&self, path: &str, headers: &http::HeaderMap, draw: u32) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(prefix) if self.case_sensitive => path.starts_with(prefix.as_str()),
+            PathMatch::Prefix(prefix) => path
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix)),
+            PathMatch::Path(want) if self.case_sensitive => path == want,
+            PathMatch::Path(want) => path.eq_ignore_ascii_case(want),
+            PathMatch::Regex(regex) => regex.is_match(path),
+        };
+        path_ok
+            && self.headers.iter().all(|h| h.matches(headers))
+            && self.fraction_per_million.is_none_or(|f| draw < f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as PbHashPolicy;
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::Header;
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route as PbRoute, RouteAction as PbRouteAction, RouteMatch, VirtualHost as PbVirtualHost,
+        WeightedCluster,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    use super::*;
+
+    fn route(
+        path: PathSpecifier,
+        headers: Vec<PbHeaderMatcher>,
+        cluster: ClusterSpecifier,
+    ) -> PbRoute {
+        PbRoute {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(path),
+                headers,
+                ..Default::default()
+            }),
+            action: Some(Action::Route(PbRouteAction {
+                cluster_specifier: Some(cluster),
+                hash_policy: vec![PbHashPolicy {
+                    policy_specifier: Some(PolicySpecifier::Header(Header {
+                        header_name: "X-User".into(),
+                        regex_rewrite: None,
+                    })),
+                    terminal: false,
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn config(hosts: Vec<PbVirtualHost>) -> RouteConfiguration {
+        RouteConfiguration {
+            name: "routes".into(),
+            virtual_hosts: hosts,
+            ..Default::default()
+        }
+    }
+
+    fn any(config: &RouteConfiguration) -> Any {
+        Any {
+            type_url: TYPE_URL.into(),
+            value: config.encode_to_vec(),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn the_most_specific_domain_wins() {
+        let host = |domains: &[&str]| VirtualHost {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: Vec::new(),
+        };
+        let hosts = [
+            host(&["*"]),
+            host(&["orders.*"]),
+            host(&["*.example.com"]),
+            host(&["*.shop.example.com"]),
+            host(&["orders.shop.example.com"]),
+        ];
+        let picked = |authority: &str| {
+            let found = virtual_host(&hosts, authority).unwrap();
+            hosts.iter().position(|h| std::ptr::eq(h, found)).unwrap()
+        };
+        assert_eq!(picked("orders.shop.example.com"), 4, "exact");
+        assert_eq!(picked("cart.shop.example.com"), 3, "longest suffix");
+        assert_eq!(picked("cart.example.com"), 2);
+        assert_eq!(picked("orders.internal"), 1, "prefix");
+        assert_eq!(picked("anything"), 0, "wildcard");
+        assert!(virtual_host(&hosts[1..2], "payments").is_none());
+    }
+
+    #[test]
+    fn routes_match_by_path_and_headers_and_carry_their_action() {
+        let regex_header = PbHeaderMatcher {
+            name: "x-tier".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::SafeRegexMatch(RegexMatcher {
+                regex: "gold|platinum".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let not_canary = PbHeaderMatcher {
+            name: "x-canary".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+            invert_match: true,
+            ..Default::default()
+        };
+        let weighted = ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: vec![
+                ClusterWeight {
+                    name: "a".into(),
+                    weight: Some(UInt32Value { value: 80 }),
+                    ..Default::default()
+                },
+                ClusterWeight {
+                    name: "b".into(),
+                    weight: Some(UInt32Value { value: 20 }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let update = decode(&any(&config(vec![PbVirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![
+                route(
+                    PathSpecifier::Prefix("/movies.v1.MoviesService/".into()),
+                    vec![regex_header, not_canary],
+                    ClusterSpecifier::Cluster("premium".into()),
+                ),
+                route(PathSpecifier::Prefix("".into()), vec![], weighted),
+            ],
+            ..Default::default()
+        }])))
+        .unwrap();
+        let routes = &update.virtual_hosts[0].routes;
+        let path = "/movies.v1.MoviesService/GetMovie";
+        assert!(routes[0].matches(path, &headers(&[("x-tier", "gold")]), 0));
+        assert!(
+            !routes[0].matches(path, &headers(&[("x-tier", "golden")]), 0),
+            "regex matches whole values"
+        );
+        assert!(!routes[0].matches(path, &headers(&[("x-tier", "gold"), ("x-canary", "1")]), 0));
+        assert!(!routes[0].matches("/other.Service/Call", &headers(&[("x-tier", "gold")]), 0));
+        assert!(routes[1].matches(path, &headers(&[]), 0));
+        assert_eq!(routes[0].action, RouteAction::Cluster("premium".into()));
+        assert_eq!(
+            routes[1].action,
+            RouteAction::Weighted(vec![("a".into(), 80), ("b".into(), 20)])
+        );
+        assert_eq!(
+            routes[0].hash_policies,
+            [HashPolicy::Header {
+                name: "x-user".into(),
+                terminal: false
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_regexes_and_weights_are_refused() {
+        let bad_regex = route(
+            PathSpecifier::SafeRegex(RegexMatcher {
+                regex: "(unclosed".into(),
+                ..Default::default()
+            }),
+            vec![],
+            ClusterSpecifier::Cluster("c".into()),
+        );
+        let zero_weights = route(
+            PathSpecifier::Prefix("/".into()),
+            vec![],
+            ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: vec![ClusterWeight {
+                    name: "a".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        );
+        for (route, expected) in [
+            (bad_regex, "invalid regex"),
+            (zero_weights, "weights must sum"),
+        ] {
+            let error = decode(&any(&config(vec![PbVirtualHost {
+                domains: vec!["*".into()],
+                routes: vec![route],
+                ..Default::default()
+            }])))
+            .unwrap_err();
+            assert_eq!(error.name.as_deref(), Some("routes"));
+            assert!(error.message.contains(expected), "{}", error.message);
+        }
+    }
+}
