@@ -82,6 +82,9 @@ pub struct HeaderMatcher {
     pub matcher: HeaderMatch,
     /// Whether the result is inverted.
     pub invert: bool,
+    /// Whether exact/prefix/suffix/contains compare ignoring ASCII case
+    /// (their operand is then stored in lower case).
+    pub ignore_case: bool,
 }
 
 /// Where a route sends calls.
@@ -171,13 +174,42 @@ fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> Option<Duration>
     Some(Duration::new(seconds, nanos))
 }
 
+// Control planes still send the deprecated matchers; gRPC takes both them
+// and `string_match`.
+#[allow(deprecated)]
 fn header_matcher(
     m: &PbHeaderMatcher,
     at: &str,
     name: &str,
 ) -> Result<HeaderMatcher, ResourceError> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
     let header = m.name.to_ascii_lowercase();
+    let mut ignore_case = false;
     let matcher = match &m.header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(string)) => {
+            ignore_case = string.ignore_case;
+            let fold = |v: &String| {
+                if ignore_case {
+                    v.to_ascii_lowercase()
+                } else {
+                    v.clone()
+                }
+            };
+            match &string.match_pattern {
+                Some(MatchPattern::Exact(v)) => HeaderMatch::Exact(fold(v)),
+                Some(MatchPattern::Prefix(v)) => HeaderMatch::Prefix(fold(v)),
+                Some(MatchPattern::Suffix(v)) => HeaderMatch::Suffix(fold(v)),
+                Some(MatchPattern::Contains(v)) => HeaderMatch::Contains(fold(v)),
+                Some(MatchPattern::SafeRegex(regex)) => HeaderMatch::Regex(compile(
+                    &regex.regex,
+                    &format!("{at}.string_match.safe_regex"),
+                    name,
+                )?),
+                _ => {
+                    return Err(refuse(name, format!("{at}.string_match error:unsupported")));
+                }
+            }
+        }
         Some(HeaderMatchSpecifier::ExactMatch(v)) => HeaderMatch::Exact(v.clone()),
         Some(HeaderMatchSpecifier::PrefixMatch(v)) => HeaderMatch::Prefix(v.clone()),
         Some(HeaderMatchSpecifier::SuffixMatch(v)) => HeaderMatch::Suffix(v.clone()),
@@ -200,6 +232,7 @@ fn header_matcher(
         name: header,
         matcher,
         invert: m.invert_match,
+        ignore_case,
     })
 }
 
@@ -422,6 +455,10 @@ impl HeaderMatcher {
                 })
             })
         };
+        let value = match value {
+            Some(v) if self.ignore_case => Some(v.to_ascii_lowercase()),
+            other => other,
+        };
         let matched = match (&self.matcher, value.as_deref()) {
             (HeaderMatch::Present(present), value) => value.is_some() == *present,
             (_, None) => false,
@@ -549,6 +586,8 @@ mod tests {
         assert!(virtual_host(&hosts[1..2], "payments").is_none());
     }
 
+    // The deprecated matcher, as control planes still send it.
+    #[allow(deprecated)]
     #[test]
     fn routes_match_by_path_and_headers_and_carry_their_action() {
         let regex_header = PbHeaderMatcher {
@@ -603,6 +642,27 @@ mod tests {
         assert!(!routes[0].matches(path, &headers(&[("x-tier", "gold"), ("x-canary", "1")]), 0));
         assert!(!routes[0].matches("/other.Service/Call", &headers(&[("x-tier", "gold")]), 0));
         assert!(routes[1].matches(path, &headers(&[]), 0));
+        let folded = header_matcher(
+            &PbHeaderMatcher {
+                name: "X-Env".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                        ignore_case: true,
+                        match_pattern: Some(
+                            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Prefix(
+                                "Prod".into(),
+                            ),
+                        ),
+                    },
+                )),
+                ..Default::default()
+            },
+            "field:h",
+            "routes",
+        )
+        .unwrap();
+        assert!(folded.matches(&headers(&[("x-env", "PRODUCTION")])));
+        assert!(!folded.matches(&headers(&[("x-env", "staging")])));
         assert_eq!(routes[0].action, RouteAction::Cluster("premium".into()));
         assert_eq!(
             routes[1].action,
