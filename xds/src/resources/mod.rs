@@ -3,4 +3,5 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod listener;
 pub mod route;
