@@ -40,6 +40,8 @@ use crate::bootstrap::{Bootstrap, XdsServer};
 /// The resource types every XdsClient knows.
 pub fn resource_types() -> Vec<&'static ResourceType> {
     vec![
+        &crate::resources::listener::LDS,
+        &crate::resources::route::RDS,
         &crate::resources::cluster::CDS,
         &crate::resources::endpoint::EDS,
     ]
@@ -451,5 +453,22 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_knows_the_four_resource_types() {
+        let urls: Vec<&str> = super::resource_types().iter().map(|t| t.type_url).collect();
+        assert_eq!(
+            urls,
+            [
+                crate::resources::listener::TYPE_URL,
+                crate::resources::route::TYPE_URL,
+                crate::resources::cluster::TYPE_URL,
+                crate::resources::endpoint::TYPE_URL,
+            ]
+        );
     }
 }
