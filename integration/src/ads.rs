@@ -3,9 +3,10 @@
 //! World) on `127.0.0.1`, built on tonic and the `envoy-types` types.
 //!
 //! A test [`set`](AdsServer::set)s the current response of a resource type;
-//! it goes to every open stream at once, and to every new stream when that
+//! it goes to every open stream at once, to every new stream when that
 //! stream first asks for the type — as a real server always sends its
-//! current state on a new stream. Every request is recorded, ACKs and NACKs
+//! current state on a new stream — and to a stream whose request changes
+//! the names it asks for. Every request is recorded, ACKs and NACKs
 //! included, and a test waits for one with [`AdsServer::wait_for_request`].
 //! The server can be stopped (every stream cut, port closed) and restarted
 //! on the same port.
@@ -51,8 +52,9 @@ struct State {
     current: BTreeMap<String, DiscoveryResponse>,
     /// Every request received, in order.
     requests: Vec<DiscoveryRequest>,
-    /// Open streams by number: their outbox and the types they asked for.
-    streams: BTreeMap<usize, (Outbox, std::collections::BTreeSet<String>)>,
+    /// Open streams by number: their outbox, and the names they last asked
+    /// for per type.
+    streams: BTreeMap<usize, (Outbox, BTreeMap<String, Vec<String>>)>,
     streams_opened: usize,
 }
 
@@ -120,7 +122,7 @@ impl AdsServer {
         let mut state = self.inner.state.lock();
         state.streams.retain(|_, (outbox, _)| !outbox.is_closed());
         for (outbox, types) in state.streams.values() {
-            if types.contains(&response.type_url) {
+            if types.contains_key(&response.type_url) {
                 response.nonce = self.inner.nonce();
                 let _ = outbox.send(Ok(response.clone()));
             }
@@ -254,15 +256,16 @@ impl AggregatedDiscoveryService for Ads {
             while let Ok(Some(request)) = incoming.message().await {
                 let mut state = inner.state.lock();
                 let type_url = request.type_url.clone();
-                // A stream's first request of a type gets the current state.
-                let first = state
+                // A stream's first request of a type, and one that changes
+                // the names asked for, get the current state (ACKs and
+                // NACKs do not).
+                let names = request.resource_names.clone();
+                let changed = state
                     .streams
-                    .get(&index)
-                    .is_some_and(|(_, types)| !types.contains(&type_url));
-                if let Some((_, types)) = state.streams.get_mut(&index) {
-                    types.insert(type_url.clone());
-                }
-                if first && let Some(current) = state.current.get(&type_url) {
+                    .get_mut(&index)
+                    .map(|(_, types)| types.insert(type_url.clone(), names.clone()) != Some(names))
+                    .unwrap_or(false);
+                if changed && let Some(current) = state.current.get(&type_url) {
                     let mut response = current.clone();
                     response.nonce = inner.nonce();
                     let _ = outbox.send(Ok(response));

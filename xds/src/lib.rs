@@ -7,4 +7,5 @@
 
 pub mod bootstrap;
 pub mod client;
+pub mod resolver;
 pub mod resources;

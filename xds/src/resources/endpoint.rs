@@ -78,7 +78,7 @@ pub struct LocalityEndpoints {
 }
 
 /// A drop category: this share of calls fails UNAVAILABLE
-/// "EDS-configured drop: <category>".
+/// `EDS-configured drop: <category>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drop {
     /// The category.

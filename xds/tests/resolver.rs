@@ -1,0 +1,254 @@
+//! `xds:///orders` end to end: a scripted ADS server gives the listener
+//! (inline routes), the cluster and its endpoints — three real backends —
+//! and a waypost channel built on that target spreads calls over them,
+//! stops calling one the EDS update removes, and fails naming a listener
+//! that does not exist.
+//!
+//! The bootstrap is given in code, to a per-channel resolver registry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use prost::Message;
+use waypost_integration::ads::AdsServer;
+use waypost_integration::backend::{Backend, start_backends};
+use waypost_proto::movies::v1::MovieId;
+use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
+use waypost_xds::resources::{cluster, endpoint, listener};
+
+fn any<M: Message>(type_url: &str, message: &M) -> Any {
+    Any {
+        type_url: type_url.into(),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn response<M: Message>(type_url: &str, version: &str, resources: &[M]) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        type_url: type_url.into(),
+        resources: resources.iter().map(|r| any(type_url, r)).collect(),
+        ..Default::default()
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// Listener `name` with inline routes sending everything to `cluster`.
+fn api_listener(name: &str, cluster: &str) -> Listener {
+    let routes = RouteConfiguration {
+        name: format!("{name}-routes"),
+        virtual_hosts: vec![VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        http_filters: vec![HttpFilter {
+            name: "router".into(),
+            config_type: Some(ConfigType::TypedConfig(Any {
+                type_url: listener::ROUTER_TYPE_URL.into(),
+                value: Vec::new(),
+            })),
+            ..Default::default()
+        }],
+        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+        ..Default::default()
+    };
+    Listener {
+        name: name.into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(listener::HCM_TYPE_URL, &hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn assignment(name: &str, backends: &[&Backend]) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            locality: Some(Locality {
+                zone: "z1".into(),
+                ..Default::default()
+            }),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            lb_endpoints: backends
+                .iter()
+                .map(|b| LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(AddressKind::SocketAddress(SocketAddress {
+                                address: b.addr().ip().to_string(),
+                                port_specifier: Some(PortSpecifier::PortValue(u32::from(
+                                    b.addr().port(),
+                                ))),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+async fn spread(
+    client: &mut MoviesServiceClient<waypost_balancer::Channel>,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut served = BTreeMap::new();
+    for _ in 0..n {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        request
+            .extensions_mut()
+            .insert(waypost_balancer::WaitForReady(true));
+        let name = client
+            .get_movie(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .served_by;
+        *served.entry(name).or_insert(0) += 1;
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
+    let backends = start_backends(3).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-e2e")).unwrap();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener("orders", "orders-cluster")],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("orders-cluster")],
+    ));
+    let refs: Vec<&Backend> = backends.iter().collect();
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment("orders-cluster", &refs)],
+    ));
+
+    let channel = waypost_balancer::Channel::builder("xds:///orders")
+        .resolvers(resolvers.clone())
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let served = spread(&mut client, 300).await;
+    eprintln!("three endpoints: {served:?}");
+    for b in &backends {
+        let got = served.get(b.name()).copied().unwrap_or(0);
+        assert!((80..=120).contains(&got), "{served:?}");
+    }
+
+    // EDS drops b2: within 1 s no call reaches it.
+    server.set(response(
+        endpoint::TYPE_URL,
+        "2",
+        &[assignment("orders-cluster", &refs[..2])],
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let before = backends[2].calls();
+        let batch = spread(&mut client, 20).await;
+        if backends[2].calls() == before {
+            assert!(!batch.contains_key("b2"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b2 still called after 1 s"
+        );
+    }
+    let served = spread(&mut client, 100).await;
+    assert_eq!(served.get("b2"), None, "{served:?}");
+
+    // A listener the server does not have: calls fail naming it.
+    let missing = waypost_balancer::Channel::builder("xds:///nowhere")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut missing = MoviesServiceClient::new(missing);
+    let mut request = tonic::Request::new(MovieId { mid: 1 });
+    request.set_timeout(Duration::from_secs(10));
+    let error = missing.get_movie(request).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    assert!(
+        error.message().contains("listener nowhere does not exist"),
+        "{error}"
+    );
+}
