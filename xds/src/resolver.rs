@@ -10,10 +10,13 @@
 //! does not exist, or was refused before any value came, is reported as a
 //! resolution error naming it.
 //!
+//! The top policy is `xds_cluster_impl_experimental` (EDS drops, the
+//! cluster's `max_requests`) over the leaf policy.
+//!
 //! Not yet (issue 17): routes to several clusters (per-call routing,
 //! weighted clusters), locality weights, the priority policy's failover
-//! timer, drops, circuit breaking, and registering the scheme without a
-//! call — [`register`] must be called once before building an `xds:///`
+//! timer, and registering the scheme without a call —
+//! [`crate::register`] must be called once before building an `xds:///`
 //! channel.
 
 use std::sync::Arc;
@@ -89,7 +92,8 @@ impl ResolverBuilder for XdsResolverBuilder {
 }
 
 /// Registers the `xds` scheme (bootstrap from the environment) in the
-/// global resolver registry.
+/// global resolver registry (see [`crate::register`], which also registers
+/// the xDS policies the resolver's service configs name).
 pub fn register() {
     ResolverRegistry::global().register(XdsResolverBuilder::new());
 }
@@ -285,17 +289,68 @@ fn state(
                 .with_metadata(serde_json::json!({"weight": e.weight}))
         })
         .collect();
-    let mut policy = cluster.policy.service_config();
+    let mut leaf = cluster.policy.service_config();
     if let (ClusterPolicy::RingHash { .. }, Some(header)) = (&cluster.policy, hash_header)
-        && let Some(config) = policy
+        && let Some(config) = leaf
             .get_mut("ring_hash_experimental")
             .and_then(|c| c.as_object_mut())
     {
         config.insert("requestHashHeader".into(), header.into());
     }
+    let drops: Vec<serde_json::Value> = assignment
+        .drops
+        .iter()
+        .map(|d| serde_json::json!({"category": d.category, "requestsPerMillion": d.per_million}))
+        .collect();
+    let top = serde_json::json!({crate::policy::cluster_impl::NAME: {
+        "cluster": cluster.name,
+        "maxConcurrentRequests": cluster.max_requests,
+        "dropCategories": drops,
+        "childPolicy": [leaf],
+    }});
     Ok(ResolverState {
         endpoints,
-        service_config: Some(serde_json::json!({"loadBalancingConfig": [policy]})),
+        service_config: Some(serde_json::json!({"loadBalancingConfig": [top]})),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::endpoint::{Drop, EndpointInfo, LocalityEndpoints, LocalityName};
+
+    #[test]
+    fn the_service_config_parses_with_the_xds_policies_registered() {
+        crate::register();
+        let cluster = ClusterUpdate {
+            name: "c".into(),
+            eds_service_name: "c".into(),
+            policy: ClusterPolicy::RoundRobin,
+            max_requests: 1024,
+        };
+        let assignment = EndpointsUpdate {
+            name: "c".into(),
+            priorities: vec![vec![LocalityEndpoints {
+                locality: LocalityName::default(),
+                weight: 1,
+                endpoints: vec![EndpointInfo {
+                    address: "10.0.0.1:80".parse().unwrap(),
+                    weight: 1,
+                    usable: true,
+                }],
+            }]],
+            drops: vec![Drop {
+                category: "lb".into(),
+                per_million: 250_000,
+            }],
+        };
+        let state = state(&cluster, &assignment, None).unwrap();
+        let json = state.service_config.unwrap();
+        let parsed = waypost_balancer::service_config::ServiceConfig::parse(
+            &json,
+            waypost_balancer::PolicyRegistry::global(),
+        );
+        assert!(parsed.is_ok(), "{json}: {:?}", parsed.err());
+    }
 }

@@ -1,8 +1,8 @@
 //! `xds:///orders` end to end: a scripted ADS server gives the listener
 //! (inline routes), the cluster and its endpoints — three real backends —
 //! and a waypost channel built on that target spreads calls over them,
-//! stops calling one the EDS update removes, and fails naming a listener
-//! that does not exist.
+//! stops calling one the EDS update removes, drops the share of calls EDS
+//! says, and fails naming a listener that does not exist.
 //!
 //! The bootstrap is given in code, to a per-channel resolver registry.
 
@@ -19,7 +19,11 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress,
 };
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::policy::DropOverload;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
@@ -182,6 +186,8 @@ async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
     let server = AdsServer::start().await.unwrap();
     let bootstrap =
         waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-e2e")).unwrap();
+    // The xDS policies the resolver's service configs name.
+    waypost_xds::register();
     let resolvers = waypost_resolver::ResolverRegistry::new();
     resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
         bootstrap,
@@ -236,6 +242,43 @@ async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
     }
     let served = spread(&mut client, 100).await;
     assert_eq!(served.get("b2"), None, "{served:?}");
+
+    // EDS drops a quarter of the calls: 20–30 % fail UNAVAILABLE naming
+    // the category.
+    let mut dropping = assignment("orders-cluster", &refs);
+    dropping.policy = Some(Policy {
+        drop_overloads: vec![DropOverload {
+            category: "lb".into(),
+            drop_percentage: Some(FractionalPercent {
+                numerator: 25,
+                denominator: DenominatorType::Hundred as i32,
+            }),
+        }],
+        ..Default::default()
+    });
+    server.set(response(endpoint::TYPE_URL, "3", &[dropping]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let dropped = loop {
+        let mut dropped = 0;
+        for _ in 0..400 {
+            let mut request = tonic::Request::new(MovieId { mid: 1 });
+            request.set_timeout(Duration::from_secs(10));
+            match client.get_movie(request).await {
+                Ok(_) => {}
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable);
+                    assert_eq!(status.message(), "EDS-configured drop: lb");
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 || tokio::time::Instant::now() > deadline {
+            break dropped;
+        }
+    };
+    eprintln!("dropped {dropped} of 400");
+
+    assert!((80..=120).contains(&dropped), "{dropped} of 400 dropped");
 
     // A listener the server does not have: calls fail naming it.
     let missing = waypost_balancer::Channel::builder("xds:///nowhere")
