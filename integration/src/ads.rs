@@ -289,3 +289,167 @@ impl AggregatedDiscoveryService for Ads {
         ))
     }
 }
+
+/// Builders for the resources a test serves: the shapes a gRPC client
+/// accepts (XDS.md), with the type URLs.
+pub mod build {
+    use std::net::SocketAddr;
+
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter,
+    };
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+    use prost::Message;
+
+    /// LDS.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// CDS.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// EDS.
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+    fn any<M: Message>(type_url: &str, message: &M) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: message.encode_to_vec(),
+        }
+    }
+
+    /// A response of `type_url` at `version` holding `resources`.
+    pub fn response<M: Message>(
+        type_url: &str,
+        version: &str,
+        resources: &[M],
+    ) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.into(),
+            type_url: type_url.into(),
+            resources: resources.iter().map(|r| any(type_url, r)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ads() -> ConfigSource {
+        ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+            ..Default::default()
+        }
+    }
+
+    /// API listener `name` with inline routes sending every call to
+    /// `cluster`, and the router filter.
+    pub fn api_listener(name: &str, cluster: &str) -> Listener {
+        let routes = RouteConfiguration {
+            name: format!("{name}-routes"),
+            virtual_hosts: vec![VirtualHost {
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let hcm = HttpConnectionManager {
+            http_filters: vec![HttpFilter {
+                name: "router".into(),
+                config_type: Some(ConfigType::TypedConfig(Any {
+                    type_url: ROUTER.into(),
+                    value: Vec::new(),
+                })),
+                ..Default::default()
+            }],
+            route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+            ..Default::default()
+        };
+        Listener {
+            name: name.into(),
+            api_listener: Some(ApiListener {
+                api_listener: Some(any(HCM, &hcm)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// EDS cluster `name` over ADS (round_robin).
+    pub fn eds_cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The assignment `name`: `addrs` in one locality (zone `z1`).
+    pub fn assignment(name: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                locality: Some(Locality {
+                    zone: "z1".into(),
+                    ..Default::default()
+                }),
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                lb_endpoints: addrs
+                    .iter()
+                    .map(|addr| LbEndpoint {
+                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                            address: Some(Address {
+                                address: Some(AddressKind::SocketAddress(SocketAddress {
+                                    address: addr.ip().to_string(),
+                                    port_specifier: Some(PortSpecifier::PortValue(u32::from(
+                                        addr.port(),
+                                    ))),
+                                    ..Default::default()
+                                })),
+                            }),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+}

@@ -300,3 +300,61 @@ async fn register_rejects_a_ttl_or_address_out_of_range() {
         assert_eq!(code, 64, "{args:?}: {lines:?}");
     }
 }
+
+#[tokio::test]
+async fn resolve_xds_prints_the_clusters_endpoints_and_policy() {
+    use waypost_integration::ads::AdsServer;
+    use waypost_integration::ads::build::{
+        CLUSTER, ENDPOINTS, LISTENER, api_listener, assignment, eds_cluster, response,
+    };
+    let server = AdsServer::start().await.unwrap();
+    server.set(response(
+        LISTENER,
+        "1",
+        &[api_listener("orders", "orders-cluster")],
+    ));
+    server.set(response(CLUSTER, "1", &[eds_cluster("orders-cluster")]));
+    let addrs: Vec<std::net::SocketAddr> = vec![
+        "127.0.0.1:7001".parse().unwrap(),
+        "127.0.0.2:7002".parse().unwrap(),
+    ];
+    server.set(response(
+        ENDPOINTS,
+        "1",
+        &[assignment("orders-cluster", &addrs)],
+    ));
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        Command::new(WAYPOST)
+            .args(["resolve", "xds:///orders"])
+            .env("GRPC_XDS_BOOTSTRAP_CONFIG", server.bootstrap_json("cli"))
+            .env_remove("GRPC_XDS_BOOTSTRAP")
+            .output(),
+    )
+    .await
+    .expect("finished within 30 s")
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    let endpoints: Vec<&str> = line["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints, ["127.0.0.1:7001", "127.0.0.2:7002"]);
+    let top = &line["service_config"]["loadBalancingConfig"][0]["xds_cluster_impl_experimental"];
+    assert_eq!(top["cluster"], "orders-cluster");
+    assert_eq!(top["childPolicy"][0], json!({"round_robin": {}}));
+    // Without a bootstrap: a clear error, not a hang.
+    let output = Command::new(WAYPOST)
+        .args(["resolve", "xds:///orders"])
+        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("GRPC_XDS_BOOTSTRAP"));
+}

@@ -9,153 +9,23 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
-};
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress,
-};
 use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
 use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::policy::DropOverload;
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
-use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter,
-};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
-use prost::Message;
 use waypost_integration::ads::AdsServer;
+use waypost_integration::ads::build::{api_listener, eds_cluster, response};
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
 use waypost_xds::resources::{cluster, endpoint, listener};
 
-fn any<M: Message>(type_url: &str, message: &M) -> Any {
-    Any {
-        type_url: type_url.into(),
-        value: message.encode_to_vec(),
-    }
-}
-
-fn response<M: Message>(type_url: &str, version: &str, resources: &[M]) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: version.into(),
-        type_url: type_url.into(),
-        resources: resources.iter().map(|r| any(type_url, r)).collect(),
-        ..Default::default()
-    }
-}
-
-fn ads() -> ConfigSource {
-    ConfigSource {
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        ..Default::default()
-    }
-}
-
-/// Listener `name` with inline routes sending everything to `cluster`.
-fn api_listener(name: &str, cluster: &str) -> Listener {
-    let routes = RouteConfiguration {
-        name: format!("{name}-routes"),
-        virtual_hosts: vec![VirtualHost {
-            domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix(String::new())),
-                    ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let hcm = HttpConnectionManager {
-        http_filters: vec![HttpFilter {
-            name: "router".into(),
-            config_type: Some(ConfigType::TypedConfig(Any {
-                type_url: listener::ROUTER_TYPE_URL.into(),
-                value: Vec::new(),
-            })),
-            ..Default::default()
-        }],
-        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-        ..Default::default()
-    };
-    Listener {
-        name: name.into(),
-        api_listener: Some(ApiListener {
-            api_listener: Some(any(listener::HCM_TYPE_URL, &hcm)),
-        }),
-        ..Default::default()
-    }
-}
-
-fn eds_cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ads()),
-            service_name: String::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn assignment(name: &str, backends: &[&Backend]) -> ClusterLoadAssignment {
-    ClusterLoadAssignment {
-        cluster_name: name.into(),
-        endpoints: vec![LocalityLbEndpoints {
-            locality: Some(Locality {
-                zone: "z1".into(),
-                ..Default::default()
-            }),
-            load_balancing_weight: Some(UInt32Value { value: 1 }),
-            lb_endpoints: backends
-                .iter()
-                .map(|b| LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(Address {
-                            address: Some(AddressKind::SocketAddress(SocketAddress {
-                                address: b.addr().ip().to_string(),
-                                port_specifier: Some(PortSpecifier::PortValue(u32::from(
-                                    b.addr().port(),
-                                ))),
-                                ..Default::default()
-                            })),
-                        }),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+fn assignment(
+    name: &str,
+    backends: &[&Backend],
+) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    let addrs: Vec<std::net::SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+    waypost_integration::ads::build::assignment(name, &addrs)
 }
 
 async fn spread(

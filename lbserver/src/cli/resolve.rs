@@ -1,6 +1,11 @@
 //! `waypost resolve TARGET [--watch] [--etcd ENDPOINTS]`: prints resolver
 //! updates as JSON lines.
 //!
+//! `xds:///NAME` targets read the xDS bootstrap from `GRPC_XDS_BOOTSTRAP`
+//! or `GRPC_XDS_BOOTSTRAP_CONFIG`; their lines carry the endpoints of the
+//! cluster the listener routes to and a service config naming the cluster,
+//! its drops and circuit breaker, and its endpoint-picking policy.
+//!
 //! Each line carries what the resolver said in one update: the endpoints
 //! (`endpoints`, `service_config`, `balancer_addresses`) when it has them,
 //! and `error` when something went wrong — both at once when it resolved
@@ -51,6 +56,8 @@ fn update_json(update: &ResolverUpdate) -> serde_json::Value {
 /// Runs `waypost resolve`; returns the exit code.
 pub async fn resolve(args: ResolveArgs, out: &mut impl std::io::Write) -> u8 {
     let registry = ResolverRegistry::new();
+    // `xds:///NAME`, with the bootstrap gRPC's variables name.
+    registry.register(waypost_xds::resolver::XdsResolverBuilder::new());
     if let Some(list) = &args.etcd {
         match waypost_resolver::etcd::connect(&etcd_endpoints(list)).await {
             Ok(client) => {
