@@ -14,6 +14,8 @@ pub mod policy;
 pub mod resolver;
 pub mod resources;
 
+pub use client::client_status;
+
 /// Registers the `xds` resolver scheme (bootstrap from the environment)
 /// and the xDS policies in the global registries. Idempotent.
 pub fn register() {

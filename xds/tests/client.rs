@@ -185,4 +185,14 @@ async fn one_stream_per_server_for_the_whole_process() {
         .wait_for_request(|r| r.resource_names == ["orders", "payments"])
         .await;
     assert_eq!(server.streams_opened(), 1);
+    // The process-wide status names both, ACKed at version 1.
+    let reports: Vec<_> = waypost_xds::client::client_status()
+        .into_iter()
+        .filter(|r| r.server_uri == server.addr().to_string())
+        .collect();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(reports.iter().all(|r| r.status
+        == waypost_xds::client::ads::ResourceStatus::Acked {
+            version: "1".into()
+        }));
 }

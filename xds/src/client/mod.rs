@@ -192,6 +192,39 @@ impl XdsClient {
     }
 }
 
+/// One resource's state in [`client_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceReport {
+    /// The management server.
+    pub server_uri: String,
+    /// The resource type's URL.
+    pub type_url: String,
+    /// The resource's name.
+    pub name: String,
+    /// Where it stands.
+    pub status: ResourceStatus,
+}
+
+/// What every XdsClient of the process (those made by
+/// [`XdsClient::shared`]) knows of every resource it was asked for:
+/// requested, ACKed at a version, NACKed with the error, or does not exist
+/// — the data gRPC's CSDS (gRFC A40) reports.
+pub fn client_status() -> Vec<ResourceReport> {
+    let clients: Vec<Arc<Shared>> = CLIENTS.lock().values().filter_map(Weak::upgrade).collect();
+    let mut reports = Vec::new();
+    for shared in clients {
+        for (type_url, name, status) in shared.statuses.lock().iter() {
+            reports.push(ResourceReport {
+                server_uri: shared.server_uri.clone(),
+                type_url: type_url.clone(),
+                name: name.clone(),
+                status: status.clone(),
+            });
+        }
+    }
+    reports
+}
+
 /// One watcher of one resource; unsubscribes when dropped.
 pub struct ResourceWatch {
     receiver: watch::Receiver<WatchState>,
