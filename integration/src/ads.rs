@@ -421,34 +421,59 @@ pub mod build {
 
     /// The assignment `name`: `addrs` in one locality (zone `z1`).
     pub fn assignment(name: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
+        let healthy: Vec<(SocketAddr, bool)> = addrs.iter().map(|a| (*a, true)).collect();
+        assignment_by_priority(name, &[&healthy])
+    }
+
+    /// The assignment `name` with one locality per priority (zone `p<N>`),
+    /// each endpoint HEALTHY (true) or UNHEALTHY (false).
+    pub fn assignment_by_priority(
+        name: &str,
+        priorities: &[&[(SocketAddr, bool)]],
+    ) -> ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::core::v3::HealthStatus;
         ClusterLoadAssignment {
             cluster_name: name.into(),
-            endpoints: vec![LocalityLbEndpoints {
-                locality: Some(Locality {
-                    zone: "z1".into(),
-                    ..Default::default()
-                }),
-                load_balancing_weight: Some(UInt32Value { value: 1 }),
-                lb_endpoints: addrs
-                    .iter()
-                    .map(|addr| LbEndpoint {
-                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                            address: Some(Address {
-                                address: Some(AddressKind::SocketAddress(SocketAddress {
-                                    address: addr.ip().to_string(),
-                                    port_specifier: Some(PortSpecifier::PortValue(u32::from(
-                                        addr.port(),
-                                    ))),
-                                    ..Default::default()
-                                })),
-                            }),
-                            ..Default::default()
-                        })),
+            endpoints: priorities
+                .iter()
+                .enumerate()
+                .map(|(priority, endpoints)| LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        zone: if priorities.len() == 1 {
+                            "z1".into()
+                        } else {
+                            format!("p{priority}")
+                        },
                         ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
+                    }),
+                    priority: priority as u32,
+                    load_balancing_weight: Some(UInt32Value { value: 1 }),
+                    lb_endpoints: endpoints
+                        .iter()
+                        .map(|(addr, healthy)| LbEndpoint {
+                            health_status: if *healthy {
+                                HealthStatus::Healthy as i32
+                            } else {
+                                HealthStatus::Unhealthy as i32
+                            },
+                            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                                address: Some(Address {
+                                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                                        address: addr.ip().to_string(),
+                                        port_specifier: Some(PortSpecifier::PortValue(u32::from(
+                                            addr.port(),
+                                        ))),
+                                        ..Default::default()
+                                    })),
+                                }),
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }

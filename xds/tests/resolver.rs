@@ -2,7 +2,9 @@
 //! (inline routes), the cluster and its endpoints — three real backends —
 //! and a waypost channel built on that target spreads calls over them,
 //! stops calling one the EDS update removes, drops the share of calls EDS
-//! says, and fails naming a listener that does not exist.
+//! says, and fails naming a listener that does not exist; a NACKed
+//! cluster, a management server outage and a priority with only an
+//! UNHEALTHY endpoint cost no call.
 //!
 //! The bootstrap is given in code, to a per-channel resolver registry.
 
@@ -163,5 +165,112 @@ async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
     assert!(
         error.message().contains("listener nowhere does not exist"),
         "{error}"
+    );
+}
+
+/// Calls that must all succeed; the backends that served them.
+async fn all_succeed(
+    client: &mut MoviesServiceClient<waypost_balancer::Channel>,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut served = BTreeMap::new();
+    for _ in 0..n {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        let name = client
+            .get_movie(request)
+            .await
+            .expect("the call succeeds")
+            .into_inner()
+            .served_by;
+        *served.entry(name).or_insert(0) += 1;
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_an_outage_and_an_unhealthy_priority_cost_no_call() {
+    use waypost_integration::ads::build::assignment_by_priority;
+    let backends = start_backends(3).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-faults"))
+            .unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener("faults", "faults-cluster")],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("faults-cluster")],
+    ));
+    let refs: Vec<&Backend> = backends.iter().collect();
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment("faults-cluster", &refs)],
+    ));
+    let channel = waypost_balancer::Channel::builder("xds:///faults")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    spread(&mut client, 30).await;
+
+    // An invalid cluster (MAGLEV): NACKed, and calls go on as before.
+    let mut maglev = eds_cluster("faults-cluster");
+    maglev.lb_policy =
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Maglev as i32;
+    server.set(response(cluster::TYPE_URL, "2", &[maglev]));
+    let nack = server
+        .wait_for_request(|r| r.type_url == cluster::TYPE_URL && r.error_detail.is_some())
+        .await;
+    assert_eq!(nack.version_info, "1");
+    let served = all_succeed(&mut client, 90).await;
+    assert_eq!(served.len(), 3, "still over all three: {served:?}");
+
+    // The management server goes away: calls go on from the cache.
+    server.stop().await;
+    let served = all_succeed(&mut client, 90).await;
+    assert_eq!(served.len(), 3, "{served:?}");
+
+    // Back, with priority 0 holding only an UNHEALTHY endpoint: priority 1
+    // takes every call.
+    server.restart().await.unwrap();
+    let p0 = [(backends[0].addr(), false)];
+    let p1 = [(backends[1].addr(), true), (backends[2].addr(), true)];
+    server.set(response(
+        cluster::TYPE_URL,
+        "3",
+        &[eds_cluster("faults-cluster")],
+    ));
+    server.set(response(
+        endpoint::TYPE_URL,
+        "2",
+        &[assignment_by_priority("faults-cluster", &[&p0, &p1])],
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = all_succeed(&mut client, 20).await;
+        if !served.contains_key("b0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b0 still called 30 s after the restart: {served:?}"
+        );
+    }
+    let served = all_succeed(&mut client, 100).await;
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        ["b1", "b2"],
+        "{served:?}"
     );
 }
