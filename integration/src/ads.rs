@@ -366,6 +366,26 @@ pub mod build {
     /// API listener `name` with inline routes sending every call to
     /// `cluster`, and the router filter.
     pub fn api_listener(name: &str, cluster: &str) -> Listener {
+        api_listener_hashing(name, cluster, None)
+    }
+
+    /// [`api_listener`] whose route hashes calls (for RING_HASH clusters) by
+    /// the request header `hash_header`, when given.
+    pub fn api_listener_hashing(name: &str, cluster: &str, hash_header: Option<&str>) -> Listener {
+        use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+        use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+            Header, PolicySpecifier,
+        };
+        let hash_policy = hash_header
+            .map(|header| HashPolicy {
+                policy_specifier: Some(PolicySpecifier::Header(Header {
+                    header_name: header.into(),
+                    regex_rewrite: None,
+                })),
+                terminal: false,
+            })
+            .into_iter()
+            .collect();
         let routes = RouteConfiguration {
             name: format!("{name}-routes"),
             virtual_hosts: vec![VirtualHost {
@@ -377,6 +397,7 @@ pub mod build {
                     }),
                     action: Some(Action::Route(RouteAction {
                         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                        hash_policy,
                         ..Default::default()
                     })),
                     ..Default::default()

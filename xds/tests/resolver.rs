@@ -274,3 +274,62 @@ async fn a_nack_an_outage_and_an_unhealthy_priority_cost_no_call() {
         "{served:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_hash_cluster_keeps_each_key_on_one_endpoint() {
+    use waypost_integration::ads::build::api_listener_hashing;
+    let backends = start_backends(3).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-ring")).unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener_hashing("ring", "ring-cluster", Some("x-user"))],
+    ));
+    let mut ring = eds_cluster("ring-cluster");
+    ring.lb_policy =
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::RingHash as i32;
+    server.set(response(cluster::TYPE_URL, "1", &[ring]));
+    let refs: Vec<&Backend> = backends.iter().collect();
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment("ring-cluster", &refs)],
+    ));
+    let channel = waypost_balancer::Channel::builder("xds:///ring")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let mut used = std::collections::BTreeSet::new();
+    for key in 0..30 {
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let mut request = tonic::Request::new(MovieId { mid: 1 });
+            request.set_timeout(Duration::from_secs(10));
+            request
+                .metadata_mut()
+                .insert("x-user", format!("user-{key}").parse().unwrap());
+            request
+                .extensions_mut()
+                .insert(waypost_balancer::WaitForReady(true));
+            names.insert(
+                client
+                    .get_movie(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .served_by,
+            );
+        }
+        assert_eq!(names.len(), 1, "user-{key} went to {names:?}");
+        used.extend(names);
+    }
+    assert_eq!(used.len(), 3, "30 keys use every endpoint: {used:?}");
+}
