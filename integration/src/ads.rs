@@ -406,6 +406,12 @@ pub mod build {
             }],
             ..Default::default()
         };
+        api_listener_with_routes(name, routes)
+    }
+
+    /// An API listener `name` with these inline routes and the router
+    /// filter.
+    pub fn api_listener_with_routes(name: &str, routes: RouteConfiguration) -> Listener {
         let hcm = HttpConnectionManager {
             http_filters: vec![HttpFilter {
                 name: "router".into(),

@@ -1,24 +1,26 @@
-//! The `xds` resolver — first slice: `xds:///name` for a listener whose
-//! routes send every call of the target's virtual host to one cluster.
+//! The `xds` resolver: `xds:///NAME` through LDS `NAME` → its routes
+//! (inline or RDS) → the virtual host for `NAME` → every cluster its routes
+//! name → CDS → EDS.
 //!
-//! It follows LDS `name` → its routes (inline or RDS) → the virtual host
-//! for `name` → the cluster → CDS → EDS, and publishes the endpoints of the
-//! most preferred priority that has a usable (HEALTHY or UNKNOWN) one, with
-//! a service config naming the cluster's policy (`round_robin`,
+//! Each cluster contributes the endpoints of its most preferred priority
+//! that has a usable (HEALTHY or UNKNOWN) one, under
+//! `xds_cluster_impl_experimental` (EDS drops, the cluster's
+//! `max_requests`) over the cluster's policy (`round_robin`,
 //! `ring_hash_experimental` with the route's header hash policy as
-//! `requestHashHeader`, or `least_request_experimental`). A resource that
-//! does not exist, or was refused before any value came, is reported as a
-//! resolution error naming it.
+//! `requestHashHeader`, or `least_request_experimental`). With one cluster
+//! that is the service config; with several, the top policy is
+//! `xds_cluster_manager_experimental`, whose picker routes each call by
+//! the route table (path, headers, fraction, weighted clusters) to its
+//! cluster's child. A resource that does not exist, or was refused before
+//! any value came, is reported as a resolution error naming it.
 //!
-//! The top policy is `xds_cluster_impl_experimental` (EDS drops, the
-//! cluster's `max_requests`) over the leaf policy.
-//!
-//! Not yet (issue 17): routes to several clusters (per-call routing,
-//! weighted clusters), locality weights, the priority policy's failover
-//! timer, and registering the scheme without a call —
-//! [`crate::register`] must be called once before building an `xds:///`
-//! channel.
+//! Not yet (issue 17): locality weights (`weighted_target`), the priority
+//! policy's failover timer (A56), per-route `max_stream_duration` and
+//! `retry_policy` applied to calls, and registering the scheme without a
+//! call — [`crate::register`] must be called once before building an
+//! `xds:///` channel.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use waypost_resolver::{
@@ -98,16 +100,6 @@ pub fn register() {
     ResolverRegistry::global().register(XdsResolverBuilder::new());
 }
 
-/// Waits for a change of an optional watch (forever when there is none).
-async fn changed(watch: &mut Option<ResourceWatch>) {
-    match watch {
-        Some(watch) => {
-            watch.changed().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// A watch's value as `T`, or why there is none (`Ok(None)`: waiting).
 fn value<T: Send + Sync + 'static>(
     state: &WatchState,
@@ -141,96 +133,13 @@ fn rewatch(
 }
 
 async fn resolve(client: XdsClient, name: String, publisher: &waypost_resolver::Publisher) {
-    let mut lds = Some(client.watch(listener::TYPE_URL, &name));
+    let mut lds = client.watch(listener::TYPE_URL, &name);
     let mut rds: Option<(String, ResourceWatch)> = None;
-    let mut cds: Option<(String, ResourceWatch)> = None;
-    let mut eds: Option<(String, ResourceWatch)> = None;
+    let mut cds: BTreeMap<String, ResourceWatch> = BTreeMap::new();
+    let mut eds: BTreeMap<String, ResourceWatch> = BTreeMap::new();
     let mut last: Option<Result<ResolverState, String>> = None;
     loop {
-        // Where each level stands now.
-        let outcome: Result<Option<ResolverState>, String> = (|| {
-            let Some(listener) = value::<ListenerUpdate>(
-                &lds.as_ref().expect("set").current(),
-                &format!("listener {name}"),
-            )?
-            else {
-                return Ok(None);
-            };
-            let routes: Arc<RouteConfigUpdate> = match &listener.routes {
-                RouteSource::Inline(routes) => {
-                    rewatch(&client, &mut rds, route::TYPE_URL, None);
-                    routes.clone()
-                }
-                RouteSource::Rds(route_name) => {
-                    rewatch(&client, &mut rds, route::TYPE_URL, Some(route_name));
-                    let (_, watch) = rds.as_ref().expect("just set");
-                    match value::<RouteConfigUpdate>(
-                        &watch.current(),
-                        &format!("route configuration {route_name}"),
-                    )? {
-                        Some(routes) => routes,
-                        None => return Ok(None),
-                    }
-                }
-            };
-            let host = route::virtual_host(&routes.virtual_hosts, &name).ok_or_else(|| {
-                format!(
-                    "no virtual host in route configuration {} matches {name}",
-                    routes.name
-                )
-            })?;
-            let mut clusters: Vec<&str> = Vec::new();
-            let mut hash_header = None;
-            for route in &host.routes {
-                match &route.action {
-                    RouteAction::Cluster(c) => clusters.push(c),
-                    RouteAction::Weighted(weighted) => {
-                        clusters.extend(weighted.iter().map(|(c, _)| c.as_str()))
-                    }
-                    _ => {}
-                }
-                if hash_header.is_none() {
-                    hash_header = route.hash_policies.iter().find_map(|p| match p {
-                        HashPolicy::Header { name, .. } => Some(name.clone()),
-                        HashPolicy::ChannelId { .. } => None,
-                    });
-                }
-            }
-            clusters.sort_unstable();
-            clusters.dedup();
-            let cluster_name = match clusters.as_slice() {
-                [one] => one.to_string(),
-                [] => return Err(format!("the virtual host for {name} routes to no cluster")),
-                several => {
-                    return Err(format!(
-                        "the virtual host for {name} routes to several clusters ({}); waypost routes to one cluster per target so far",
-                        several.join(", ")
-                    ));
-                }
-            };
-            rewatch(&client, &mut cds, cluster::TYPE_URL, Some(&cluster_name));
-            let (_, watch) = cds.as_ref().expect("just set");
-            let Some(cluster) =
-                value::<ClusterUpdate>(&watch.current(), &format!("cluster {cluster_name}"))?
-            else {
-                return Ok(None);
-            };
-            rewatch(
-                &client,
-                &mut eds,
-                endpoint::TYPE_URL,
-                Some(&cluster.eds_service_name),
-            );
-            let (_, watch) = eds.as_ref().expect("just set");
-            let Some(assignment) = value::<EndpointsUpdate>(
-                &watch.current(),
-                &format!("endpoints {}", cluster.eds_service_name),
-            )?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(state(&cluster, &assignment, hash_header)?))
-        })();
+        let outcome = resolve_once(&client, &name, &lds, &mut rds, &mut cds, &mut eds);
         let outcome = match outcome {
             Ok(None) => None,
             Ok(Some(state)) => Some(Ok(state)),
@@ -244,25 +153,142 @@ async fn resolve(client: XdsClient, name: String, publisher: &waypost_resolver::
             }
             last = outcome;
         }
-        let mut rds_watch = rds.as_mut().map(|(_, w)| w);
-        let mut cds_watch = cds.as_mut().map(|(_, w)| w);
-        let mut eds_watch = eds.as_mut().map(|(_, w)| w);
-        tokio::select! {
-            () = changed(&mut lds) => {}
-            () = changed_ref(&mut rds_watch) => {}
-            () = changed_ref(&mut cds_watch) => {}
-            () = changed_ref(&mut eds_watch) => {}
+        // Wait for any watch to change.
+        let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+            Vec::new();
+        waits.push(Box::pin(async {
+            lds.changed().await;
+        }));
+        if let Some((_, watch)) = rds.as_mut() {
+            waits.push(Box::pin(async move {
+                watch.changed().await;
+            }));
         }
+        for watch in cds.values_mut().chain(eds.values_mut()) {
+            waits.push(Box::pin(async move {
+                watch.changed().await;
+            }));
+        }
+        futures_util::future::select_all(waits).await;
     }
 }
 
-async fn changed_ref(watch: &mut Option<&mut ResourceWatch>) {
-    match watch {
-        Some(watch) => {
-            watch.changed().await;
+/// Where the resources stand now: a state to publish, `None` while waiting,
+/// or why the target does not resolve. Starts and stops watches as the
+/// names they need change.
+fn resolve_once(
+    client: &XdsClient,
+    name: &str,
+    lds: &ResourceWatch,
+    rds: &mut Option<(String, ResourceWatch)>,
+    cds: &mut BTreeMap<String, ResourceWatch>,
+    eds: &mut BTreeMap<String, ResourceWatch>,
+) -> Result<Option<ResolverState>, String> {
+    let Some(listener) = value::<ListenerUpdate>(&lds.current(), &format!("listener {name}"))?
+    else {
+        return Ok(None);
+    };
+    let routes: Arc<RouteConfigUpdate> = match &listener.routes {
+        RouteSource::Inline(routes) => {
+            rewatch(client, rds, route::TYPE_URL, None);
+            routes.clone()
         }
-        None => std::future::pending().await,
+        RouteSource::Rds(route_name) => {
+            rewatch(client, rds, route::TYPE_URL, Some(route_name));
+            let (_, watch) = rds.as_ref().expect("just set");
+            match value::<RouteConfigUpdate>(
+                &watch.current(),
+                &format!("route configuration {route_name}"),
+            )? {
+                Some(routes) => routes,
+                None => return Ok(None),
+            }
+        }
+    };
+    let host = route::virtual_host(&routes.virtual_hosts, name).ok_or_else(|| {
+        format!(
+            "no virtual host in route configuration {} matches {name}",
+            routes.name
+        )
+    })?;
+    let mut clusters: Vec<String> = Vec::new();
+    let mut hash_header = None;
+    for route in &host.routes {
+        match &route.action {
+            RouteAction::Cluster(c) => clusters.push(c.clone()),
+            RouteAction::Weighted(weighted) => {
+                clusters.extend(weighted.iter().map(|(c, _)| c.clone()))
+            }
+            _ => {}
+        }
+        if hash_header.is_none() {
+            hash_header = route.hash_policies.iter().find_map(|p| match p {
+                HashPolicy::Header { name, .. } => Some(name.clone()),
+                HashPolicy::ChannelId { .. } => None,
+            });
+        }
     }
+    clusters.sort_unstable();
+    clusters.dedup();
+    if clusters.is_empty() {
+        return Err(format!("the virtual host for {name} routes to no cluster"));
+    }
+    // Watch exactly the clusters the routes name, and their endpoints.
+    cds.retain(|c, _| clusters.contains(c));
+    let mut resolved = Vec::new();
+    let mut wanted_eds = Vec::new();
+    for cluster_name in &clusters {
+        let watch = cds
+            .entry(cluster_name.clone())
+            .or_insert_with(|| client.watch(cluster::TYPE_URL, cluster_name));
+        let Some(cluster) =
+            value::<ClusterUpdate>(&watch.current(), &format!("cluster {cluster_name}"))?
+        else {
+            continue;
+        };
+        wanted_eds.push(cluster.eds_service_name.clone());
+        let watch = eds
+            .entry(cluster.eds_service_name.clone())
+            .or_insert_with(|| client.watch(endpoint::TYPE_URL, &cluster.eds_service_name));
+        if let Some(assignment) = value::<EndpointsUpdate>(
+            &watch.current(),
+            &format!("endpoints {}", cluster.eds_service_name),
+        )? {
+            resolved.push((cluster, assignment));
+        }
+    }
+    eds.retain(|e, _| wanted_eds.contains(e));
+    if resolved.len() < clusters.len() {
+        return Ok(None);
+    }
+    if let [(cluster, assignment)] = resolved.as_slice() {
+        return Ok(Some(state(cluster, assignment, hash_header)?));
+    }
+    // Several clusters: the cluster manager routes each call.
+    let mut endpoints = Vec::new();
+    let mut children = serde_json::Map::new();
+    for (cluster, assignment) in &resolved {
+        let one = state(cluster, assignment, hash_header.clone())?;
+        endpoints.extend(one.endpoints.into_iter().map(|e| {
+            let mut metadata = e.metadata.clone().unwrap_or_else(|| serde_json::json!({}));
+            metadata["cluster"] = serde_json::json!(cluster.name);
+            e.with_metadata(metadata)
+        }));
+        let policy = one.service_config.expect("state sets it")["loadBalancingConfig"].clone();
+        children.insert(
+            cluster.name.clone(),
+            serde_json::json!({"childPolicy": policy}),
+        );
+    }
+    let top = serde_json::json!({crate::policy::cluster_manager::NAME: {
+        "routes": crate::policy::cluster_manager::routes_json(&host.routes),
+        "children": children,
+    }});
+    Ok(Some(ResolverState {
+        endpoints,
+        service_config: Some(serde_json::json!({"loadBalancingConfig": [top]})),
+        ..Default::default()
+    }))
 }
 
 /// The resolver state for `cluster` with `assignment`: the most preferred

@@ -333,3 +333,128 @@ async fn a_ring_hash_cluster_keeps_each_key_on_one_endpoint() {
     }
     assert_eq!(used.len(), 3, "30 keys use every endpoint: {used:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_calls_by_header_and_by_weight_to_several_clusters() {
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+    use envoy_types::pb::envoy::config::route::v3::{
+        HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+        WeightedCluster,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use waypost_integration::ads::build::api_listener_with_routes;
+
+    let backends = start_backends(2).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-routes"))
+            .unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    let route = |matcher: RouteMatch, cluster: ClusterSpecifier| Route {
+        r#match: Some(matcher),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(cluster),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let weight = |name: &str, value: u32| ClusterWeight {
+        name: name.into(),
+        weight: Some(UInt32Value { value }),
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: "split-routes".into(),
+        virtual_hosts: vec![VirtualHost {
+            domains: vec!["split".into()],
+            routes: vec![
+                // Gold callers go to cluster b…
+                route(
+                    RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                        headers: vec![HeaderMatcher {
+                            name: "x-tier".into(),
+                            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                                StringMatcher {
+                                    match_pattern: Some(MatchPattern::Exact("gold".into())),
+                                    ignore_case: false,
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                    ClusterSpecifier::Cluster("b".into()),
+                ),
+                // …the rest split 80/20 between a and b.
+                route(
+                    RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    },
+                    ClusterSpecifier::WeightedClusters(WeightedCluster {
+                        clusters: vec![weight("a", 80), weight("b", 20)],
+                        ..Default::default()
+                    }),
+                ),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener_with_routes("split", routes)],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("a"), eds_cluster("b")],
+    ));
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[
+            assignment("a", &[&backends[0]]),
+            assignment("b", &[&backends[1]]),
+        ],
+    ));
+    let channel = waypost_balancer::Channel::builder("xds:///split")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    // Until both clusters are up, calls wait.
+    let served = spread(&mut client, 1000).await;
+    eprintln!("weighted 80/20: {served:?}");
+    let a = served.get("b0").copied().unwrap_or(0) as f64;
+    assert!(
+        (750.0..=850.0).contains(&a),
+        "cluster a got {a} of 1000: {served:?}"
+    );
+    for _ in 0..50 {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        request
+            .metadata_mut()
+            .insert("x-tier", "gold".parse().unwrap());
+        let name = client
+            .get_movie(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .served_by;
+        assert_eq!(name, "b1", "x-tier: gold goes to cluster b");
+    }
+}
