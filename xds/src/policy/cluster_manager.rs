@@ -17,16 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use waypost_balancer::ConnectivityState;
 use waypost_balancer::picker::{Pick, PickInfo, Picker};
-use waypost_balancer::policy::{
-    Helper, Policy, PolicyBuilder, PolicyEvents, PolicyRegistry, RandomIndex, thread_random,
-};
-use waypost_balancer::{SubchannelHandle, SubchannelId, SubchannelState};
-use waypost_resolver::{Address, ResolveError, ResolverState};
+use waypost_balancer::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
+use waypost_balancer::{SubchannelId, SubchannelState};
+use waypost_resolver::{ResolveError, ResolverState};
+
+use super::children::{Children, child_policy};
 
 use crate::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction};
 
@@ -218,64 +216,11 @@ impl PolicyBuilder for ClusterManagerBuilder {
     }
 }
 
-struct Child {
-    policy: Box<dyn Policy>,
-    state: ConnectivityState,
-    picker: Arc<dyn Picker>,
-}
-
 /// The policy. See the [module docs](self).
 pub struct ClusterManager {
     routes: Arc<[RouteRule]>,
-    children: BTreeMap<String, Child>,
-    owners: HashMap<SubchannelId, String>,
+    children: Children,
     random: RandomIndex,
-}
-
-/// The helper a child gets: its subchannels are noted as its own, its
-/// pickers are kept for the combined picker.
-struct ChildHelper<'a> {
-    parent: &'a mut dyn Helper,
-    name: &'a str,
-    owners: &'a mut HashMap<SubchannelId, String>,
-    published: &'a mut Option<(ConnectivityState, Arc<dyn Picker>)>,
-}
-
-impl Helper for ChildHelper<'_> {
-    fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle {
-        let handle = self.parent.new_subchannel(addresses);
-        self.owners.insert(handle.id(), self.name.to_owned());
-        handle
-    }
-
-    fn remove_subchannel(&mut self, id: SubchannelId) {
-        self.owners.remove(&id);
-        self.parent.remove_subchannel(id);
-    }
-
-    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        *self.published = Some((state, picker));
-    }
-
-    fn resolve_now(&mut self) {
-        self.parent.resolve_now();
-    }
-
-    fn set_timer(&mut self, after: Duration, token: u64) {
-        self.parent.set_timer(after, token);
-    }
-
-    fn events(&mut self) -> PolicyEvents {
-        self.parent.events()
-    }
-
-    fn authority(&self) -> String {
-        self.parent.authority()
-    }
-
-    fn tls(&self) -> Option<waypost_balancer::ClientTlsConfig> {
-        self.parent.tls()
-    }
 }
 
 impl ClusterManager {
@@ -283,62 +228,18 @@ impl ClusterManager {
     pub fn new(random: RandomIndex) -> ClusterManager {
         ClusterManager {
             routes: Arc::from(Vec::new()),
-            children: BTreeMap::new(),
-            owners: HashMap::new(),
+            children: Children::default(),
             random,
         }
     }
 
-    /// Runs `f` on child `name`, keeping what it publishes; true if it did.
-    fn with_child(
-        &mut self,
-        name: &str,
-        helper: &mut dyn Helper,
-        f: impl FnOnce(&mut dyn Policy, &mut dyn Helper),
-    ) -> bool {
-        let Some(child) = self.children.get_mut(name) else {
-            return false;
-        };
-        let mut published = None;
-        let mut child_helper = ChildHelper {
-            parent: helper,
-            name,
-            owners: &mut self.owners,
-            published: &mut published,
-        };
-        f(child.policy.as_mut(), &mut child_helper);
-        if let Some((state, picker)) = published {
-            child.state = state;
-            child.picker = picker;
-            return true;
-        }
-        false
-    }
-
     fn publish(&self, helper: &mut dyn Helper) {
-        let states = self.children.values().map(|c| c.state);
-        let state = if self
-            .children
-            .values()
-            .any(|c| c.state == ConnectivityState::Ready)
-        {
-            ConnectivityState::Ready
-        } else if self
-            .children
-            .values()
-            .any(|c| c.state == ConnectivityState::Connecting)
-        {
-            ConnectivityState::Connecting
-        } else if states.clone().any(|s| s == ConnectivityState::Idle) {
-            ConnectivityState::Idle
-        } else {
-            ConnectivityState::TransientFailure
-        };
         helper.update_picker(
-            state,
+            self.children.aggregate(),
             Arc::new(RoutingPicker {
                 routes: self.routes.clone(),
                 children: self
+                    .children
                     .children
                     .iter()
                     .map(|(name, c)| (name.clone(), c.picker.clone()))
@@ -354,93 +255,26 @@ impl Policy for ClusterManager {
         if let Ok(routes) = parse_routes(config.get("routes").unwrap_or(&Value::Null)) {
             self.routes = routes.into();
         }
-        let wanted: BTreeMap<String, Value> = config
+        let wanted: BTreeMap<String, (String, Value)> = config
             .get("children")
             .and_then(Value::as_object)
             .map(|children| {
                 children
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(name, child)| (name.clone(), child_policy(child.get("childPolicy"))))
                     .collect()
             })
             .unwrap_or_default();
-        // Children no longer wanted go, with their subchannels.
-        let gone: Vec<String> = self
-            .children
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.children.remove(&name);
-            let ids: Vec<SubchannelId> = self
-                .owners
-                .iter()
-                .filter(|(_, o)| **o == name)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                self.owners.remove(&id);
-                helper.remove_subchannel(id);
-            }
-        }
-        for (name, child_config) in &wanted {
-            let (policy_name, policy_config) = child_config
-                .get("childPolicy")
-                .and_then(Value::as_array)
-                .and_then(|list| {
-                    list.iter().find_map(|entry| {
-                        let (n, c) = entry.as_object()?.iter().next()?;
-                        PolicyRegistry::global()
-                            .get(n)
-                            .is_some()
-                            .then(|| (n.clone(), c.clone()))
-                    })
-                })
-                .unwrap_or_else(|| ("round_robin".into(), json!({})));
-            if !self.children.contains_key(name)
-                && let Some(builder) = PolicyRegistry::global().get(&policy_name)
-            {
-                self.children.insert(
-                    name.clone(),
-                    Child {
-                        policy: builder.build(),
-                        state: ConnectivityState::Connecting,
-                        picker: Arc::new(waypost_balancer::picker::QueuePicker),
-                    },
-                );
-            }
-            let endpoints = state
-                .endpoints
-                .iter()
-                .filter(|e| {
-                    e.metadata
-                        .as_ref()
-                        .and_then(|m| m.get("cluster"))
-                        .and_then(Value::as_str)
-                        == Some(name.as_str())
-                })
-                .cloned();
-            let child_state = ResolverState {
-                endpoints: endpoints.collect(),
-                ..Default::default()
-            };
-            self.with_child(name, helper, |child, h| {
-                child.resolver_update(&child_state, &policy_config, h)
-            });
-        }
+        self.children.update(&wanted, state, "cluster", helper);
         self.publish(helper);
     }
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
-        if self.children.is_empty() {
+        if self.children.children.is_empty() {
             waypost_balancer::policy::fail_resolution(error, helper);
             return;
         }
-        let names: Vec<String> = self.children.keys().cloned().collect();
-        for name in names {
-            self.with_child(&name, helper, |child, h| child.resolver_error(error, h));
-        }
+        self.children.resolver_error(error, helper);
         self.publish(helper);
     }
 
@@ -450,23 +284,13 @@ impl Policy for ClusterManager {
         state: &SubchannelState,
         helper: &mut dyn Helper,
     ) {
-        let Some(name) = self.owners.get(&id).cloned() else {
-            return;
-        };
-        if self.with_child(&name, helper, |child, h| {
-            child.subchannel_update(id, state, h)
-        }) {
+        if self.children.subchannel_update(id, state, helper) {
             self.publish(helper);
         }
     }
 
     fn timer(&mut self, token: u64, helper: &mut dyn Helper) {
-        let names: Vec<String> = self.children.keys().cloned().collect();
-        let mut changed = false;
-        for name in names {
-            changed |= self.with_child(&name, helper, |child, h| child.timer(token, h));
-        }
-        if changed {
+        if self.children.timer(token, helper) {
             self.publish(helper);
         }
     }

@@ -3,6 +3,7 @@
 //! to one child per cluster) and `xds_cluster_impl_experimental` (drops and
 //! circuit breaking around the cluster's endpoint-picking policy).
 
+mod children;
 pub mod cluster_impl;
 pub mod cluster_manager;
 
