@@ -458,24 +458,52 @@ pub mod build {
         name: &str,
         priorities: &[&[(SocketAddr, bool)]],
     ) -> ClusterLoadAssignment {
+        let localities: Vec<LocalitySpec<'_>> = priorities
+            .iter()
+            .enumerate()
+            .map(|(priority, endpoints)| LocalitySpec {
+                zone: if priorities.len() == 1 {
+                    "z1".into()
+                } else {
+                    format!("p{priority}")
+                },
+                weight: 1,
+                priority: priority as u32,
+                endpoints,
+            })
+            .collect();
+        assignment_of(name, &localities)
+    }
+
+    /// One locality of an assignment.
+    #[derive(Debug, Clone)]
+    pub struct LocalitySpec<'a> {
+        /// Its zone.
+        pub zone: String,
+        /// Its weight.
+        pub weight: u32,
+        /// Its priority.
+        pub priority: u32,
+        /// Its endpoints, HEALTHY (true) or UNHEALTHY (false).
+        pub endpoints: &'a [(SocketAddr, bool)],
+    }
+
+    /// The assignment `name` with these localities.
+    pub fn assignment_of(name: &str, localities: &[LocalitySpec<'_>]) -> ClusterLoadAssignment {
         use envoy_types::pb::envoy::config::core::v3::HealthStatus;
         ClusterLoadAssignment {
             cluster_name: name.into(),
-            endpoints: priorities
+            endpoints: localities
                 .iter()
-                .enumerate()
-                .map(|(priority, endpoints)| LocalityLbEndpoints {
+                .map(|spec| LocalityLbEndpoints {
                     locality: Some(Locality {
-                        zone: if priorities.len() == 1 {
-                            "z1".into()
-                        } else {
-                            format!("p{priority}")
-                        },
+                        zone: spec.zone.clone(),
                         ..Default::default()
                     }),
-                    priority: priority as u32,
-                    load_balancing_weight: Some(UInt32Value { value: 1 }),
-                    lb_endpoints: endpoints
+                    priority: spec.priority,
+                    load_balancing_weight: Some(UInt32Value { value: spec.weight }),
+                    lb_endpoints: spec
+                        .endpoints
                         .iter()
                         .map(|(addr, healthy)| LbEndpoint {
                             health_status: if *healthy {

@@ -14,8 +14,11 @@
 //! cluster's child. A resource that does not exist, or was refused before
 //! any value came, is reported as a resolution error naming it.
 //!
-//! Not yet (issue 17): locality weights (`weighted_target`), the priority
-//! policy's failover timer (A56), per-route `max_stream_duration` and
+//! Several localities in the chosen priority share its calls by their
+//! weights (`weighted_target_experimental`), except under ring_hash.
+//!
+//! Not yet (issue 17): the priority policy's failover timer (A56; the
+//! most preferred priority with a usable endpoint is taken at once), per-route `max_stream_duration` and
 //! `retry_policy` applied to calls, and registering the scheme without a
 //! call — [`crate::register`] must be called once before building an
 //! `xds:///` channel.
@@ -292,7 +295,9 @@ fn resolve_once(
 }
 
 /// The resolver state for `cluster` with `assignment`: the most preferred
-/// priority with a usable endpoint.
+/// priority with a usable endpoint; with several localities in it (and a
+/// policy that is not ring_hash), `weighted_target` shares calls between
+/// them by their weights.
 fn state(
     cluster: &ClusterUpdate,
     assignment: &EndpointsUpdate,
@@ -307,12 +312,22 @@ fn state(
                 .any(|l| l.endpoints.iter().any(|e| e.usable))
         })
         .ok_or_else(|| format!("cluster {} has no usable endpoint", cluster.name))?;
-    let endpoints = chosen
+    let localities: Vec<_> = chosen
         .iter()
-        .flat_map(|locality| locality.endpoints.iter().filter(|e| e.usable))
-        .map(|e| {
-            Endpoint::new(Address::Tcp(e.address))
-                .with_metadata(serde_json::json!({"weight": e.weight}))
+        .filter(|l| l.endpoints.iter().any(|e| e.usable))
+        .collect();
+    let endpoints = localities
+        .iter()
+        .flat_map(|locality| {
+            let name = locality.locality.to_string();
+            locality
+                .endpoints
+                .iter()
+                .filter(|e| e.usable)
+                .map(move |e| {
+                    Endpoint::new(Address::Tcp(e.address))
+                        .with_metadata(serde_json::json!({"weight": e.weight, "locality": name}))
+                })
         })
         .collect();
     let mut leaf = cluster.policy.service_config();
@@ -322,6 +337,19 @@ fn state(
             .and_then(|c| c.as_object_mut())
     {
         config.insert("requestHashHeader".into(), header.into());
+    }
+    let ring = matches!(cluster.policy, ClusterPolicy::RingHash { .. });
+    if localities.len() > 1 && !ring {
+        let targets: serde_json::Map<String, serde_json::Value> = localities
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.to_string(),
+                    serde_json::json!({"weight": l.weight, "childPolicy": [leaf.clone()]}),
+                )
+            })
+            .collect();
+        leaf = serde_json::json!({crate::policy::weighted_target::NAME: {"targets": targets}});
     }
     let drops: Vec<serde_json::Value> = assignment
         .drops

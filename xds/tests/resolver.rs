@@ -458,3 +458,66 @@ async fn routes_send_calls_by_header_and_by_weight_to_several_clusters() {
         assert_eq!(name, "b1", "x-tier: gold goes to cluster b");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_localities_weighted_three_to_one_split_calls_by_weight() {
+    use waypost_integration::ads::build::{LocalitySpec, assignment_of};
+    let backends = start_backends(3).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-localities"))
+            .unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener("zones", "zones-cluster")],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("zones-cluster")],
+    ));
+    // Zone a (weight 3): b0 alone; zone b (weight 1): b1 and b2.
+    let a = [(backends[0].addr(), true)];
+    let b = [(backends[1].addr(), true), (backends[2].addr(), true)];
+    let spec = |zone: &str, weight, endpoints| LocalitySpec {
+        zone: zone.into(),
+        weight,
+        priority: 0,
+        endpoints,
+    };
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment_of(
+            "zones-cluster",
+            &[spec("a", 3, &a[..]), spec("b", 1, &b[..])],
+        )],
+    ));
+    let channel = waypost_balancer::Channel::builder("xds:///zones")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    // Until every locality is READY the split is not yet by weight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while spread(&mut client, 50).await.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every endpoint served"
+        );
+    }
+    let served = spread(&mut client, 800).await;
+    eprintln!("localities 3:1: {served:?}");
+    let zone_a = served.get("b0").copied().unwrap_or(0) as f64 / 800.0;
+    assert!(
+        (0.65..=0.85).contains(&zone_a),
+        "zone a (weight 3 of 4) got {:.1} %: {served:?}",
+        zone_a * 100.0
+    );
+}
