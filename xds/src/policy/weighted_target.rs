@@ -27,8 +27,11 @@ use super::children::{Children, child_policy};
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "weighted_target_experimental";
 
-/// The targets: name → (weight, child policy, its config).
-fn parse(config: &Value) -> Result<BTreeMap<String, (u32, (String, Value))>, String> {
+/// A target's weight, and its child policy's name and config.
+type Target = (u32, (String, Value));
+
+/// The targets by name.
+fn parse(config: &Value) -> Result<BTreeMap<String, Target>, String> {
     let targets = config
         .get("targets")
         .and_then(Value::as_object)
