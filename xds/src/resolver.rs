@@ -2,8 +2,9 @@
 //! (inline or RDS) → the virtual host for `NAME` → every cluster its routes
 //! name → CDS → EDS.
 //!
-//! Each cluster contributes the endpoints of its most preferred priority
-//! that has a usable (HEALTHY or UNKNOWN) one, under
+//! Each cluster contributes its usable (HEALTHY or UNKNOWN) endpoints;
+//! with several priorities, `priority_experimental` fails over between
+//! them (A56); all under
 //! `xds_cluster_impl_experimental` (EDS drops, the cluster's
 //! `max_requests`) over the cluster's policy (`round_robin`,
 //! `ring_hash_experimental` with the route's header hash policy as
@@ -17,8 +18,7 @@
 //! Several localities in the chosen priority share its calls by their
 //! weights (`weighted_target_experimental`), except under ring_hash.
 //!
-//! Not yet (issue 17): the priority policy's failover timer (A56; the
-//! most preferred priority with a usable endpoint is taken at once), per-route `max_stream_duration` and
+//! Not yet (issue 17): per-route `max_stream_duration` and
 //! `retry_policy` applied to calls, and registering the scheme without a
 //! call — [`crate::register`] must be called once before building an
 //! `xds:///` channel.
@@ -294,25 +294,15 @@ fn resolve_once(
     }))
 }
 
-/// The resolver state for `cluster` with `assignment`: the most preferred
-/// priority with a usable endpoint; with several localities in it (and a
-/// policy that is not ring_hash), `weighted_target` shares calls between
-/// them by their weights.
-fn state(
-    cluster: &ClusterUpdate,
-    assignment: &EndpointsUpdate,
-    hash_header: Option<String>,
-) -> Result<ResolverState, String> {
-    let chosen = assignment
-        .priorities
-        .iter()
-        .find(|localities| {
-            localities
-                .iter()
-                .any(|l| l.endpoints.iter().any(|e| e.usable))
-        })
-        .ok_or_else(|| format!("cluster {} has no usable endpoint", cluster.name))?;
-    let localities: Vec<_> = chosen
+/// The endpoints (tagged with their locality) and the policy for one
+/// priority's localities: `weighted_target` over them when there are
+/// several (and the policy is not ring_hash), else `leaf` itself.
+fn priority_tree(
+    localities: &[crate::resources::endpoint::LocalityEndpoints],
+    leaf: &serde_json::Value,
+    ring: bool,
+) -> (Vec<Endpoint>, serde_json::Value) {
+    let localities: Vec<_> = localities
         .iter()
         .filter(|l| l.endpoints.iter().any(|e| e.usable))
         .collect();
@@ -330,15 +320,6 @@ fn state(
                 })
         })
         .collect();
-    let mut leaf = cluster.policy.service_config();
-    if let (ClusterPolicy::RingHash { .. }, Some(header)) = (&cluster.policy, hash_header)
-        && let Some(config) = leaf
-            .get_mut("ring_hash_experimental")
-            .and_then(|c| c.as_object_mut())
-    {
-        config.insert("requestHashHeader".into(), header.into());
-    }
-    let ring = matches!(cluster.policy, ClusterPolicy::RingHash { .. });
     if localities.len() > 1 && !ring {
         let targets: serde_json::Map<String, serde_json::Value> = localities
             .iter()
@@ -349,8 +330,59 @@ fn state(
                 )
             })
             .collect();
-        leaf = serde_json::json!({crate::policy::weighted_target::NAME: {"targets": targets}});
+        let tree = serde_json::json!({crate::policy::weighted_target::NAME: {"targets": targets}});
+        return (endpoints, tree);
     }
+    (endpoints, leaf.clone())
+}
+
+/// The resolver state for `cluster` with `assignment`. One priority: its
+/// tree. Several: `priority_experimental` over one tree per priority, so a
+/// priority that cannot serve (no usable endpoint, every connection
+/// failing, or still connecting after 10 s) hands over to the next.
+fn state(
+    cluster: &ClusterUpdate,
+    assignment: &EndpointsUpdate,
+    hash_header: Option<String>,
+) -> Result<ResolverState, String> {
+    if !assignment.priorities.iter().any(|localities| {
+        localities
+            .iter()
+            .any(|l| l.endpoints.iter().any(|e| e.usable))
+    }) {
+        return Err(format!("cluster {} has no usable endpoint", cluster.name));
+    }
+    let mut leaf = cluster.policy.service_config();
+    if let (ClusterPolicy::RingHash { .. }, Some(header)) = (&cluster.policy, hash_header)
+        && let Some(config) = leaf
+            .get_mut("ring_hash_experimental")
+            .and_then(|c| c.as_object_mut())
+    {
+        config.insert("requestHashHeader".into(), header.into());
+    }
+    let ring = matches!(cluster.policy, ClusterPolicy::RingHash { .. });
+    let (endpoints, tree) = if let [only] = assignment.priorities.as_slice() {
+        priority_tree(only, &leaf, ring)
+    } else {
+        let mut endpoints = Vec::new();
+        let mut children = serde_json::Map::new();
+        let mut order = Vec::new();
+        for (index, localities) in assignment.priorities.iter().enumerate() {
+            let name = format!("p{index}");
+            let (mut these, tree) = priority_tree(localities, &leaf, ring);
+            for endpoint in &mut these {
+                if let Some(metadata) = endpoint.metadata.as_mut() {
+                    metadata["priority"] = serde_json::json!(name);
+                }
+            }
+            endpoints.extend(these);
+            children.insert(name.clone(), serde_json::json!({"config": [tree]}));
+            order.push(name);
+        }
+        let tree = serde_json::json!({crate::policy::priority::NAME: {
+            "children": children, "priorities": order}});
+        (endpoints, tree)
+    };
     let drops: Vec<serde_json::Value> = assignment
         .drops
         .iter()
@@ -360,7 +392,7 @@ fn state(
         "cluster": cluster.name,
         "maxConcurrentRequests": cluster.max_requests,
         "dropCategories": drops,
-        "childPolicy": [leaf],
+        "childPolicy": [tree],
     }});
     Ok(ResolverState {
         endpoints,

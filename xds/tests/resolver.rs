@@ -521,3 +521,73 @@ async fn two_localities_weighted_three_to_one_split_calls_by_weight() {
         zone_a * 100.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_whose_backend_dies_hands_over_and_takes_back() {
+    use waypost_integration::ads::build::assignment_by_priority;
+    let backends = start_backends(2).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-failover"))
+            .unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener("failover", "failover-cluster")],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("failover-cluster")],
+    ));
+    let p0 = [(backends[0].addr(), true)];
+    let p1 = [(backends[1].addr(), true)];
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment_by_priority("failover-cluster", &[&p0, &p1])],
+    ));
+    let channel = waypost_balancer::Channel::builder("xds:///failover")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let served = spread(&mut client, 20).await;
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        ["b0"],
+        "priority 0 first: {served:?}"
+    );
+
+    // b0 dies: its connection fails, priority 1 takes the calls.
+    backends[0].stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = spread(&mut client, 10).await;
+        if served.keys().collect::<Vec<_>>() == ["b1"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failover in 30 s: {served:?}"
+        );
+    }
+    // b0 is back: priority 0 takes back over.
+    backends[0].restart().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = spread(&mut client, 10).await;
+        if served.keys().collect::<Vec<_>>() == ["b0"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "priority 0 not back in 30 s: {served:?}"
+        );
+    }
+}
