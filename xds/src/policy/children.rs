@@ -15,6 +15,9 @@ use waypost_balancer::policy::{Helper, Policy, PolicyEvents, PolicyRegistry};
 use waypost_balancer::{SubchannelHandle, SubchannelId, SubchannelState};
 use waypost_resolver::{Address, ResolveError, ResolverState};
 
+/// A child policy's name and config.
+pub(crate) type ChildConfig = (String, Value);
+
 /// One child.
 pub(crate) struct Child {
     policy: Box<dyn Policy>,
@@ -79,7 +82,7 @@ impl Helper for ChildHelper<'_> {
 
 /// The first registered policy of a `childPolicy` list (round_robin when
 /// none is).
-pub(crate) fn child_policy(list: Option<&Value>) -> (String, Value) {
+pub(crate) fn child_policy(list: Option<&Value>) -> ChildConfig {
     list.and_then(Value::as_array)
         .and_then(|list| {
             list.iter().find_map(|entry| {
@@ -125,7 +128,7 @@ impl Children {
     /// name. Children no longer wanted go with their subchannels.
     pub(crate) fn update(
         &mut self,
-        wanted: &BTreeMap<String, (String, Value)>,
+        wanted: &BTreeMap<String, ChildConfig>,
         state: &ResolverState,
         key: &str,
         helper: &mut dyn Helper,

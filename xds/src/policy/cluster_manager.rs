@@ -24,7 +24,7 @@ use waypost_balancer::policy::{Helper, Policy, PolicyBuilder, RandomIndex, threa
 use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
-use super::children::{Children, child_policy};
+use super::children::{ChildConfig, Children, child_policy};
 
 use crate::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction};
 
@@ -255,7 +255,7 @@ impl Policy for ClusterManager {
         if let Ok(routes) = parse_routes(config.get("routes").unwrap_or(&Value::Null)) {
             self.routes = routes.into();
         }
-        let wanted: BTreeMap<String, (String, Value)> = config
+        let wanted: BTreeMap<String, ChildConfig> = config
             .get("children")
             .and_then(Value::as_object)
             .map(|children| {

@@ -24,7 +24,7 @@ use waypost_balancer::policy::{Helper, Policy, PolicyBuilder};
 use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
-use super::children::{Children, child_policy};
+use super::children::{ChildConfig, Children, child_policy};
 
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "priority_experimental";
@@ -35,7 +35,7 @@ pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILOVER_TOKEN: u64 = u64::MAX - 0x5600;
 
 /// The priorities in order, each with its child policy.
-fn parse(config: &Value) -> Result<Vec<(String, (String, Value))>, String> {
+fn parse(config: &Value) -> Result<Vec<(String, ChildConfig)>, String> {
     let children = config
         .get("children")
         .and_then(Value::as_object)
@@ -77,7 +77,7 @@ impl PolicyBuilder for PriorityBuilder {
 /// The policy. See the [module docs](self).
 #[derive(Default)]
 pub struct Priority {
-    order: Vec<(String, (String, Value))>,
+    order: Vec<(String, ChildConfig)>,
     children: Children,
     /// Started children whose failover timer fired.
     timed_out: HashSet<String>,
@@ -91,7 +91,7 @@ impl Priority {
         for index in 0..self.order.len() {
             let name = self.order[index].0.clone();
             if !self.children.children.contains_key(&name) {
-                let wanted: BTreeMap<String, (String, Value)> = self.order[..=index]
+                let wanted: BTreeMap<String, ChildConfig> = self.order[..=index]
                     .iter()
                     .filter(|(n, _)| *n == name || self.children.children.contains_key(n))
                     .cloned()
@@ -128,7 +128,7 @@ impl Policy for Priority {
         self.order = order;
         self.state = state.clone();
         // Update the children already started (others start when needed).
-        let wanted: BTreeMap<String, (String, Value)> = self
+        let wanted: BTreeMap<String, ChildConfig> = self
             .order
             .iter()
             .filter(|(n, _)| self.children.children.contains_key(n))

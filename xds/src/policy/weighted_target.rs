@@ -22,13 +22,13 @@ use waypost_balancer::policy::{Helper, Policy, PolicyBuilder, RandomIndex, threa
 use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
-use super::children::{Children, child_policy};
+use super::children::{ChildConfig, Children, child_policy};
 
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "weighted_target_experimental";
 
 /// A target's weight, and its child policy's name and config.
-type Target = (u32, (String, Value));
+type Target = (u32, ChildConfig);
 
 /// The targets by name.
 fn parse(config: &Value) -> Result<BTreeMap<String, Target>, String> {
