@@ -360,9 +360,20 @@ fn state(
     {
         config.insert("requestHashHeader".into(), header.into());
     }
+    // A50: outlier detection over each priority's tree (its localities
+    // and their endpoints), as gRPC places it.
+    let with_od = |tree: serde_json::Value| match &cluster.outlier_detection {
+        None => tree,
+        Some(od) => {
+            let mut config = od.clone();
+            config["childPolicy"] = serde_json::json!([tree]);
+            serde_json::json!({"outlier_detection_experimental": config})
+        }
+    };
     let ring = matches!(cluster.policy, ClusterPolicy::RingHash { .. });
     let (endpoints, tree) = if let [only] = assignment.priorities.as_slice() {
-        priority_tree(only, &leaf, ring)
+        let (endpoints, tree) = priority_tree(only, &leaf, ring);
+        (endpoints, with_od(tree))
     } else {
         let mut endpoints = Vec::new();
         let mut children = serde_json::Map::new();
@@ -376,7 +387,7 @@ fn state(
                 }
             }
             endpoints.extend(these);
-            children.insert(name.clone(), serde_json::json!({"config": [tree]}));
+            children.insert(name.clone(), serde_json::json!({"config": [with_od(tree)]}));
             order.push(name);
         }
         let tree = serde_json::json!({crate::policy::priority::NAME: {
@@ -414,6 +425,7 @@ mod tests {
             eds_service_name: "c".into(),
             policy: ClusterPolicy::RoundRobin,
             max_requests: 1024,
+            outlier_detection: Some(serde_json::json!({"interval": "1s"})),
         };
         let assignment = EndpointsUpdate {
             name: "c".into(),
@@ -438,5 +450,10 @@ mod tests {
             waypost_balancer::PolicyRegistry::global(),
         );
         assert!(parsed.is_ok(), "{json}: {:?}", parsed.err());
+        // Outlier detection sits between cluster_impl and the leaf.
+        let od = &json["loadBalancingConfig"][0]["xds_cluster_impl_experimental"]["childPolicy"][0]
+            ["outlier_detection_experimental"];
+        assert_eq!(od["interval"], "1s");
+        assert_eq!(od["childPolicy"][0], serde_json::json!({"round_robin": {}}));
     }
 }

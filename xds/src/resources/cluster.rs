@@ -81,6 +81,9 @@ pub struct ClusterUpdate {
     pub policy: ClusterPolicy,
     /// At most this many calls in flight to the cluster.
     pub max_requests: u32,
+    /// The cluster's outlier detection as gRPC's `outlier_detection`
+    /// config (without `childPolicy`), when the cluster sets it (A50).
+    pub outlier_detection: Option<serde_json::Value>,
 }
 
 fn refuse(name: &str, message: impl Into<String>) -> ResourceError {
@@ -204,12 +207,108 @@ pub fn decode(any: &Any) -> Result<ClusterUpdate, ResourceError> {
         .and_then(|b| b.thresholds.iter().find(|t| t.priority == 0))
         .and_then(|t| t.max_requests.as_ref())
         .map_or(DEFAULT_MAX_REQUESTS, |v| v.value);
+    let outlier_detection = match &cluster.outlier_detection {
+        None => None,
+        Some(od) => Some(outlier_detection(od).map_err(|e| refuse(&name, e))?),
+    };
     Ok(ClusterUpdate {
         name,
         eds_service_name,
         policy,
         max_requests,
+        outlier_detection,
     })
+}
+
+/// A50's mapping of a cluster's `OutlierDetection` to gRPC's config.
+fn outlier_detection(
+    od: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> Result<serde_json::Value, String> {
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    let at = "field:outlier_detection";
+    let duration = |d: &Option<PbDuration>, field: &str| -> Result<Option<String>, String> {
+        match d {
+            None => Ok(None),
+            Some(d) if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 => Err(format!(
+                "{at}.{field} error:must be a non-negative duration"
+            )),
+            Some(d) => Ok(Some(format!("{}.{:09}s", d.seconds, d.nanos))),
+        }
+    };
+    let percent = |v: &Option<UInt32Value>, field: &str| -> Result<Option<u32>, String> {
+        match v {
+            Some(v) if v.value > 100 => Err(format!("{at}.{field} error:must be at most 100")),
+            Some(v) => Ok(Some(v.value)),
+            None => Ok(None),
+        }
+    };
+    let number = |v: &Option<UInt32Value>| v.as_ref().map(|v| v.value);
+    let mut config = serde_json::Map::new();
+    for (key, value) in [
+        ("interval", duration(&od.interval, "interval")?),
+        (
+            "baseEjectionTime",
+            duration(&od.base_ejection_time, "base_ejection_time")?,
+        ),
+        (
+            "maxEjectionTime",
+            duration(&od.max_ejection_time, "max_ejection_time")?,
+        ),
+    ] {
+        if let Some(value) = value {
+            config.insert(key.into(), value.into());
+        }
+    }
+    if let Some(p) = percent(&od.max_ejection_percent, "max_ejection_percent")? {
+        config.insert("maxEjectionPercent".into(), p.into());
+    }
+    // Success-rate ejection unless enforcing_success_rate is 0 (it
+    // defaults to 100).
+    let enforcing = percent(&od.enforcing_success_rate, "enforcing_success_rate")?.unwrap_or(100);
+    if enforcing > 0 {
+        let mut rate = serde_json::Map::new();
+        rate.insert("enforcementPercentage".into(), enforcing.into());
+        for (key, value) in [
+            ("stdevFactor", number(&od.success_rate_stdev_factor)),
+            ("minimumHosts", number(&od.success_rate_minimum_hosts)),
+            ("requestVolume", number(&od.success_rate_request_volume)),
+        ] {
+            if let Some(value) = value {
+                rate.insert(key.into(), value.into());
+            }
+        }
+        config.insert("successRateEjection".into(), rate.into());
+    }
+    // Failure-percentage ejection only when enforcing_failure_percentage
+    // is set and not 0.
+    let enforcing = percent(
+        &od.enforcing_failure_percentage,
+        "enforcing_failure_percentage",
+    )?
+    .unwrap_or(0);
+    if enforcing > 0 {
+        let mut failure = serde_json::Map::new();
+        failure.insert("enforcementPercentage".into(), enforcing.into());
+        if let Some(t) = percent(
+            &od.failure_percentage_threshold,
+            "failure_percentage_threshold",
+        )? {
+            failure.insert("threshold".into(), t.into());
+        }
+        for (key, value) in [
+            ("minimumHosts", number(&od.failure_percentage_minimum_hosts)),
+            (
+                "requestVolume",
+                number(&od.failure_percentage_request_volume),
+            ),
+        ] {
+            if let Some(value) = value {
+                failure.insert(key.into(), value.into());
+            }
+        }
+        config.insert("failurePercentageEjection".into(), failure.into());
+    }
+    Ok(serde_json::Value::Object(config))
 }
 
 fn decode_value(any: &Any) -> Result<(String, Value), ResourceError> {
@@ -272,6 +371,60 @@ mod tests {
         assert_eq!(
             update.policy.service_config(),
             serde_json::json!({"least_request_experimental": {"choiceCount": 2}})
+        );
+    }
+
+    #[test]
+    fn outlier_detection_maps_as_a50_says() {
+        use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+        use envoy_types::pb::google::protobuf::Duration as PbDuration;
+        let mut cluster = eds_cluster("od");
+        cluster.outlier_detection = Some(OutlierDetection {
+            interval: Some(PbDuration {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+            enforcing_success_rate: Some(UInt32Value { value: 0 }),
+            enforcing_failure_percentage: Some(UInt32Value { value: 100 }),
+            failure_percentage_threshold: Some(UInt32Value { value: 50 }),
+            failure_percentage_request_volume: Some(UInt32Value { value: 10 }),
+            ..Default::default()
+        });
+        let update = decode(&any(&cluster)).unwrap();
+        assert_eq!(
+            update.outlier_detection,
+            Some(serde_json::json!({
+                "interval": "1.500000000s",
+                "failurePercentageEjection": {"enforcementPercentage": 100, "threshold": 50, "requestVolume": 10}
+            }))
+        );
+        // The gRPC policy takes it.
+        let mut config = update.outlier_detection.unwrap();
+        config["childPolicy"] = serde_json::json!([{"round_robin": {}}]);
+        assert!(
+            waypost_balancer::PolicyRegistry::global()
+                .get("outlier_detection_experimental")
+                .unwrap()
+                .validate(&config)
+                .is_ok(),
+            "{config}"
+        );
+        // Defaults: success-rate ejection on, failure percentage off.
+        cluster.outlier_detection = Some(OutlierDetection::default());
+        let update = decode(&any(&cluster)).unwrap();
+        assert_eq!(
+            update.outlier_detection,
+            Some(serde_json::json!({"successRateEjection": {"enforcementPercentage": 100}}))
+        );
+        cluster.outlier_detection = Some(OutlierDetection {
+            max_ejection_percent: Some(UInt32Value { value: 101 }),
+            ..Default::default()
+        });
+        assert!(
+            decode(&any(&cluster))
+                .unwrap_err()
+                .message
+                .contains("max_ejection_percent")
         );
     }
 
