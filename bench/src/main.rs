@@ -8,6 +8,7 @@
 //! cargo run --release -p waypost-bench -- rpc --tls
 //! cargo run --release -p waypost-bench -- dataconn
 //! cargo run --release -p waypost-bench -- skew
+//! cargo run --release -p waypost-bench -- xds
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
 
@@ -17,6 +18,7 @@ mod lbserver;
 mod rpc;
 mod skew;
 mod stats;
+mod xds;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +49,8 @@ enum Command {
     /// (internal) The plain tonic BalanceLoad server `lbserver` compares with.
     #[command(hide = true)]
     LbserverTonic,
+    /// An `xds:///` channel following EDS pushes, and its pick cost.
+    Xds(xds::XdsArgs),
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
     RpcBackends(rpc::BackendArgs),
@@ -64,5 +68,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::RpcBackends(args) => rpc::backends(args).await,
         Command::Dataconn(args) => dataconn::run(args).await,
         Command::DataconnChild(args) => dataconn::child(args).await,
+        Command::Xds(args) => xds::run(args).await,
     }
 }

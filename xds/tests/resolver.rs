@@ -129,28 +129,40 @@ async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
         ..Default::default()
     });
     server.set(response(endpoint::TYPE_URL, "3", &[dropping]));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let dropped = loop {
-        let mut dropped = 0;
-        for _ in 0..400 {
-            let mut request = tonic::Request::new(MovieId { mid: 1 });
-            request.set_timeout(Duration::from_secs(10));
+    // Calls until the drops are in force (the first dropped call), then
+    // counts 1,000.
+    let one = |client: &mut MoviesServiceClient<waypost_balancer::Channel>| {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        let mut client = client.clone();
+        async move {
             match client.get_movie(request).await {
-                Ok(_) => {}
+                Ok(_) => false,
                 Err(status) => {
                     assert_eq!(status.code(), tonic::Code::Unavailable);
                     assert_eq!(status.message(), "EDS-configured drop: lb");
-                    dropped += 1;
+                    true
                 }
             }
         }
-        if dropped > 0 || tokio::time::Instant::now() > deadline {
-            break dropped;
-        }
     };
-    eprintln!("dropped {dropped} of 400");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !one(&mut client).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call dropped within 10 s"
+        );
+    }
+    let mut dropped = 0;
+    for _ in 0..1000 {
+        if one(&mut client).await {
+            dropped += 1;
+        }
+    }
+    eprintln!("dropped {dropped} of 1000");
 
-    assert!((80..=120).contains(&dropped), "{dropped} of 400 dropped");
+    // 25 % of 1,000: σ ≈ 14, so 20–30 % is more than 3.5 σ either side.
+    assert!((200..=300).contains(&dropped), "{dropped} of 1000 dropped");
 
     // A listener the server does not have: calls fail naming it.
     let missing = waypost_balancer::Channel::builder("xds:///nowhere")

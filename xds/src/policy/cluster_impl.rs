@@ -125,9 +125,22 @@ impl PolicyBuilder for ClusterImplBuilder {
     }
 }
 
-/// Counts a cluster's calls in flight.
+/// Counts a cluster's calls in flight; the tracker of calls whose child
+/// picker has none of its own (no allocation per call then).
 #[derive(Debug, Default)]
 struct InFlight(AtomicU32);
+
+impl CallTracker for InFlight {
+    fn started(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finished(&self, _outcome: CallOutcome) {}
+
+    fn ended(&self, _succeeded: Option<bool>) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The tracker of a call through the cluster: counts it in flight, and
 /// passes everything on to the child picker's own tracker.
@@ -185,10 +198,13 @@ impl Picker for Guarded {
                 if self.in_flight.0.load(Ordering::Relaxed) >= self.max {
                     return Pick::Drop("circuit breaker drop".into());
                 }
-                routed.tracker = Some(Arc::new(Counted {
-                    in_flight: self.in_flight.clone(),
-                    inner: routed.tracker.take(),
-                }));
+                routed.tracker = Some(match routed.tracker.take() {
+                    None => self.in_flight.clone(),
+                    inner @ Some(_) => Arc::new(Counted {
+                        in_flight: self.in_flight.clone(),
+                        inner,
+                    }),
+                });
                 Pick::Ready(routed)
             }
             other => other,
