@@ -603,3 +603,47 @@ async fn a_priority_whose_backend_dies_hands_over_and_takes_back() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_channels_on_one_target_share_one_ads_stream() {
+    let backends = start_backends(1).await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-shared"))
+            .unwrap();
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener("shared", "shared-cluster")],
+    ));
+    server.set(response(
+        cluster::TYPE_URL,
+        "1",
+        &[eds_cluster("shared-cluster")],
+    ));
+    server.set(response(
+        endpoint::TYPE_URL,
+        "1",
+        &[assignment("shared-cluster", &[&backends[0]])],
+    ));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let channel = waypost_balancer::Channel::builder("xds:///shared")
+            .resolvers(resolvers.clone())
+            .build()
+            .unwrap();
+        let mut client = MoviesServiceClient::new(channel);
+        assert_eq!(spread(&mut client, 3).await.get("b0"), Some(&3));
+        clients.push(client);
+    }
+    assert_eq!(
+        server.streams_opened(),
+        1,
+        "both channels on one ADS stream"
+    );
+}
