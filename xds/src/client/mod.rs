@@ -250,8 +250,11 @@ impl ResourceWatch {
     /// Waits for the next change, and returns the state then.
     pub async fn changed(&mut self) -> WatchState {
         // The sender lives while the watch does (the task removes it only
-        // after the last watcher unsubscribed).
-        let _ = self.receiver.changed().await;
+        // after the last watcher unsubscribed); were it ever gone, there
+        // would be no next change: wait forever rather than spin.
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
         self.receiver.borrow_and_update().clone()
     }
 
