@@ -30,6 +30,22 @@ fn assignment(
     waypost_integration::ads::build::assignment(name, &addrs)
 }
 
+/// A scripted ADS server, and a resolver registry whose `xds` resolver
+/// uses it (bootstrap given in code, node `node`); the xDS policies
+/// registered.
+async fn ads_and_resolvers(node: &str) -> (AdsServer, waypost_resolver::ResolverRegistry) {
+    let server = AdsServer::start().await.unwrap();
+    let bootstrap =
+        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json(node)).unwrap();
+    // The xDS policies the resolver's service configs name.
+    waypost_xds::register();
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    (server, resolvers)
+}
+
 async fn spread(
     client: &mut MoviesServiceClient<waypost_balancer::Channel>,
     n: usize,
@@ -55,15 +71,7 @@ async fn spread(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_target_spreads_over_the_eds_endpoints_and_follows_updates() {
     let backends = start_backends(3).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-e2e")).unwrap();
-    // The xDS policies the resolver's service configs name.
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-e2e").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
@@ -204,15 +212,7 @@ async fn all_succeed(
 async fn a_nack_an_outage_and_an_unhealthy_priority_cost_no_call() {
     use waypost_integration::ads::build::assignment_by_priority;
     let backends = start_backends(3).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-faults"))
-            .unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-faults").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
@@ -291,14 +291,7 @@ async fn a_nack_an_outage_and_an_unhealthy_priority_cost_no_call() {
 async fn a_ring_hash_cluster_keeps_each_key_on_one_endpoint() {
     use waypost_integration::ads::build::api_listener_hashing;
     let backends = start_backends(3).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-ring")).unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-ring").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
@@ -363,15 +356,7 @@ async fn routes_send_calls_by_header_and_by_weight_to_several_clusters() {
     use waypost_integration::ads::build::api_listener_with_routes;
 
     let backends = start_backends(2).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-routes"))
-            .unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-routes").await;
     let route = |matcher: RouteMatch, cluster: ClusterSpecifier| Route {
         r#match: Some(matcher),
         action: Some(Action::Route(RouteAction {
@@ -475,15 +460,7 @@ async fn routes_send_calls_by_header_and_by_weight_to_several_clusters() {
 async fn two_localities_weighted_three_to_one_split_calls_by_weight() {
     use waypost_integration::ads::build::{LocalitySpec, assignment_of};
     let backends = start_backends(3).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-localities"))
-            .unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-localities").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
@@ -538,15 +515,7 @@ async fn two_localities_weighted_three_to_one_split_calls_by_weight() {
 async fn a_priority_whose_backend_dies_hands_over_and_takes_back() {
     use waypost_integration::ads::build::assignment_by_priority;
     let backends = start_backends(2).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-failover"))
-            .unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-failover").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
@@ -618,15 +587,7 @@ async fn a_priority_whose_backend_dies_hands_over_and_takes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_channels_on_one_target_share_one_ads_stream() {
     let backends = start_backends(1).await.unwrap();
-    let server = AdsServer::start().await.unwrap();
-    let bootstrap =
-        waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("node-shared"))
-            .unwrap();
-    waypost_xds::register();
-    let resolvers = waypost_resolver::ResolverRegistry::new();
-    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
-        bootstrap,
-    ));
+    let (server, resolvers) = ads_and_resolvers("node-shared").await;
     server.set(response(
         listener::TYPE_URL,
         "1",
