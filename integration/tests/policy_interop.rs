@@ -164,13 +164,19 @@ async fn orca_backends(per_call: bool) -> (Vec<Backend>, String) {
     (backends, target)
 }
 
-/// Calls per backend over the last 10 of C-core's 30 rounds of 100.
+/// How long both clients call before the calls that count: the blackout
+/// (1 s) and a few weight updates, whatever the machine's speed.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Calls per backend over C-core's 10 rounds of 100 after the warm-up.
 async fn c_core_late_spread(target: &str, config: &serde_json::Value) -> BTreeMap<String, usize> {
-    let text = c_core(target, config, &["--rounds".to_owned(), "30".to_owned()]).await;
+    let warm_up = WARM_UP.as_secs().to_string();
+    let args = ["--rounds".to_owned(), "10".to_owned(), warm_up];
+    let text = c_core(target, config, &args).await;
     let rounds: Vec<&str> = text.lines().filter(|l| l.starts_with("round")).collect();
-    assert_eq!(rounds.len(), 30, "{text}");
+    assert_eq!(rounds.len(), 10, "{text}");
     let mut served = BTreeMap::new();
-    for round in &rounds[20..] {
+    for round in &rounds {
         for (name, count) in round.split(' ').skip(2).filter_map(|f| f.split_once('=')) {
             *served.entry(name.to_owned()).or_insert(0) += count.parse::<usize>().unwrap();
         }
@@ -178,29 +184,35 @@ async fn c_core_late_spread(target: &str, config: &serde_json::Value) -> BTreeMa
     served
 }
 
-/// Calls per backend over the last 1,000 of 3,000 waypost calls.
+/// One waypost call; the backend that served it.
+async fn served_by(client: &mut MoviesServiceClient<Channel>) -> String {
+    let mut request = tonic::Request::new(MovieId { mid: 1 });
+    request.set_timeout(Duration::from_secs(10));
+    request
+        .extensions_mut()
+        .insert(waypost_balancer::WaitForReady(true));
+    client
+        .get_movie(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .served_by
+}
+
+/// Calls per backend over 1,000 waypost calls after the warm-up.
 async fn waypost_late_spread(target: &str, config: &serde_json::Value) -> BTreeMap<String, usize> {
     let channel = Channel::builder(target)
         .default_service_config(config.clone())
         .build()
         .unwrap();
     let mut client = MoviesServiceClient::new(channel);
+    let warm = tokio::time::Instant::now() + WARM_UP;
+    while tokio::time::Instant::now() < warm {
+        served_by(&mut client).await;
+    }
     let mut served = BTreeMap::new();
-    for i in 0..3000 {
-        let mut request = tonic::Request::new(MovieId { mid: 1 });
-        request.set_timeout(Duration::from_secs(10));
-        request
-            .extensions_mut()
-            .insert(waypost_balancer::WaitForReady(true));
-        let name = client
-            .get_movie(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .served_by;
-        if i >= 2000 {
-            *served.entry(name).or_insert(0) += 1;
-        }
+    for _ in 0..1000 {
+        *served.entry(served_by(&mut client).await).or_insert(0) += 1;
     }
     served
 }

@@ -1,7 +1,7 @@
 """A gRPC C-core client (Python grpcio) with a given service config.
 
 Usage: policy_client.py TARGET SERVICE_CONFIG_JSON HEADER KEY...
-       policy_client.py TARGET SERVICE_CONFIG_JSON --rounds N
+       policy_client.py TARGET SERVICE_CONFIG_JSON --rounds N [WARMUP_SECONDS]
 
 Calls movies.v1.MoviesService/GetMovie (MovieId{mid: 1}, encoded by hand)
 five times per KEY with the metadata HEADER: KEY, wait-for-ready, and
@@ -34,6 +34,16 @@ def main() -> int:
     with grpc.insecure_channel(target, options=options) as channel:
         get_movie = channel.unary_unary("/movies.v1.MoviesService/GetMovie")
         if header == "--rounds":
+            # An optional warm-up, in seconds, of unreported calls first
+            # (for policies whose weights take time, such as WRR's blackout).
+            if len(keys) > 1:
+                import time
+                until = time.monotonic() + float(keys[1])
+                while time.monotonic() < until:
+                    try:
+                        get_movie(b"\x08\x01", timeout=10)
+                    except grpc.RpcError:
+                        pass
             for i in range(int(keys[0])):
                 counts: dict[str, int] = {}
                 for _ in range(100):
