@@ -3,10 +3,11 @@
 //! balancing policies (gRFC A27 and its successors).
 //!
 //! Work in progress (issue 17), each step tested against a scripted ADS
-//! server: the bootstrap, the XdsClient, LDS/RDS/CDS/EDS decoding, the
-//! `xds` resolver for targets whose routes lead to one cluster, and the
-//! `xds_cluster_impl` policy (drops, circuit breaking). Call [`register`]
-//! once before building an `xds:///` channel.
+//! server and real backends: the bootstrap, the XdsClient, LDS/RDS/CDS/EDS
+//! checking, the `xds` resolver and the policy tree (cluster manager with
+//! per-call routing, cluster_impl, priority, outlier detection,
+//! weighted_target). Call [`register`] once before building an `xds:///`
+//! channel.
 
 pub mod bootstrap;
 pub mod client;
