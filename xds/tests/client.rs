@@ -196,3 +196,16 @@ async fn one_stream_per_server_for_the_whole_process() {
             version: "1".into()
         }));
 }
+
+#[tokio::test]
+async fn a_type_the_client_does_not_know_is_an_error_not_a_crash() {
+    let server = AdsServer::start().await.unwrap();
+    let client = client_of(&server, "node-unknown").await;
+    let mut unknown = client.watch("type.googleapis.com/not.a.Type", "x");
+    let state = unknown.wait_for(|s| s.error.is_some()).await;
+    assert!(state.error.unwrap().contains("unknown xDS resource type"));
+    // The client still works.
+    let mut watch = client.watch(cluster::TYPE_URL, "orders");
+    server.set(cds("1", &[eds_cluster("orders", LbPolicy::RoundRobin)]));
+    watch.wait_for(|s| s.value.is_some()).await;
+}

@@ -213,15 +213,14 @@ impl AdsState {
         }
     }
 
-    fn type_url(&self, type_url: &str) -> &'static str {
-        self.types
-            .get_key_value(type_url)
-            .map(|(k, _)| *k)
-            .unwrap_or_else(|| panic!("unknown xDS resource type {type_url}"))
+    /// The known type URL equal to `type_url`, if this client knows it.
+    fn type_url(&self, type_url: &str) -> Option<&'static str> {
+        self.types.get_key_value(type_url).map(|(k, _)| *k)
     }
 
     /// A watcher wants `name`: its cached status and value, and the
     /// request to send if it was not subscribed yet (and a stream is up).
+    /// A type this client does not know gets no status at all.
     pub fn subscribe(
         &mut self,
         type_url: &str,
@@ -232,7 +231,9 @@ impl AdsState {
         Option<Value>,
         Option<DiscoveryRequest>,
     ) {
-        let type_url = self.type_url(type_url);
+        let Some(type_url) = self.type_url(type_url) else {
+            return (None, None, None);
+        };
         let connected = self.connected;
         let (_, state) = self.types.get_mut(type_url).expect("known type");
         let entry = state.resources.entry(name.to_owned()).or_default();
@@ -253,7 +254,7 @@ impl AdsState {
     /// A watcher no longer wants `name`; the last one gone unsubscribes
     /// (the request to send, if a stream is up).
     pub fn unsubscribe(&mut self, type_url: &str, name: &str) -> Option<DiscoveryRequest> {
-        let type_url = self.type_url(type_url);
+        let type_url = self.type_url(type_url)?;
         let (_, state) = self.types.get_mut(type_url).expect("known type");
         let entry = state.resources.get_mut(name)?;
         entry.refs = entry.refs.saturating_sub(1);

@@ -86,6 +86,10 @@ async fn requests_carry_the_node_once_and_every_name() {
     assert!(ads.subscribe(THING, "b", now).2.is_none());
     assert!(ads.unsubscribe(THING, "b").is_none());
     assert_eq!(ads.unsubscribe(THING, "b").unwrap().resource_names, ["a"]);
+    // A type the client does not know: no status, nothing sent, no panic.
+    let (status, value, request) = ads.subscribe("type.googleapis.com/nope", "x", now);
+    assert!(status.is_none() && value.is_none() && request.is_none());
+    assert!(ads.unsubscribe("type.googleapis.com/nope", "x").is_none());
 }
 
 #[tokio::test(start_paused = true)]

@@ -376,7 +376,14 @@ fn command(shared: &Shared, ads: &mut AdsState, command: Command) -> Option<Disc
     match command {
         Command::Subscribe((type_url, name)) => {
             let (status, value, request) = ads.subscribe(&type_url, &name, now);
-            if let Some(sender) = shared.watchers.lock().get(&(type_url, name)) {
+            if let Some(sender) = shared.watchers.lock().get(&(type_url.clone(), name)) {
+                if status.is_none() {
+                    // A type this client does not know: say so, once.
+                    sender.send_modify(|s| {
+                        s.error = Some(format!("unknown xDS resource type {type_url}"));
+                    });
+                    return None;
+                }
                 sender.send_if_modified(|s| {
                     let fresh = s.value.is_none() && value.is_some();
                     if fresh {
