@@ -15,7 +15,7 @@
 //!                  "b": {"childPolicy": [{"round_robin": {}}]}}}}
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -238,11 +238,17 @@ impl ClusterManager {
             self.children.aggregate(),
             Arc::new(RoutingPicker {
                 routes: self.routes.clone(),
-                children: self
-                    .children
-                    .children
+                targets: self
+                    .routes
                     .iter()
-                    .map(|(name, c)| (name.clone(), c.picker.clone()))
+                    .map(|rule| {
+                        rule.clusters
+                            .iter()
+                            .map(|(name, _)| {
+                                self.children.children.get(name).map(|c| c.picker.clone())
+                            })
+                            .collect()
+                    })
                     .collect(),
                 random: self.random.clone(),
             }),
@@ -299,33 +305,37 @@ impl Policy for ClusterManager {
 /// Routes each call to its cluster's child picker.
 struct RoutingPicker {
     routes: Arc<[RouteRule]>,
-    children: HashMap<String, Arc<dyn Picker>>,
+    /// Per route, per cluster entry: that cluster's child picker (`None`:
+    /// no such child), looked up once here instead of per call.
+    targets: Vec<Vec<Option<Arc<dyn Picker>>>>,
     random: RandomIndex,
 }
 
 impl Picker for RoutingPicker {
     fn pick(&self, call: &PickInfo<'_>) -> Pick {
         let draw = (self.random)(1_000_000) as u32;
-        let Some(rule) = self
+        let Some(index) = self
             .routes
             .iter()
-            .find(|r| r.route.matches(call.path, call.headers, draw))
+            .position(|r| r.route.matches(call.path, call.headers, draw))
         else {
             return Pick::Unavailable("no matching route".into());
         };
+        let rule = &self.routes[index];
         if rule.total == 0 {
             return Pick::Unavailable(rule.fail.clone());
         }
         let point = (self.random)(rule.total as usize) as u64;
-        let cluster = rule
+        let entry = rule
             .clusters
             .iter()
-            .find(|(_, upto)| point < *upto)
-            .map(|(name, _)| name)
+            .position(|(_, upto)| point < *upto)
             .expect("point below the total");
-        match self.children.get(cluster) {
+        match &self.targets[index][entry] {
             Some(child) => child.pick(call),
-            None => Pick::Unavailable(format!("cluster {cluster} is not available").into()),
+            None => Pick::Unavailable(
+                format!("cluster {} is not available", rule.clusters[entry].0).into(),
+            ),
         }
     }
 }
