@@ -42,6 +42,7 @@ fn serve_options() -> ServeOptions {
             },
             ..ProbeOptions::default()
         },
+        ..ServeOptions::default()
     }
 }
 

@@ -36,6 +36,53 @@ pub struct BackendView {
     pub weight: u32,
     /// The load it reports, in `[0, 1]` (0 = idle).
     pub load: f64,
+    /// Where it runs (xDS localities and priorities; grpclb ignores it).
+    pub placement: Placement,
+}
+
+/// Where a backend runs, from its endpoint metadata `region`, `zone` and
+/// `priority`: xDS clients get one locality per region and zone, and fail
+/// over from priority 0 to 1 and on. Static and DNS sources give every
+/// backend the default (no region, no zone, priority 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Placement {
+    /// Its region (at most [`MAX_PLACEMENT_BYTES`]).
+    pub region: String,
+    /// Its zone (at most [`MAX_PLACEMENT_BYTES`]).
+    pub zone: String,
+    /// Its priority: 0 is used first (at most [`MAX_PRIORITY`]).
+    pub priority: u32,
+}
+
+/// The longest region or zone kept from metadata (longer ones are ignored).
+pub const MAX_PLACEMENT_BYTES: usize = 128;
+
+/// The highest priority kept from metadata (higher ones become this).
+pub const MAX_PRIORITY: u32 = 15;
+
+/// A backend as its source announces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announced {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its weight (capacity), 1 to 100.
+    pub weight: u32,
+    /// The load it reports, in `[0, 1]`.
+    pub load: f64,
+    /// Where it runs.
+    pub placement: Placement,
+}
+
+impl Announced {
+    /// A backend with weight 1, no load and the default placement.
+    pub fn plain(addr: SocketAddr) -> Announced {
+        Announced {
+            addr,
+            weight: 1,
+            load: 0.0,
+            placement: Placement::default(),
+        }
+    }
 }
 
 /// A backend's entries in a `weighted` list: its capacity scaled by what
@@ -85,13 +132,20 @@ pub fn overload_drop_fraction(
 
 /// A stable load-balance token for `addr` in `service` (16 hex digits).
 pub fn token(service: &str, addr: SocketAddr) -> String {
-    // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
+    let hash = stable_hash(service.bytes().chain([0]).chain(addr.to_string().bytes()));
+    format!("{hash:016x}")
+}
+
+/// FNV-1a of `bytes`: the same in every process and version (unlike
+/// `DefaultHasher`), so replicas of the balancer derive the same tokens and
+/// xDS versions from the same content.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in service.bytes().chain([0]).chain(addr.to_string().bytes()) {
+    for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{hash:016x}")
+    hash
 }
 
 fn server(service: &str, addr: SocketAddr) -> Server {
@@ -121,7 +175,7 @@ pub fn assign(
     usable.sort_by_key(|b| b.addr);
     let mut list: Vec<Server> = Vec::new();
     match policy {
-        ListPolicy::RoundRobin | ListPolicy::Subset => {
+        ListPolicy::RoundRobin | ListPolicy::Subset | ListPolicy::RingHash => {
             list.extend(usable.iter().map(|b| server(service, b.addr)))
         }
         ListPolicy::Weighted => {
@@ -227,6 +281,7 @@ mod tests {
             draining,
             weight,
             load: 0.0,
+            placement: Placement::default(),
         }
     }
 
@@ -263,6 +318,7 @@ mod tests {
             draining: false,
             weight: 1,
             load: 0.0,
+            placement: Placement::default(),
         };
         let list = assign("s", &[v6], ListPolicy::RoundRobin, 0.0);
         assert_eq!(list[0].ip_address.len(), 16);

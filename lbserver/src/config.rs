@@ -20,9 +20,11 @@
 //! [[service]]
 //! name = "movies"                     # matched with or without ":port"
 //! source = "127.0.0.1:50061,127.0.0.1:50062"   # or "dns:///…", "etcd:///…"
-//! policy = "round_robin"              # or "weighted", or "subset" (see `assign`)
+//! policy = "round_robin"              # or "weighted", "subset", "ring_hash" (see `assign`, `xds`)
 //! capacity_per_weight = 100.0          # "weighted": calls/s per weight unit; excess reported load → drops
 //! subset_size = 10                    # backends per client with "subset"
+//! hash_header = "x-user"              # with policy = "ring_hash" (xDS clients): the header each call hashes
+//! xds_rds = false                     # xDS clients: routes by RDS instead of inline in the listener
 //! drop_fraction = 0.0                 # share of picks clients drop (overload shedding)
 //! health_service = "movies.v1.MoviesService"  # grpc.health.v1 name; "" = whole server; omit = no probe
 //! client_stats_interval = "10s"
@@ -80,7 +82,12 @@ pub enum ListPolicy {
     Weighted,
     /// Each client gets its own `subset_size` backends (deterministic
     /// subsetting), so connection counts stay bounded as fleets grow.
+    /// (xDS clients get every backend: xDS has no subsetting.)
     Subset,
+    /// Consistent hashing on the request header `hash_header`: xDS clients
+    /// get a RING_HASH cluster, so each header value sticks to one backend.
+    /// (grpclb clients get the round-robin list: grpclb cannot hash.)
+    RingHash,
 }
 
 /// One balanced service.
@@ -94,6 +101,10 @@ pub struct ServiceConfig {
     pub policy: ListPolicy,
     /// Backends per client with [`ListPolicy::Subset`].
     pub subset_size: usize,
+    /// The request header [`ListPolicy::RingHash`] hashes (lower case).
+    pub hash_header: Option<String>,
+    /// xDS clients get the routes by RDS instead of inline in the listener.
+    pub xds_rds: bool,
     /// The fraction of list entries that are drops, in `[0, 1)`.
     pub drop_fraction: f64,
     /// With [`ListPolicy::Weighted`]: calls/s one unit of weight can take.
@@ -130,6 +141,8 @@ impl ServiceConfig {
             source: source.into(),
             policy: ListPolicy::RoundRobin,
             subset_size: 10,
+            hash_header: None,
+            xds_rds: false,
             drop_fraction: 0.0,
             capacity_per_weight: None,
             health_service: Some(String::new()),
@@ -269,6 +282,8 @@ struct RawService {
     source: Field,
     policy: Field,
     subset_size: Field,
+    hash_header: Field,
+    xds_rds: Field,
     drop_fraction: Field,
     capacity_per_weight: Field,
     health_service: Field,
@@ -560,17 +575,55 @@ fn parse_service(
             "round_robin" => ListPolicy::RoundRobin,
             "weighted" => ListPolicy::Weighted,
             "subset" => ListPolicy::Subset,
+            "ring_hash" => ListPolicy::RingHash,
             other => {
                 return Err(doc.at(
                     v,
                     &field("policy"),
                     format!(
-                        "{} is not \"round_robin\", \"weighted\" or \"subset\"",
+                        "{} is not \"round_robin\", \"weighted\", \"subset\" or \"ring_hash\"",
                         quote(other)
                     ),
                 ));
             }
         };
+    }
+    match &s.hash_header {
+        Some(v) => {
+            let header = doc.string(v, &field("hash_header"))?;
+            let valid = !header.is_empty()
+                && header.len() < MAX_NAME_BYTES
+                && !header.starts_with(':')
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !valid {
+                return Err(doc.at(
+                    v,
+                    &field("hash_header"),
+                    format!("{} is not a lower-case HTTP header name", quote(header)),
+                ));
+            }
+            if service.policy != ListPolicy::RingHash {
+                return Err(doc.at(
+                    v,
+                    &field("hash_header"),
+                    "only applies with policy = \"ring_hash\"".into(),
+                ));
+            }
+            service.hash_header = Some(header.to_owned());
+        }
+        None if service.policy == ListPolicy::RingHash => {
+            return Err(doc.error(
+                Some(table),
+                &field("hash_header"),
+                "policy = \"ring_hash\" needs the request header to hash".into(),
+            ));
+        }
+        None => {}
+    }
+    if let Some(v) = &s.xds_rds {
+        service.xds_rds = doc.bool(v, &field("xds_rds"))?;
     }
     if let Some(v) = &s.subset_size {
         service.subset_size = doc.integer(v, &field("subset_size"), 1..=100_000)? as usize;

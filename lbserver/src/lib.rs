@@ -30,3 +30,4 @@ pub mod rates;
 pub mod registry;
 pub mod server;
 pub mod source;
+pub mod xds;

@@ -17,9 +17,12 @@ use waypost_proto::grpc::lb::v1::{
     ClientStats, LoadBalanceResponse, ServerList, load_balance_response::LoadBalanceResponseType,
 };
 
-use crate::assign::{BackendView, DROP_TOKEN, assign, token};
+use crate::assign::{Announced, BackendView, DROP_TOKEN, Placement, assign, token};
 use crate::config::{ListPolicy, ServiceConfig, strip_port};
 use crate::rates::ClientRates;
+use crate::xds::clients::XdsClients;
+use crate::xds::encode::EncodedResource;
+use crate::xds::{ResourceType, ServiceResources, resources};
 
 /// One published list.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +50,7 @@ struct Backend {
     healthy: bool,
     weight: u32,
     load: f64,
+    placement: Placement,
     _probe: Option<Probe>,
 }
 
@@ -91,6 +95,10 @@ pub struct Service {
     /// Set while a debounce task coalesces changes (see [`Service::debounce`]).
     debouncing: std::sync::atomic::AtomicBool,
     pending: tokio::sync::Notify,
+    /// Its xDS resources, republished with the list.
+    xds: watch::Sender<Arc<ServiceResources>>,
+    /// The backends the last published assignment listed as HEALTHY.
+    xds_listed: Mutex<BTreeSet<SocketAddr>>,
 }
 
 impl Service {
@@ -100,7 +108,31 @@ impl Service {
             backends: 0,
             version: 0,
         });
+        let resources = ServiceResources {
+            listener: EncodedResource::new(
+                ResourceType::Listener,
+                &config.name,
+                &resources::listener(&config),
+            ),
+            route: EncodedResource::new(
+                ResourceType::Route,
+                &config.name,
+                &resources::route_configuration(&config),
+            ),
+            cluster: EncodedResource::new(
+                ResourceType::Cluster,
+                &config.name,
+                &resources::cluster(&config),
+            ),
+            endpoints: EncodedResource::new(
+                ResourceType::Endpoints,
+                &config.name,
+                &resources::assignment(&config, &[], 0.0, &BTreeSet::new()).resource,
+            ),
+        };
         let service = Service {
+            xds: watch::Sender::new(Arc::new(resources)),
+            xds_listed: Mutex::default(),
             rates: Mutex::new(ClientRates::new(config.client_stats_interval)),
             tokens: Mutex::new(Arc::new(HashSet::from([DROP_TOKEN.to_owned()]))),
             config,
@@ -128,22 +160,39 @@ impl Service {
         self.list.borrow().clone()
     }
 
+    /// Watches the xDS resources.
+    pub fn subscribe_xds(&self) -> watch::Receiver<Arc<ServiceResources>> {
+        self.xds.subscribe()
+    }
+
+    /// The xDS resources in force.
+    pub fn xds(&self) -> Arc<ServiceResources> {
+        self.xds.borrow().clone()
+    }
+
     /// Replaces the backend set; `probe` starts a health probe for a new
     /// backend (it reports through [`Service::set_health`]).
     pub(crate) fn set_backends(
         self: &Arc<Self>,
-        wanted: Vec<(SocketAddr, u32, f64)>,
+        wanted: Vec<Announced>,
         probe: &dyn Fn(Arc<Service>, SocketAddr) -> Option<JoinHandle<()>>,
     ) {
         {
             let mut backends = self.backends.lock();
-            let wanted_addrs: HashSet<SocketAddr> = wanted.iter().map(|(a, _, _)| *a).collect();
+            let wanted_addrs: HashSet<SocketAddr> = wanted.iter().map(|a| a.addr).collect();
             backends.retain(|addr, _| wanted_addrs.contains(addr));
-            for (addr, weight, load) in wanted {
+            for Announced {
+                addr,
+                weight,
+                load,
+                placement,
+            } in wanted
+            {
                 match backends.get_mut(&addr) {
                     Some(existing) => {
                         existing.weight = weight;
                         existing.load = load;
+                        existing.placement = placement;
                     }
                     None => {
                         let task = probe(self.clone(), addr);
@@ -154,6 +203,7 @@ impl Service {
                                 healthy,
                                 weight,
                                 load,
+                                placement,
                                 _probe: task.map(Probe),
                             },
                         );
@@ -213,6 +263,7 @@ impl Service {
                 draining: drained.contains(addr),
                 weight: b.weight,
                 load: b.load,
+                placement: b.placement.clone(),
             })
             .collect()
     }
@@ -343,6 +394,7 @@ impl Service {
         } else {
             self.drop_fraction_of(&views)
         };
+        self.republish_xds(&views);
         let servers = assign(&self.config.name, &views, self.config.policy, drop_fraction);
         let backends = servers.iter().filter(|s| !s.drop).count();
         let response = if backends == 0 && self.config.fallback {
@@ -365,6 +417,36 @@ impl Service {
             });
             true
         });
+    }
+
+    /// Recomputes the xDS assignment and publishes it if it changed. A
+    /// backend shown DRAINING is left out by the next one, due one
+    /// debounce window later.
+    fn republish_xds(&self, views: &[BackendView]) {
+        // xDS has no subsetting: a subset service's xDS clients get every
+        // backend, and the drops.
+        let drop_fraction = self.drop_fraction_of(views);
+        let mut listed = self.xds_listed.lock();
+        let assignment = resources::assignment(&self.config, views, drop_fraction, &listed);
+        let endpoints = EncodedResource::new(
+            ResourceType::Endpoints,
+            &self.config.name,
+            &assignment.resource,
+        );
+        *listed = assignment.listed;
+        drop(listed);
+        self.xds.send_if_modified(|current| {
+            if current.endpoints == endpoints {
+                return false;
+            }
+            let mut next = ServiceResources::clone(current);
+            next.endpoints = endpoints;
+            *current = Arc::new(next);
+            true
+        });
+        if assignment.shows_draining && self.debouncing.load(Ordering::SeqCst) {
+            self.pending.notify_one();
+        }
     }
 
     /// Whether `token` is one this service hands out (so per-token counts
@@ -396,6 +478,8 @@ pub struct Registry {
     services: Arc<Vec<Arc<Service>>>,
     /// Index into `services` by name.
     by_name: Arc<HashMap<String, usize>>,
+    /// The xDS clients connected.
+    xds_clients: Arc<XdsClients>,
 }
 
 impl Registry {
@@ -414,6 +498,7 @@ impl Registry {
         Registry {
             services: Arc::new(services),
             by_name: Arc::new(by_name),
+            xds_clients: Arc::default(),
         }
     }
 
@@ -421,6 +506,16 @@ impl Registry {
     pub fn find(&self, name: &str) -> Option<Arc<Service>> {
         let by_name = |wanted: &str| self.by_name.get(wanted).map(|i| self.services[*i].clone());
         by_name(name).or_else(|| by_name(strip_port(name)?))
+    }
+
+    /// The service named exactly `name` (xDS resource names).
+    pub fn find_exact(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name).map(|i| &self.services[*i])
+    }
+
+    /// The xDS clients connected.
+    pub fn xds_clients(&self) -> &Arc<XdsClients> {
+        &self.xds_clients
     }
 
     /// Every service.
@@ -453,7 +548,10 @@ mod tests {
         let registry = Registry::new(&config.services);
         let service = registry.find("s").unwrap();
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        service.set_backends((1..=3).map(|p| (addr(p), 1, 0.0)).collect(), &|_, _| None);
+        service.set_backends(
+            (1..=3).map(|p| Announced::plain(addr(p))).collect(),
+            &|_, _| None,
+        );
         let window = Duration::from_millis(50);
         let task = tokio::spawn(service.clone().debounce(window));
         while !service.debouncing.load(std::sync::atomic::Ordering::SeqCst) {

@@ -1,5 +1,6 @@
-//! Running the balancer: binds the BalanceLoad and admin listeners, follows
-//! every service's source, and shuts down gracefully.
+//! Running the balancer: binds the balancer port (grpclb's BalanceLoad and
+//! xDS's ADS, one tonic router) and the admin listener, follows every
+//! service's source, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::config::{Config, quote};
 use crate::listener::incoming;
 use crate::probe::ProbeOptions;
 use crate::registry::Registry;
+use crate::xds::service::{AdsOptions, AdsService};
 
 /// The largest request message a client may send (ClientStats are small).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -31,6 +33,8 @@ pub struct ServeOptions {
     pub balance: BalanceOptions,
     /// Health probing.
     pub probe: ProbeOptions,
+    /// ADS (xDS) behaviour.
+    pub ads: AdsOptions,
 }
 
 /// Why the balancer could not start.
@@ -258,6 +262,7 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
 
     let (balancer, stop_streams) = Balancer::new(registry.clone(), options.balance);
     let service = LoadBalancerServer::new(balancer).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let ads = AdsService::new(registry.clone(), options.ads, stop_streams.subscribe());
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let connections = ReceiverStream::new(incoming(listener, config.limits, balance_tls))
         .map(Ok::<_, std::io::Error>);
@@ -266,6 +271,7 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
+            .add_service(ads)
             .serve_with_incoming_shutdown(connections, async {
                 let _ = shutdown_rx.await;
             })

@@ -2,7 +2,8 @@
 //! waypost resolver target (`dns:///…`, `etcd:///…`, …), followed as it
 //! changes. Endpoint metadata `{"weight": N}` sets a backend's weight
 //! (capacity) and `{"load": X}` (0 to 1) the load it reports; backends
-//! refresh the latter by updating their registration.
+//! refresh the latter by updating their registration. `region`, `zone`
+//! (strings) and `priority` (0 first) place it for xDS clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use waypost_resolver::{Address, Resolution, ResolveError, ResolverRegistry, ResolverState};
 
+use crate::assign::{Announced, MAX_PLACEMENT_BYTES, MAX_PRIORITY, Placement};
 use crate::probe::ProbeOptions;
 use crate::registry::Service;
 
@@ -18,7 +20,7 @@ pub fn static_list(source: &str) -> Option<Vec<SocketAddr>> {
     source.split(',').map(|s| s.trim().parse().ok()).collect()
 }
 
-fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32, f64)> {
+fn backends(state: &ResolverState) -> Vec<Announced> {
     let mut out = Vec::new();
     for endpoint in &state.endpoints {
         let metadata = endpoint.metadata.as_ref();
@@ -33,9 +35,31 @@ fn backends(state: &ResolverState) -> Vec<(SocketAddr, u32, f64)> {
             .filter(|l| l.is_finite())
             .map(|l| l.clamp(0.0, 1.0))
             .unwrap_or(0.0);
+        let text = |key: &str| {
+            metadata
+                .and_then(|m| m.get(key))
+                .and_then(|v| v.as_str())
+                .filter(|v| v.len() <= MAX_PLACEMENT_BYTES)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let placement = Placement {
+            region: text("region"),
+            zone: text("zone"),
+            priority: metadata
+                .and_then(|m| m.get("priority"))
+                .and_then(|p| p.as_u64())
+                .map(|p| p.min(u64::from(MAX_PRIORITY)) as u32)
+                .unwrap_or(0),
+        };
         for address in &endpoint.addresses {
             match address {
-                Address::Tcp(addr) => out.push((*addr, weight, load)),
+                Address::Tcp(addr) => out.push(Announced {
+                    addr: *addr,
+                    weight,
+                    load,
+                    placement: placement.clone(),
+                }),
                 other => tracing::warn!(%other, "grpclb lists need IP addresses; skipping"),
             }
         }
@@ -69,7 +93,7 @@ pub fn follow(service: Arc<Service>, source: Source, probe: ProbeOptions) -> Joi
     };
     let mut resolution = match source {
         Source::Static(list) => {
-            service.set_backends(list.into_iter().map(|a| (a, 1, 0.0)).collect(), &probe_fn);
+            service.set_backends(list.into_iter().map(Announced::plain).collect(), &probe_fn);
             // Nothing to follow; keep a task so every service has one.
             return tokio::spawn(std::future::pending());
         }

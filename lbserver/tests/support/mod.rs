@@ -39,6 +39,7 @@ pub fn options() -> ServeOptions {
             },
             ..ProbeOptions::default()
         },
+        ..ServeOptions::default()
     }
 }
 

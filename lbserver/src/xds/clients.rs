@@ -1,0 +1,139 @@
+//! Who is connected over ADS and how it is going: each stream's node id,
+//! the services it subscribed to, the version of each type it last ACKed
+//! and its last NACK (the data gRPC's CSDS reports from the client side),
+//! and per-type counters for `/metrics`. A record lives as long as its
+//! stream ([`ClientGuard`]).
+//!
+//! ```
+//! use waypost_lbserver::xds::clients::XdsClients;
+//!
+//! let clients = XdsClients::default();
+//! let guard = clients.open();
+//! guard.update(|record| record.node_id = "orders-7".into());
+//! assert_eq!(clients.snapshot()[0].node_id, "orders-7");
+//! drop(guard);
+//! assert!(clients.snapshot().is_empty());
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::ResourceType;
+use super::stream::Nack;
+
+/// One connected client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// Its node id (empty if it sent none).
+    pub node_id: String,
+    /// Its `user_agent_name`.
+    pub user_agent: String,
+    /// Services it subscribed to (any type), at most
+    /// [`MAX_SERVICES_PER_RECORD`].
+    pub services: BTreeSet<String>,
+    /// The version of each type it last ACKed.
+    pub acked: BTreeMap<ResourceType, String>,
+    /// Its last NACK, and of which type.
+    pub last_nack: Option<(ResourceType, Nack)>,
+}
+
+/// How many service names a record keeps.
+pub const MAX_SERVICES_PER_RECORD: usize = 64;
+
+/// Per-type counters.
+#[derive(Debug, Default)]
+pub struct TypeCounters {
+    /// Responses sent.
+    pub responses: AtomicU64,
+    /// ACKs received.
+    pub acks: AtomicU64,
+    /// NACKs received.
+    pub nacks: AtomicU64,
+}
+
+/// Every ADS stream open now, and counters since start.
+#[derive(Debug, Default)]
+pub struct XdsClients {
+    next_id: AtomicU64,
+    open: Mutex<BTreeMap<u64, ClientRecord>>,
+    counters: [TypeCounters; 4],
+    /// Streams closed for a protocol error.
+    pub rejected: AtomicU64,
+}
+
+impl XdsClients {
+    /// Records a new stream; its record goes when the guard drops.
+    pub fn open(self: &Arc<Self>) -> ClientGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().insert(id, ClientRecord::default());
+        ClientGuard {
+            clients: self.clone(),
+            id,
+        }
+    }
+
+    /// Every open stream's record (in the order they opened).
+    pub fn snapshot(&self) -> Vec<ClientRecord> {
+        self.open.lock().values().cloned().collect()
+    }
+
+    /// The records of streams subscribed to `service`, at most `limit`, and
+    /// how many there are in all.
+    pub fn of_service(&self, service: &str, limit: usize) -> (Vec<ClientRecord>, usize) {
+        let open = self.open.lock();
+        let mut total = 0;
+        let mut records = Vec::new();
+        for record in open.values().filter(|r| r.services.contains(service)) {
+            total += 1;
+            if records.len() < limit {
+                records.push(record.clone());
+            }
+        }
+        (records, total)
+    }
+
+    /// Open streams.
+    pub fn streams(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    /// The counters of `ty`.
+    pub fn counters(&self, ty: ResourceType) -> &TypeCounters {
+        &self.counters[ty.index()]
+    }
+}
+
+/// Keeps a stream's record; removes it when dropped.
+#[derive(Debug)]
+pub struct ClientGuard {
+    clients: Arc<XdsClients>,
+    id: u64,
+}
+
+impl ClientGuard {
+    /// Changes the record.
+    pub fn update(&self, change: impl FnOnce(&mut ClientRecord)) {
+        if let Some(record) = self.clients.open.lock().get_mut(&self.id) {
+            change(record);
+        }
+    }
+
+    /// The counters of `ty`.
+    pub fn counters(&self, ty: ResourceType) -> &TypeCounters {
+        self.clients.counters(ty)
+    }
+
+    /// The registry of clients.
+    pub fn clients(&self) -> &XdsClients {
+        &self.clients
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.clients.open.lock().remove(&self.id);
+    }
+}

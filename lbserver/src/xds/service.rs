@@ -1,0 +1,384 @@
+//! The ADS service:
+//! `envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`
+//! over a [`Registry`], added to the same tonic router as BalanceLoad.
+//!
+//! Each stream is a [`Stream`] polled by its HTTP/2 stream's own task, like
+//! BalanceLoad's: it reads the client's requests into an [`AdsStream`],
+//! watches the services the client subscribed to, and yields the responses
+//! that are due — pre-encoded pieces ([`Outgoing`]) written out as they
+//! are. A stream ends with INVALID_ARGUMENT for a request it cannot accept
+//! (no type URL, an unknown type, a name too long), RESOURCE_EXHAUSTED for
+//! too many names or a request over [`MAX_REQUEST_BYTES`],
+//! DEADLINE_EXCEEDED when no request comes within
+//! [`AdsOptions::first_request_timeout`], and UNAVAILABLE when the server
+//! shuts down.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamMap};
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
+
+use super::clients::{ClientGuard, MAX_SERVICES_PER_RECORD};
+use super::encode::{EncodedResource, Outgoing};
+use super::stream::{AdsStream, ProtocolError, Received, StreamLimits, Subscription};
+use super::{ResourceType, ServiceResources};
+use crate::registry::Registry;
+
+/// The largest request a client may send (a subscription to
+/// [`StreamLimits::max_names`] names of the longest length fits).
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+
+/// The method's path.
+pub const PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// Requests handled in one poll before the stream lets others run.
+const REQUESTS_PER_POLL: usize = 64;
+
+/// ADS behaviour.
+#[derive(Debug, Clone)]
+pub struct AdsOptions {
+    /// How long a new stream may take to send its first request.
+    pub first_request_timeout: Duration,
+    /// What one stream may subscribe to.
+    pub limits: StreamLimits,
+}
+
+impl Default for AdsOptions {
+    fn default() -> Self {
+        AdsOptions {
+            first_request_timeout: Duration::from_secs(10),
+            limits: StreamLimits::default(),
+        }
+    }
+}
+
+/// The ADS service over a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    registry: Registry,
+    options: AdsOptions,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AdsService {
+    /// A service answering from `registry`; its streams end with
+    /// UNAVAILABLE once `stopping` turns true.
+    pub fn new(
+        registry: Registry,
+        options: AdsOptions,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> AdsService {
+        AdsService {
+            registry,
+            options,
+            stopping,
+        }
+    }
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send + 'static>>;
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != PATH {
+            let status = Status::unimplemented(format!(
+                "{} is not a method of the ADS service",
+                request.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let method = Method(self.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<Outgoing, DiscoveryRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), Some(usize::MAX));
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+struct Method(AdsService);
+
+impl tonic::server::StreamingService<DiscoveryRequest> for Method {
+    type Response = Outgoing;
+    type ResponseStream = AdsResponses;
+    type Future = std::future::Ready<Result<tonic::Response<AdsResponses>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let service = &self.0;
+        std::future::ready(Ok(tonic::Response::new(AdsResponses::new(
+            service.registry.clone(),
+            &service.options,
+            request.into_inner(),
+            service.stopping.clone(),
+        ))))
+    }
+}
+
+/// One ADS stream: reads requests, watches subscribed services, yields
+/// what is due. No task of its own.
+pub struct AdsResponses {
+    registry: Registry,
+    state: AdsStream,
+    record: ClientGuard,
+    inbound: Streaming<DiscoveryRequest>,
+    stopping: WatchStream<bool>,
+    first_request: Option<Pin<Box<tokio::time::Sleep>>>,
+    first_request_timeout: Duration,
+    watches: StreamMap<String, WatchStream<Arc<ServiceResources>>>,
+    queue: VecDeque<Outgoing>,
+    ended: bool,
+}
+
+impl AdsResponses {
+    fn new(
+        registry: Registry,
+        options: &AdsOptions,
+        inbound: Streaming<DiscoveryRequest>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> AdsResponses {
+        let record = registry.xds_clients().open();
+        AdsResponses {
+            state: AdsStream::new(options.limits),
+            record,
+            registry,
+            inbound,
+            stopping: WatchStream::new(stopping),
+            first_request: Some(Box::pin(tokio::time::sleep(options.first_request_timeout))),
+            first_request_timeout: options.first_request_timeout,
+            watches: StreamMap::new(),
+            queue: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, last: Option<Status>) -> Poll<Option<Result<Outgoing, Status>>> {
+        self.ended = true;
+        if last
+            .as_ref()
+            .is_some_and(|s| s.code() != tonic::Code::Unavailable)
+        {
+            self.record
+                .clients()
+                .rejected
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Poll::Ready(last.map(Err))
+    }
+
+    /// Takes in one request; `Err` ends the stream.
+    fn on_request(&mut self, request: &DiscoveryRequest) -> Result<(), Status> {
+        self.first_request = None;
+        let (ty, received) = self
+            .state
+            .on_request(request)
+            .map_err(|error| match error {
+                ProtocolError::TooManyNames(..) => Status::resource_exhausted(error.to_string()),
+                _ => Status::invalid_argument(error.to_string()),
+            })?;
+        let counters = self.record.counters(ty);
+        match &received {
+            Received::Ack(_) => {
+                counters.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Received::Nack(nack) => {
+                counters.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    node = self.state.node_id().unwrap_or(""),
+                    r#type = ty.short(),
+                    kept_version = %nack.version,
+                    error = %nack.message,
+                    "an xDS client rejected (NACKed) a response"
+                );
+            }
+            Received::Subscription | Received::Stale => {}
+        }
+        let services = self.subscribed_services();
+        let state = &self.state;
+        self.record.update(|record| {
+            if record.node_id.is_empty() {
+                record.node_id = state.node_id().unwrap_or_default().to_owned();
+                record.user_agent = state.user_agent().unwrap_or_default().to_owned();
+            }
+            record.services = services
+                .iter()
+                .take(MAX_SERVICES_PER_RECORD)
+                .cloned()
+                .collect();
+            match received {
+                Received::Ack(version) => {
+                    record.acked.insert(ty, version);
+                }
+                Received::Nack(nack) => record.last_nack = Some((ty, nack)),
+                Received::Subscription | Received::Stale => {}
+            }
+        });
+        // Watch exactly the services subscribed to.
+        let gone: Vec<String> = self
+            .watches
+            .keys()
+            .filter(|name| !services.contains(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.watches.remove(&name);
+        }
+        for name in services {
+            if !self.watches.contains_key(&name)
+                && let Some(service) = self.registry.find_exact(&name)
+            {
+                let watch = WatchStream::new(service.subscribe_xds());
+                self.watches.insert(name, watch);
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured services any type's subscription names.
+    fn subscribed_services(&self) -> BTreeSet<String> {
+        let mut services = BTreeSet::new();
+        for ty in ResourceType::ALL {
+            match self.state.subscription(ty) {
+                None => {}
+                Some(Subscription::Wildcard) => services.extend(
+                    self.registry
+                        .services()
+                        .iter()
+                        .map(|s| s.config.name.clone()),
+                ),
+                Some(Subscription::Names(names)) => services.extend(
+                    names
+                        .iter()
+                        .filter(|n| self.registry.find_exact(n).is_some())
+                        .cloned(),
+                ),
+            }
+        }
+        services
+    }
+
+    /// Queues what is due of every type.
+    fn refresh(&mut self) {
+        for ty in ResourceType::ALL {
+            let found: Vec<Arc<ServiceResources>> = match self.state.subscription(ty) {
+                None => continue,
+                Some(Subscription::Wildcard) => {
+                    let mut all: Vec<_> = self.registry.services().iter().collect();
+                    all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+                    all.iter().map(|s| s.xds()).collect()
+                }
+                Some(Subscription::Names(names)) => names
+                    .iter()
+                    .filter_map(|n| self.registry.find_exact(n))
+                    .map(|s| s.xds())
+                    .collect(),
+            };
+            let current: Vec<&EncodedResource> = found.iter().map(|r| r.get(ty)).collect();
+            if let Some(response) = self.state.next_response(ty, &current) {
+                self.record
+                    .counters(ty)
+                    .responses
+                    .fetch_add(1, Ordering::Relaxed);
+                self.queue.push_back(response);
+            }
+        }
+    }
+}
+
+impl Stream for AdsResponses {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        while let Poll::Ready(next) = Pin::new(&mut this.stopping).poll_next(cx) {
+            match next {
+                Some(false) => {}
+                Some(true) => {
+                    return this.end(Some(Status::unavailable("the balancer is shutting down")));
+                }
+                None => return this.end(None),
+            }
+        }
+        if let Some(timer) = &mut this.first_request
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return this.end(Some(Status::deadline_exceeded(format!(
+                "no ADS request within {:?}",
+                this.first_request_timeout
+            ))));
+        }
+        let mut dirty = false;
+        let mut handled = 0;
+        loop {
+            if handled == REQUESTS_PER_POLL {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match Pin::new(&mut this.inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(request))) => {
+                    handled += 1;
+                    if let Err(status) = this.on_request(&request) {
+                        return this.end(Some(status));
+                    }
+                    dirty = true;
+                }
+                Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
+                    return this.end(Some(Status::resource_exhausted(
+                        status.message().to_owned(),
+                    )));
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    // A request that is not a DiscoveryRequest.
+                    let garbage = status.code() == tonic::Code::Internal;
+                    return this.end(garbage.then(|| {
+                        Status::invalid_argument(format!(
+                            "unreadable request: {}",
+                            status.message()
+                        ))
+                    }));
+                }
+                Poll::Ready(None) => return this.end(None),
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(_)) = Pin::new(&mut this.watches).poll_next(cx) {
+            dirty = true;
+        }
+        if dirty {
+            this.refresh();
+        }
+        match this.queue.pop_front() {
+            Some(response) => Poll::Ready(Some(Ok(response))),
+            None => Poll::Pending,
+        }
+    }
+}
