@@ -33,6 +33,8 @@ use crate::assign::token;
 use crate::config::quote;
 use crate::listener::{Connection, ConnectionInfo};
 use crate::registry::Registry;
+use crate::xds::ResourceType;
+use crate::xds::clients::{ClientRecord, TypeCounters};
 
 /// Who may use the admin endpoint.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +142,26 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     response
 }
 
+/// How many xDS clients `/status` lists per service (it counts them all).
+pub const MAX_XDS_CLIENTS_SHOWN: usize = 100;
+
+/// One xDS client in `/status`: its node, the versions it ACKed per type
+/// and its last NACK.
+fn xds_client_json(record: &ClientRecord) -> serde_json::Value {
+    let acked: std::collections::BTreeMap<&str, &str> = record
+        .acked
+        .iter()
+        .map(|(t, v)| (t.short(), v.as_str()))
+        .collect();
+    let last_nack = record.last_nack.as_ref().map(|(t, nack)| {
+        json!({"type": t.short(), "kept_version": nack.version, "nonce": nack.nonce, "error": nack.message})
+    });
+    json!({
+        "node_id": record.node_id, "user_agent": record.user_agent,
+        "acked": acked, "last_nack": last_nack,
+    })
+}
+
 /// The `/status` document.
 pub fn status(registry: &Registry) -> serde_json::Value {
     let services: Vec<_> = registry
@@ -159,10 +181,17 @@ pub fn status(registry: &Registry) -> serde_json::Value {
                     })
                 })
                 .collect();
+            let (xds_clients, xds_total) = registry
+                .xds_clients()
+                .of_service(&s.config.name, MAX_XDS_CLIENTS_SHOWN);
+            let xds_clients: Vec<_> = xds_clients.iter().map(xds_client_json).collect();
             json!({
                 "name": s.config.name, "source": s.config.source, "backends": backends,
                 "listed": list.backends, "list_version": list.version,
                 "clients": s.streams.load(Ordering::Relaxed),
+                "xds_clients": xds_clients, "xds_clients_total": xds_total,
+                "xds_versions": ResourceType::ALL.map(|t| (t.short(), s.xds().get(t).version.clone()))
+                    .into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "observed_call_rate": s.observed_rate(), "drop_fraction": s.drop_fraction(),
             })
         })
@@ -253,6 +282,43 @@ pub fn metrics(registry: &Registry) -> String {
                 .collect::<Vec<_>>()
         })
         .collect();
+    let clients = registry.xds_clients();
+    family(
+        "waypost_lb_ads_streams",
+        "gauge",
+        "Open ADS (xDS) streams.",
+        vec![(String::new(), clients.streams() as u64)],
+    );
+    let per_type = |f: &dyn Fn(&TypeCounters) -> u64| -> Vec<(String, u64)> {
+        ResourceType::ALL
+            .iter()
+            .map(|t| (format!("type=\"{}\"", t.short()), f(clients.counters(*t))))
+            .collect()
+    };
+    family(
+        "waypost_lb_ads_responses_total",
+        "counter",
+        "ADS responses sent, by resource type.",
+        per_type(&|c| c.responses.load(Ordering::Relaxed)),
+    );
+    family(
+        "waypost_lb_ads_acks_total",
+        "counter",
+        "ADS responses clients ACKed, by resource type.",
+        per_type(&|c| c.acks.load(Ordering::Relaxed)),
+    );
+    family(
+        "waypost_lb_ads_nacks_total",
+        "counter",
+        "ADS responses clients rejected (NACKed), by resource type.",
+        per_type(&|c| c.nacks.load(Ordering::Relaxed)),
+    );
+    family(
+        "waypost_lb_ads_rejected_streams_total",
+        "counter",
+        "ADS streams closed for a protocol error.",
+        vec![(String::new(), clients.rejected.load(Ordering::Relaxed))],
+    );
     family(
         "waypost_lb_client_drops_total",
         "counter",
