@@ -16,6 +16,7 @@ use waypost_lbserver::balance::BalanceOptions;
 use waypost_lbserver::config::Config;
 use waypost_lbserver::probe::ProbeOptions;
 use waypost_lbserver::server::{Running, ServeOptions, start};
+use waypost_lbserver::xds::service::AdsOptions;
 use waypost_proto::grpc::lb::v1::load_balance_request::LoadBalanceRequestType;
 use waypost_proto::grpc::lb::v1::load_balance_response::LoadBalanceResponseType;
 use waypost_proto::grpc::lb::v1::load_balancer_client::LoadBalancerClient;
@@ -39,7 +40,10 @@ pub fn options() -> ServeOptions {
             },
             ..ProbeOptions::default()
         },
-        ..ServeOptions::default()
+        ads: AdsOptions {
+            first_request_timeout: Duration::from_millis(500),
+            ..AdsOptions::default()
+        },
     }
 }
 
