@@ -447,3 +447,46 @@ async fn two_replicas_on_one_etcd_serve_the_same_versions() {
     }
     assert_eq!(seen[0], seen[1]);
 }
+
+#[tokio::test]
+async fn waypost_status_lists_xds_clients_with_their_acked_versions() {
+    let (_server, mut out) = support::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--service",
+        "movies=127.0.0.1:9",
+    ]);
+    let started = support::next_json(&mut out).await;
+    let listen: std::net::SocketAddr = started["listening"].as_str().unwrap().parse().unwrap();
+    let admin = started["admin"].as_str().unwrap().to_owned();
+    let mut ads = Ads::open(listen, request(ResourceType::Cluster, &["movies"], "", "")).await;
+    let cluster = ads.next().await;
+    ads.ack(&cluster, &["movies"]).await;
+    // The ACK reaches the server's record before `status` reads it.
+    let version = &cluster.version_info[..8];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut status, mut table) = support::spawn(&["status", "--admin", &admin]);
+        let mut lines = Vec::new();
+        while let Some(line) = table.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(status.wait().await.unwrap().code(), Some(0));
+        let header = lines.iter().position(|l| l.contains("XDS NODE"));
+        if let Some(header) = header {
+            let row = &lines[header + 1];
+            if row.contains(version) {
+                assert!(
+                    row.starts_with("movies") && row.contains("test-node"),
+                    "{row}"
+                );
+                assert!(row.trim_end().ends_with('-'), "no NACK: {row}");
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:?}");
+    }
+}

@@ -251,7 +251,61 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
             );
         }
     }
+    xds_clients(&status, out);
     0
+}
+
+/// The xDS clients per service (when any is connected): node id, the
+/// version of each type it ACKed (first 8 digits), its last NACK.
+fn xds_clients(status: &serde_json::Value, out: &mut impl std::io::Write) {
+    let services = status["services"].as_array().cloned().unwrap_or_default();
+    let any = services
+        .iter()
+        .any(|s| s["xds_clients_total"].as_u64().unwrap_or(0) > 0);
+    if !any {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:<24} {:<8} {:<8} {:<8} {:<8} LAST NACK",
+        "SERVICE", "XDS NODE", "LDS", "RDS", "CDS", "EDS"
+    );
+    for service in &services {
+        let name = printable(service["name"].as_str().unwrap_or("?"));
+        for client in service["xds_clients"].as_array().into_iter().flatten() {
+            let acked = |ty: &str| {
+                let version = client["acked"][ty].as_str().unwrap_or("-");
+                printable(&version.chars().take(8).collect::<String>())
+            };
+            let nack = match client["last_nack"].as_object() {
+                Some(nack) => printable(&format!(
+                    "{}: {}",
+                    nack.get("type").and_then(|t| t.as_str()).unwrap_or("?"),
+                    nack.get("error").and_then(|t| t.as_str()).unwrap_or("?"),
+                )),
+                None => "-".into(),
+            };
+            let node = client["node_id"].as_str().unwrap_or("");
+            let _ = writeln!(
+                out,
+                "{name:<20} {:<24} {:<8} {:<8} {:<8} {:<8} {nack}",
+                printable(if node.is_empty() {
+                    "(no node id)"
+                } else {
+                    node
+                }),
+                acked("lds"),
+                acked("rds"),
+                acked("cds"),
+                acked("eds"),
+            );
+        }
+        let total = service["xds_clients_total"].as_u64().unwrap_or(0);
+        let shown = service["xds_clients"].as_array().map_or(0, Vec::len) as u64;
+        if total > shown {
+            let _ = writeln!(out, "{name:<20} … and {} more", total - shown);
+        }
+    }
 }
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`), so a service
