@@ -43,25 +43,25 @@ use crate::stats::{median, ms, percentile};
 pub(crate) struct LbArgs {
     /// Concurrent BalanceLoad streams.
     #[arg(long, default_value_t = 50_000)]
-    streams: usize,
+    pub(crate) streams: usize,
     /// Streams per HTTP/2 connection.
     #[arg(long, default_value_t = 1_000)]
-    per_connection: usize,
+    pub(crate) per_connection: usize,
     /// Backend changes to measure, one after another (the medians are
     /// reported).
     #[arg(long, default_value_t = 5)]
-    changes: usize,
+    pub(crate) changes: usize,
     /// Skip the plain tonic server.
     #[arg(long)]
-    no_tonic: bool,
+    pub(crate) no_tonic: bool,
 }
 
 /// User + system CPU seconds of a process, from its `stat` file.
-fn cpu_seconds(stat_path: &str) -> f64 {
+pub(crate) fn cpu_seconds(stat_path: &str) -> f64 {
     crate::stats::cpu_time(stat_path).as_secs_f64()
 }
 
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let mib = crate::stats::status_mib(&format!("/proc/{pid}/status"), "VmRSS:");
     (mib * 10.0).round() / 10.0
 }
@@ -76,11 +76,11 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 /// A BalanceLoad server in a child process, and how to change its list.
-struct ServerUnderTest {
-    name: &'static str,
+pub(crate) struct ServerUnderTest {
+    pub(crate) name: &'static str,
     child: tokio::process::Child,
-    pid: u32,
-    listen: String,
+    pub(crate) pid: u32,
+    pub(crate) listen: String,
     change: Change,
     /// Removed when the measurement ends.
     dir: Option<std::path::PathBuf>,
@@ -94,7 +94,12 @@ enum Change {
 }
 
 impl ServerUnderTest {
-    async fn waypost() -> Result<Self, Box<dyn std::error::Error>> {
+    pub(crate) async fn waypost() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::waypost_with("").await
+    }
+
+    /// `waypost serve` with `extra` lines in its one service's table.
+    pub(crate) async fn waypost_with(extra: &str) -> Result<Self, Box<dyn std::error::Error>> {
         let exe = std::env::current_exe()?;
         let waypost = exe.parent().ok_or("no exe dir")?.join("waypost");
         if !waypost.is_file() {
@@ -109,7 +114,9 @@ impl ServerUnderTest {
         let config = dir.join("lb.toml");
         std::fs::write(
             &config,
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9,127.0.0.1:10\"\n",
+            format!(
+                "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9,127.0.0.1:10\"\n{extra}\n"
+            ),
         )?;
         let mut child = tokio::process::Command::new(&waypost)
             .args(["serve", "--config"])
@@ -132,7 +139,7 @@ impl ServerUnderTest {
         })
     }
 
-    async fn tonic() -> Result<Self, Box<dyn std::error::Error>> {
+    pub(crate) async fn tonic() -> Result<Self, Box<dyn std::error::Error>> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("lbserver-tonic")
             .stdin(Stdio::piped())
@@ -151,7 +158,7 @@ impl ServerUnderTest {
     }
 
     /// Makes change number `n`: every stream gets a new list.
-    async fn change(&mut self, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    pub(crate) async fn change(&mut self, n: usize) -> Result<(), Box<dyn std::error::Error>> {
         match &mut self.change {
             Change::Admin(admin) => {
                 let undo = if n % 2 == 1 { "&undo=true" } else { "" };
@@ -193,7 +200,7 @@ fn listening(started: &serde_json::Value) -> Result<String, Box<dyn std::error::
 
 /// Opens the streams against `server`, reads its RSS and measures
 /// `args.changes` fan-outs; returns the summary JSON.
-async fn measure(
+pub(crate) async fn measure(
     mut server: ServerUnderTest,
     args: &LbArgs,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {

@@ -9,6 +9,7 @@
 //! cargo run --release -p waypost-bench -- dataconn
 //! cargo run --release -p waypost-bench -- skew
 //! cargo run --release -p waypost-bench -- xds
+//! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- xds-server
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- lbserver
 //! ```
 
@@ -19,6 +20,7 @@ mod rpc;
 mod skew;
 mod stats;
 mod xds;
+mod xds_server;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +53,8 @@ enum Command {
     LbserverTonic,
     /// An `xds:///` channel following EDS pushes, and its pick cost.
     Xds(xds::XdsArgs),
+    /// ADS streams one `waypost serve` holds, its RSS, and EDS fan-out time.
+    XdsServer(xds_server::XdsServerArgs),
     /// (internal) The backends `rpc` runs in a child process.
     #[command(hide = true)]
     RpcBackends(rpc::BackendArgs),
@@ -69,5 +73,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Dataconn(args) => dataconn::run(args).await,
         Command::DataconnChild(args) => dataconn::child(args).await,
         Command::Xds(args) => xds::run(args).await,
+        Command::XdsServer(args) => xds_server::run(args).await,
     }
 }

@@ -241,13 +241,13 @@ async fn c_core_and_waypost_balance_by_waypost_serve_and_follow_drains_and_healt
             ["c-core-1", "waypost-1"].contains(&record.node_id.as_str()),
             "{record:?}"
         );
-        assert!(record.services.contains("movies"));
+        assert!(record.subscribes("movies"));
         for ty in [
             ResourceType::Listener,
             ResourceType::Cluster,
             ResourceType::Endpoints,
         ] {
-            assert!(record.acked.contains_key(&ty), "{record:?} acked no {ty:?}");
+            assert!(record.acked(ty).is_some(), "{record:?} acked no {ty:?}");
         }
         assert_eq!(record.last_nack, None);
     }

@@ -35,6 +35,7 @@ use crate::listener::{Connection, ConnectionInfo};
 use crate::registry::Registry;
 use crate::xds::ResourceType;
 use crate::xds::clients::{ClientRecord, TypeCounters};
+use crate::xds::encode::version_text;
 
 /// Who may use the admin endpoint.
 #[derive(Debug, Clone, Default)]
@@ -148,12 +149,11 @@ pub const MAX_XDS_CLIENTS_SHOWN: usize = 100;
 /// One xDS client in `/status`: its node, the versions it ACKed per type
 /// and its last NACK.
 fn xds_client_json(record: &ClientRecord) -> serde_json::Value {
-    let acked: std::collections::BTreeMap<&str, &str> = record
-        .acked
+    let acked: std::collections::BTreeMap<&str, String> = ResourceType::ALL
         .iter()
-        .map(|(t, v)| (t.short(), v.as_str()))
+        .filter_map(|t| Some((t.short(), version_text(record.acked(*t)?))))
         .collect();
-    let last_nack = record.last_nack.as_ref().map(|(t, nack)| {
+    let last_nack = record.last_nack.as_deref().map(|(t, nack)| {
         json!({"type": t.short(), "kept_version": nack.version, "nonce": nack.nonce, "error": nack.message})
     });
     json!({
@@ -190,7 +190,7 @@ pub fn status(registry: &Registry) -> serde_json::Value {
                 "listed": list.backends, "list_version": list.version,
                 "clients": s.streams.load(Ordering::Relaxed),
                 "xds_clients": xds_clients, "xds_clients_total": xds_total,
-                "xds_versions": ResourceType::ALL.map(|t| (t.short(), s.xds().get(t).version.clone()))
+                "xds_versions": ResourceType::ALL.map(|t| (t.short(), s.xds().get(t).version.to_string()))
                     .into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "observed_call_rate": s.observed_rate(), "drop_fraction": s.drop_fraction(),
             })

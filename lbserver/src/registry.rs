@@ -513,6 +513,12 @@ impl Registry {
         self.by_name.get(name).map(|i| &self.services[*i])
     }
 
+    /// The position in [`Registry::services`] of the service named exactly
+    /// `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
     /// The xDS clients connected.
     pub fn xds_clients(&self) -> &Arc<XdsClients> {
         &self.xds_clients

@@ -317,7 +317,7 @@ async fn missing_and_unknown_type_urls_and_garbage_end_the_stream_with_invalid_a
         .streaming(
             tonic::Request::new(tokio_stream::iter([Garbage { version_info: 7 }])),
             path,
-            tonic_prost::ProstCodec::<Garbage, DiscoveryResponse>::default(),
+            waypost_proto::codec::SmallMessageCodec::<Garbage, DiscoveryResponse>::default(),
         )
         .await;
     let status = match result {

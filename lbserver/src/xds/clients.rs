@@ -15,13 +15,14 @@
 //! assert!(clients.snapshot().is_empty());
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use super::ResourceType;
+use super::encode::VersionInfo;
 use super::stream::Nack;
 
 /// One connected client.
@@ -31,13 +32,28 @@ pub struct ClientRecord {
     pub node_id: String,
     /// Its `user_agent_name`.
     pub user_agent: String,
-    /// Services it subscribed to (any type), at most
+    /// Services it subscribed to (any type), sorted, at most
     /// [`MAX_SERVICES_PER_RECORD`].
-    pub services: BTreeSet<String>,
-    /// The version of each type it last ACKed.
-    pub acked: BTreeMap<ResourceType, String>,
+    pub services: Vec<String>,
+    /// The version of each type it last ACKed, in [`ResourceType::ALL`]'s
+    /// order (`None`: no ACK yet).
+    pub acked: [Option<VersionInfo>; 4],
     /// Its last NACK, and of which type.
-    pub last_nack: Option<(ResourceType, Nack)>,
+    pub last_nack: Option<Box<(ResourceType, Nack)>>,
+}
+
+impl ClientRecord {
+    /// The version of `ty` it last ACKed (`None`: no ACK yet).
+    pub fn acked(&self, ty: ResourceType) -> Option<VersionInfo> {
+        self.acked[ty.index()]
+    }
+
+    /// Whether it subscribed to `service`.
+    pub fn subscribes(&self, service: &str) -> bool {
+        self.services
+            .binary_search_by(|s| s.as_str().cmp(service))
+            .is_ok()
+    }
 }
 
 /// How many service names a record keeps.
@@ -86,7 +102,7 @@ impl XdsClients {
         let open = self.open.lock();
         let mut total = 0;
         let mut records = Vec::new();
-        for record in open.values().filter(|r| r.services.contains(service)) {
+        for record in open.values().filter(|r| r.subscribes(service)) {
             total += 1;
             if records.len() < limit {
                 records.push(record.clone());

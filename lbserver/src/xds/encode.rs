@@ -34,7 +34,7 @@ pub struct EncodedResource {
     pub name: String,
     /// Its version: a hash of its encoding, so replicas serving the same
     /// content give the same version.
-    pub version: String,
+    pub version: Version,
     /// The encoded `resources` field (tag 2, an `Any`).
     pub field: Bytes,
 }
@@ -52,7 +52,7 @@ impl EncodedResource {
             type_url: ty.type_url().into(),
             value: message.encode_to_vec(),
         };
-        let version = format!("{:016x}", stable_hash(any.value.iter().copied()));
+        let version = Version(stable_hash(any.value.iter().copied()));
         let mut field = BytesMut::new();
         prost::encoding::message::encode(RESOURCES, &any, &mut field);
         EncodedResource {
@@ -63,20 +63,35 @@ impl EncodedResource {
     }
 }
 
-/// The version of a set of resources (sorted by name): a hash of their
-/// names and versions, empty for none.
-pub fn version_of(resources: &[&EncodedResource]) -> String {
-    if resources.is_empty() {
-        return String::new();
+/// A version: a content hash, written as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version(pub u64);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
-    let bytes = resources.iter().flat_map(|r| {
-        r.name
-            .bytes()
-            .chain([0])
-            .chain(r.version.bytes())
-            .chain([0])
-    });
-    format!("{:016x}", stable_hash(bytes))
+}
+
+/// A response's `version_info`: the version of what it carries, `None`
+/// (written as the empty string) for nothing.
+pub type VersionInfo = Option<Version>;
+
+/// `version_info` as written on the wire.
+pub fn version_text(version: VersionInfo) -> String {
+    version.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The version of a set of resources (sorted by name): a hash of their
+/// names and versions, `None` for none.
+pub fn version_of(resources: &[&EncodedResource]) -> VersionInfo {
+    if resources.is_empty() {
+        return None;
+    }
+    let bytes = resources
+        .iter()
+        .flat_map(|r| r.name.bytes().chain([0]).chain(r.version.0.to_le_bytes()));
+    Some(Version(stable_hash(bytes)))
 }
 
 /// A `DiscoveryResponse` in pieces: this stream's header and the shared
@@ -210,6 +225,7 @@ mod tests {
         assert_ne!(a("x").version, a("y").version);
         assert_eq!(version_of(&[&a("x")]), version_of(&[&a("x")]));
         assert_ne!(version_of(&[&a("x")]), version_of(&[&a("y")]));
-        assert_eq!(version_of(&[]), "");
+        assert_eq!(version_of(&[]), None);
+        assert_eq!(version_text(Some(Version(255))), "00000000000000ff");
     }
 }

@@ -81,7 +81,7 @@ impl ResourceType {
         matches!(self, ResourceType::Listener | ResourceType::Cluster)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }

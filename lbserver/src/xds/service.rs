@@ -13,7 +13,7 @@
 //! [`AdsOptions::first_request_timeout`], and UNAVAILABLE when the server
 //! shuts down.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -115,7 +115,9 @@ where
         }
         let method = Method(self.clone());
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<Outgoing, DiscoveryRequest>::default();
+            // Small initial buffers: a server holds one stream per client.
+            let codec =
+                waypost_proto::codec::SmallMessageCodec::<Outgoing, DiscoveryRequest>::default();
             let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), Some(usize::MAX));
             Ok(grpc.streaming(method, request).await)
@@ -151,8 +153,10 @@ pub struct AdsResponses {
     stopping: WatchStream<bool>,
     first_request: Option<Pin<Box<tokio::time::Sleep>>>,
     first_request_timeout: Duration,
-    watches: StreamMap<String, WatchStream<Arc<ServiceResources>>>,
-    queue: VecDeque<Outgoing>,
+    /// The services subscribed to, by position in the registry.
+    watches: StreamMap<usize, WatchStream<Arc<ServiceResources>>>,
+    /// Something changed since responses were last looked for.
+    dirty: bool,
     ended: bool,
 }
 
@@ -173,7 +177,7 @@ impl AdsResponses {
             first_request: Some(Box::pin(tokio::time::sleep(options.first_request_timeout))),
             first_request_timeout: options.first_request_timeout,
             watches: StreamMap::new(),
-            queue: VecDeque::new(),
+            dirty: false,
             ended: false,
         }
     }
@@ -221,71 +225,75 @@ impl AdsResponses {
         }
         let services = self.subscribed_services();
         let state = &self.state;
+        let registry = &self.registry;
+        let name = |i: &usize| registry.services()[*i].config.name.clone();
         self.record.update(|record| {
             if record.node_id.is_empty() {
                 record.node_id = state.node_id().unwrap_or_default().to_owned();
                 record.user_agent = state.user_agent().unwrap_or_default().to_owned();
             }
-            record.services = services
-                .iter()
-                .take(MAX_SERVICES_PER_RECORD)
-                .cloned()
-                .collect();
+            let unchanged = record.services.len() == services.len().min(MAX_SERVICES_PER_RECORD)
+                && record
+                    .services
+                    .iter()
+                    .zip(&services)
+                    .all(|(a, b)| *a == registry.services()[*b].config.name);
+            if !unchanged {
+                record.services = services
+                    .iter()
+                    .take(MAX_SERVICES_PER_RECORD)
+                    .map(name)
+                    .collect();
+                record.services.sort_unstable();
+            }
             match received {
-                Received::Ack(version) => {
-                    record.acked.insert(ty, version);
-                }
-                Received::Nack(nack) => record.last_nack = Some((ty, nack)),
+                Received::Ack(version) => record.acked[ty.index()] = Some(version),
+                Received::Nack(nack) => record.last_nack = Some(Box::new((ty, nack))),
                 Received::Subscription | Received::Stale => {}
             }
         });
         // Watch exactly the services subscribed to.
-        let gone: Vec<String> = self
+        let gone: Vec<usize> = self
             .watches
             .keys()
-            .filter(|name| !services.contains(*name))
-            .cloned()
+            .filter(|i| !services.contains(*i))
+            .copied()
             .collect();
-        for name in gone {
-            self.watches.remove(&name);
+        for i in gone {
+            self.watches.remove(&i);
         }
-        for name in services {
-            if !self.watches.contains_key(&name)
-                && let Some(service) = self.registry.find_exact(&name)
-            {
-                let watch = WatchStream::new(service.subscribe_xds());
-                self.watches.insert(name, watch);
+        for i in services {
+            if !self.watches.contains_key(&i) {
+                let watch = WatchStream::new(self.registry.services()[i].subscribe_xds());
+                self.watches.insert(i, watch);
             }
         }
         Ok(())
     }
 
-    /// The configured services any type's subscription names.
-    fn subscribed_services(&self) -> BTreeSet<String> {
+    /// The configured services any type's subscription names, by position.
+    fn subscribed_services(&self) -> BTreeSet<usize> {
         let mut services = BTreeSet::new();
         for ty in ResourceType::ALL {
             match self.state.subscription(ty) {
                 None => {}
-                Some(Subscription::Wildcard) => services.extend(
-                    self.registry
-                        .services()
-                        .iter()
-                        .map(|s| s.config.name.clone()),
-                ),
-                Some(Subscription::Names(names)) => services.extend(
-                    names
-                        .iter()
-                        .filter(|n| self.registry.find_exact(n).is_some())
-                        .cloned(),
-                ),
+                Some(Subscription::Wildcard) => {
+                    services.extend(0..self.registry.services().len());
+                }
+                Some(Subscription::Names(names)) => {
+                    services.extend(names.iter().filter_map(|n| self.registry.position(n)))
+                }
             }
         }
         services
     }
 
-    /// Queues what is due of every type.
-    fn refresh(&mut self) {
+    /// The next response due, of any type (`None`: nothing is due).
+    fn next_due(&mut self) -> Option<Outgoing> {
         for ty in ResourceType::ALL {
+            if !self.state.may_send(ty) {
+                continue;
+            }
             let found: Vec<Arc<ServiceResources>> = match self.state.subscription(ty) {
                 None => continue,
                 Some(Subscription::Wildcard) => {
@@ -305,9 +313,10 @@ impl AdsResponses {
                     .counters(ty)
                     .responses
                     .fetch_add(1, Ordering::Relaxed);
-                self.queue.push_back(response);
+                return Some(response);
             }
         }
+        None
     }
 }
 
@@ -336,7 +345,6 @@ impl Stream for AdsResponses {
                 this.first_request_timeout
             ))));
         }
-        let mut dirty = false;
         let mut handled = 0;
         loop {
             if handled == REQUESTS_PER_POLL {
@@ -349,7 +357,7 @@ impl Stream for AdsResponses {
                     if let Err(status) = this.on_request(&request) {
                         return this.end(Some(status));
                     }
-                    dirty = true;
+                    this.dirty = true;
                 }
                 Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
                     return this.end(Some(Status::resource_exhausted(
@@ -371,14 +379,15 @@ impl Stream for AdsResponses {
             }
         }
         while let Poll::Ready(Some(_)) = Pin::new(&mut this.watches).poll_next(cx) {
-            dirty = true;
+            this.dirty = true;
         }
-        if dirty {
-            this.refresh();
+        if this.dirty {
+            match this.next_due() {
+                // (dirty stays set: another type may be due too)
+                Some(response) => return Poll::Ready(Some(Ok(response))),
+                None => this.dirty = false,
+            }
         }
-        match this.queue.pop_front() {
-            Some(response) => Poll::Ready(Some(Ok(response))),
-            None => Poll::Pending,
-        }
+        Poll::Pending
     }
 }

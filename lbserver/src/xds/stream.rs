@@ -29,12 +29,12 @@
 //! assert_eq!(response.resource_count(), 0);
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
-
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ResourceType;
-use super::encode::{EncodedResource, Outgoing, response, version_of};
+use super::encode::{
+    EncodedResource, Outgoing, Version, VersionInfo, response, version_of, version_text,
+};
 
 /// Bounds on what one stream may ask for.
 #[derive(Debug, Clone, Copy)]
@@ -94,30 +94,36 @@ pub enum Received {
     /// The first request of its type, or a changed subscription, with no
     /// response outstanding.
     Subscription,
-    /// It ACKed the version (and may have changed its subscription).
-    Ack(String),
+    /// It ACKed the response of this version (and may have changed its
+    /// subscription).
+    Ack(VersionInfo),
     /// It NACKed a response.
     Nack(Nack),
     /// It answered a response that has been superseded: ignored.
     Stale,
 }
 
+/// One type's state. Kept small: a server holds one per type per client.
 #[derive(Debug, Default)]
 struct TypeState {
     requested: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
     /// A response is owed even if nothing changed (first request, or a
     /// changed subscription).
     due: bool,
-    /// The nonce of the response not yet ACKed or NACKed.
+    /// A response is not yet ACKed or NACKed.
     awaiting: bool,
-    last_nonce: Option<String>,
-    last_version: Option<String>,
-    /// RDS/EDS: the version of each resource this stream was last sent.
-    sent: HashMap<String, String>,
-    acked: Option<String>,
-    nack: Option<Nack>,
+    /// Sorted, without duplicates.
+    names: Vec<String>,
+    /// The nonce last sent (nonces start at 1; 0: none yet).
+    last_nonce: u64,
+    /// The version last sent (`None`: nothing sent yet).
+    last_version: Option<VersionInfo>,
+    /// RDS/EDS: the version of each resource this stream was last sent,
+    /// sorted by name.
+    sent: Vec<(String, Version)>,
+    acked: Option<VersionInfo>,
+    nack: Option<Box<Nack>>,
 }
 
 /// One ADS stream's state.
@@ -135,8 +141,8 @@ pub struct AdsStream {
 pub enum Subscription<'a> {
     /// Every resource of the type.
     Wildcard,
-    /// These names.
-    Names(&'a BTreeSet<String>),
+    /// These names (sorted).
+    Names(&'a [String]),
 }
 
 impl AdsStream {
@@ -177,16 +183,24 @@ impl AdsStream {
                 self.limits.max_name_bytes,
             ));
         }
-        let state = &mut self.types[ty.index()];
+        let state = &self.types[ty.index()];
         let nonce = request.response_nonce.as_str();
-        if !nonce.is_empty() && state.last_nonce.as_deref() != Some(nonce) {
+        let current_nonce = state.last_nonce != 0 && nonce.parse() == Ok(state.last_nonce);
+        if !nonce.is_empty() && !current_nonce {
             return Ok((ty, Received::Stale));
         }
-        let answered = !nonce.is_empty() && state.awaiting;
+        let answered = current_nonce && state.awaiting;
         // The subscription: a legacy wildcard (an empty first LDS/CDS
         // request, or "*"), or the names given.
-        let mut names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        let star = names.remove("*");
+        let mut names: Vec<String> = request
+            .resource_names
+            .iter()
+            .filter(|n| n.as_str() != "*")
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let star = request.resource_names.iter().any(|n| n == "*");
         let wildcard =
             star || (ty.full_state() && names.is_empty() && (!state.requested || state.wildcard));
         let others: usize = self
@@ -209,7 +223,8 @@ impl AdsStream {
         state.requested = true;
         state
             .sent
-            .retain(|name, _| wildcard || names.contains(name));
+            .retain(|(name, _)| wildcard || names.binary_search(name).is_ok());
+        names.shrink_to_fit();
         state.names = names;
         state.wildcard = wildcard;
         if !answered {
@@ -223,12 +238,12 @@ impl AdsStream {
                     nonce: nonce.to_owned(),
                     message: cut(&error.message, MAX_NACK_MESSAGE),
                 };
-                state.nack = Some(nack.clone());
+                state.nack = Some(Box::new(nack.clone()));
                 Ok((ty, Received::Nack(nack)))
             }
             None => {
-                let version = state.last_version.clone().unwrap_or_default();
-                state.acked = Some(version.clone());
+                let version = state.last_version.flatten();
+                state.acked = Some(version);
                 Ok((ty, Received::Ack(version)))
             }
         }
@@ -246,6 +261,13 @@ impl AdsStream {
         }
     }
 
+    /// Whether a response of `ty` may be due (one was asked for and none is
+    /// unanswered).
+    pub fn may_send(&self, ty: ResourceType) -> bool {
+        let state = &self.types[ty.index()];
+        state.requested && !state.awaiting
+    }
+
     /// The response of type `ty` due now, given `current`: the subscribed
     /// resources that exist, sorted by name. `None` while one is
     /// unanswered, or when nothing changed and nothing is owed.
@@ -254,21 +276,28 @@ impl AdsStream {
         ty: ResourceType,
         current: &[&EncodedResource],
     ) -> Option<Outgoing> {
-        let state = &mut self.types[ty.index()];
-        if !state.requested || state.awaiting {
+        if !self.may_send(ty) {
             return None;
         }
+        let state = &mut self.types[ty.index()];
         let version = version_of(current);
         let carried: Vec<&EncodedResource> = if ty.full_state() {
-            if state.last_version.as_deref() == Some(version.as_str()) && !state.due {
+            if state.last_version == Some(version) && !state.due {
                 return None;
             }
             current.to_vec()
         } else {
+            let sent_version = |name: &str| {
+                state
+                    .sent
+                    .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                    .ok()
+                    .map(|i| state.sent[i].1)
+            };
             let changed: Vec<&EncodedResource> = current
                 .iter()
                 .copied()
-                .filter(|r| state.sent.get(&r.name) != Some(&r.version))
+                .filter(|r| sent_version(&r.name) != Some(r.version))
                 .collect();
             if changed.is_empty() {
                 // Nothing of theirs exists or changed: RDS and EDS are not
@@ -280,16 +309,26 @@ impl AdsStream {
         };
         state.due = false;
         self.next_nonce += 1;
-        let nonce = self.next_nonce.to_string();
         state.awaiting = true;
-        state.last_nonce = Some(nonce.clone());
-        state.last_version = Some(version.clone());
+        state.last_nonce = self.next_nonce;
+        state.last_version = Some(version);
         if !ty.full_state() {
             for r in &carried {
-                state.sent.insert(r.name.clone(), r.version.clone());
+                match state
+                    .sent
+                    .binary_search_by(|(n, _)| n.as_str().cmp(&r.name))
+                {
+                    Ok(i) => state.sent[i].1 = r.version,
+                    Err(i) => state.sent.insert(i, (r.name.clone(), r.version)),
+                }
             }
         }
-        Some(response(ty, &version, &nonce, &carried))
+        Some(response(
+            ty,
+            &version_text(version),
+            &self.next_nonce.to_string(),
+            &carried,
+        ))
     }
 
     /// The client's node id (from its first request that had a node).
@@ -302,14 +341,14 @@ impl AdsStream {
         self.user_agent.as_deref()
     }
 
-    /// The version of `ty` the client last ACKed.
-    pub fn acked(&self, ty: ResourceType) -> Option<&str> {
-        self.types[ty.index()].acked.as_deref()
+    /// The version of `ty` the client last ACKed (`None`: no ACK yet).
+    pub fn acked(&self, ty: ResourceType) -> Option<VersionInfo> {
+        self.types[ty.index()].acked
     }
 
     /// The client's last NACK of `ty`.
     pub fn last_nack(&self, ty: ResourceType) -> Option<&Nack> {
-        self.types[ty.index()].nack.as_ref()
+        self.types[ty.index()].nack.as_deref()
     }
 }
 
@@ -365,7 +404,10 @@ mod tests {
         let ack = stream
             .on_request(&request(ty, &["a", "b"], &first.nonce))
             .unwrap();
-        assert_eq!(ack, (ty, Received::Ack(first.version_info.clone())));
+        let (_, Received::Ack(acked)) = ack else {
+            panic!("not an ACK: {ack:?}");
+        };
+        assert_eq!(version_text(acked), first.version_info);
         // Then only `a` goes out, at a version covering both.
         let second = stream.next_response(ty, &[&a2, &b1]).unwrap();
         assert_eq!(second.resource_count(), 1);
@@ -431,7 +473,10 @@ mod tests {
         };
         assert_eq!(received, Received::Nack(expected.clone()));
         assert_eq!(stream.last_nack(ty), Some(&expected));
-        assert_eq!(stream.acked(ty), Some(first.version_info.as_str()));
+        assert_eq!(
+            stream.acked(ty).map(version_text),
+            Some(first.version_info.clone())
+        );
     }
 
     #[test]
