@@ -12,8 +12,8 @@
 //! all four, it reads the server's RSS, then makes `--changes` backend
 //! changes (drain one backend through the admin endpoint, undo it, …) and
 //! measures per stream the time until its EDS update arrived. A drain is
-//! sent as DRAINING first and the removal one debounce window later; each
-//! change is followed by a 300 ms settle so that follow-up is not taken
+//! sent as DRAINING first and the removal 2 s later (`draining_grace`);
+//! each change is followed by a 2.5 s settle so that follow-up is not taken
 //! for the next change's update, and the server CPU is read over the change
 //! and its settle (follow-up included). Then the `lbserver` bench's
 //! BalanceLoad measurement runs on a fresh `waypost serve` and on the plain
@@ -150,9 +150,9 @@ async fn measure_ads(
                 Ok(None) | Err(_) => break,
             }
         }
-        // The drain's follow-up (DRAINING → gone) goes out within the
-        // debounce window: let it, before the next change.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The drain's follow-up (DRAINING → gone) goes out 2 s later: let
+        // it, before the next change.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu0;
         let received = latencies.len();
         let (p50, p99, max) = (

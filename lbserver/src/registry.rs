@@ -99,6 +99,9 @@ pub struct Service {
     xds: watch::Sender<Arc<ServiceResources>>,
     /// The backends the last published assignment listed as HEALTHY.
     xds_listed: Mutex<BTreeSet<SocketAddr>>,
+    /// Set when an assignment shows a backend DRAINING (see
+    /// [`Service::expire_draining`]).
+    draining_shown: tokio::sync::Notify,
 }
 
 impl Service {
@@ -133,6 +136,7 @@ impl Service {
         let service = Service {
             xds: watch::Sender::new(Arc::new(resources)),
             xds_listed: Mutex::default(),
+            draining_shown: tokio::sync::Notify::new(),
             rates: Mutex::new(ClientRates::new(config.client_stats_interval)),
             tokens: Mutex::new(Arc::new(HashSet::from([DROP_TOKEN.to_owned()]))),
             config,
@@ -375,6 +379,19 @@ impl Service {
         }
     }
 
+    /// Takes backends shown DRAINING to xDS clients out of the assignment
+    /// `grace` after they were shown (Envoy's meaning of DRAINING: no new
+    /// calls while existing ones finish; gRPC clients make none either way).
+    /// A separate, later push keeps the removal from competing with the
+    /// drain's own fan-out. Runs for every service.
+    pub async fn expire_draining(self: Arc<Self>, grace: std::time::Duration) {
+        loop {
+            self.draining_shown.notified().await;
+            tokio::time::sleep(grace).await;
+            self.changed();
+        }
+    }
+
     /// Something changed: publish now, or let the debounce task do it.
     fn changed(&self) {
         if self.debouncing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -420,8 +437,8 @@ impl Service {
     }
 
     /// Recomputes the xDS assignment and publishes it if it changed. A
-    /// backend shown DRAINING is left out by the next one, due one
-    /// debounce window later.
+    /// backend shown DRAINING is left out by the next one (see
+    /// [`Service::expire_draining`]).
     fn republish_xds(&self, views: &[BackendView]) {
         // xDS has no subsetting: a subset service's xDS clients get every
         // backend, and the drops.
@@ -444,8 +461,8 @@ impl Service {
             *current = Arc::new(next);
             true
         });
-        if assignment.shows_draining && self.debouncing.load(Ordering::SeqCst) {
-            self.pending.notify_one();
+        if assignment.shows_draining {
+            self.draining_shown.notify_one();
         }
     }
 

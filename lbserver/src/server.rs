@@ -220,6 +220,9 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         helpers.push(tokio::spawn(
             service.clone().debounce(options.balance.debounce),
         ));
+        helpers.push(tokio::spawn(
+            service.clone().expire_draining(options.ads.draining_grace),
+        ));
         if service.config.capacity_per_weight.is_some() {
             let every = service
                 .config

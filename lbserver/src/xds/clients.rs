@@ -74,7 +74,8 @@ pub struct TypeCounters {
 #[derive(Debug, Default)]
 pub struct XdsClients {
     next_id: AtomicU64,
-    open: Mutex<BTreeMap<u64, ClientRecord>>,
+    /// Each stream's record, locked by its stream alone except when read.
+    open: Mutex<BTreeMap<u64, Arc<Mutex<ClientRecord>>>>,
     counters: [TypeCounters; 4],
     /// Streams closed for a protocol error.
     pub rejected: AtomicU64,
@@ -84,16 +85,22 @@ impl XdsClients {
     /// Records a new stream; its record goes when the guard drops.
     pub fn open(self: &Arc<Self>) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().insert(id, ClientRecord::default());
+        let record = Arc::new(Mutex::new(ClientRecord::default()));
+        self.open.lock().insert(id, record.clone());
         ClientGuard {
             clients: self.clone(),
             id,
+            record,
         }
     }
 
     /// Every open stream's record (in the order they opened).
     pub fn snapshot(&self) -> Vec<ClientRecord> {
-        self.open.lock().values().cloned().collect()
+        self.open
+            .lock()
+            .values()
+            .map(|r| r.lock().clone())
+            .collect()
     }
 
     /// The records of streams subscribed to `service`, at most `limit`, and
@@ -102,7 +109,11 @@ impl XdsClients {
         let open = self.open.lock();
         let mut total = 0;
         let mut records = Vec::new();
-        for record in open.values().filter(|r| r.subscribes(service)) {
+        for record in open.values() {
+            let record = record.lock();
+            if !record.subscribes(service) {
+                continue;
+            }
             total += 1;
             if records.len() < limit {
                 records.push(record.clone());
@@ -127,14 +138,13 @@ impl XdsClients {
 pub struct ClientGuard {
     clients: Arc<XdsClients>,
     id: u64,
+    record: Arc<Mutex<ClientRecord>>,
 }
 
 impl ClientGuard {
     /// Changes the record.
     pub fn update(&self, change: impl FnOnce(&mut ClientRecord)) {
-        if let Some(record) = self.clients.open.lock().get_mut(&self.id) {
-            change(record);
-        }
+        change(&mut self.record.lock());
     }
 
     /// The counters of `ty`.

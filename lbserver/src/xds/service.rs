@@ -51,6 +51,9 @@ pub struct AdsOptions {
     pub first_request_timeout: Duration,
     /// What one stream may subscribe to.
     pub limits: StreamLimits,
+    /// How long a drained backend stays in assignments as DRAINING before
+    /// it is left out.
+    pub draining_grace: Duration,
 }
 
 impl Default for AdsOptions {
@@ -58,6 +61,7 @@ impl Default for AdsOptions {
         AdsOptions {
             first_request_timeout: Duration::from_secs(10),
             limits: StreamLimits::default(),
+            draining_grace: Duration::from_secs(2),
         }
     }
 }
@@ -155,8 +159,11 @@ pub struct AdsResponses {
     first_request_timeout: Duration,
     /// The services subscribed to, by position in the registry.
     watches: StreamMap<usize, WatchStream<Arc<ServiceResources>>>,
-    /// Something changed since responses were last looked for.
-    dirty: bool,
+    /// The types (bits in [`ResourceType::ALL`]'s order) that may have a
+    /// response due since they were last looked at.
+    dirty: u8,
+    /// The subscription generation the watches and record follow.
+    followed: Option<u64>,
     ended: bool,
 }
 
@@ -177,7 +184,8 @@ impl AdsResponses {
             first_request: Some(Box::pin(tokio::time::sleep(options.first_request_timeout))),
             first_request_timeout: options.first_request_timeout,
             watches: StreamMap::new(),
-            dirty: false,
+            dirty: 0,
+            followed: None,
             ended: false,
         }
     }
@@ -223,28 +231,12 @@ impl AdsResponses {
             }
             Received::Subscription | Received::Stale => {}
         }
-        let services = self.subscribed_services();
+        self.dirty |= 1 << ty.index();
         let state = &self.state;
-        let registry = &self.registry;
-        let name = |i: &usize| registry.services()[*i].config.name.clone();
         self.record.update(|record| {
             if record.node_id.is_empty() {
                 record.node_id = state.node_id().unwrap_or_default().to_owned();
                 record.user_agent = state.user_agent().unwrap_or_default().to_owned();
-            }
-            let unchanged = record.services.len() == services.len().min(MAX_SERVICES_PER_RECORD)
-                && record
-                    .services
-                    .iter()
-                    .zip(&services)
-                    .all(|(a, b)| *a == registry.services()[*b].config.name);
-            if !unchanged {
-                record.services = services
-                    .iter()
-                    .take(MAX_SERVICES_PER_RECORD)
-                    .map(name)
-                    .collect();
-                record.services.sort_unstable();
             }
             match received {
                 Received::Ack(version) => record.acked[ty.index()] = Some(version),
@@ -252,6 +244,20 @@ impl AdsResponses {
                 Received::Subscription | Received::Stale => {}
             }
         });
+        // An ACK with the same subscription (the common case) is done.
+        if self.followed == Some(self.state.generation()) {
+            return Ok(());
+        }
+        self.followed = Some(self.state.generation());
+        let services = self.subscribed_services();
+        let registry = &self.registry;
+        let mut names: Vec<String> = services
+            .iter()
+            .take(MAX_SERVICES_PER_RECORD)
+            .map(|i| registry.services()[*i].config.name.clone())
+            .collect();
+        names.sort_unstable();
+        self.record.update(|record| record.services = names);
         // Watch exactly the services subscribed to.
         let gone: Vec<usize> = self
             .watches
@@ -288,10 +294,16 @@ impl AdsResponses {
         services
     }
 
-    /// The next response due, of any type (`None`: nothing is due).
+    /// The next response due, of the types marked dirty (`None`: nothing
+    /// is due; the marks are cleared as types are found to have nothing).
     fn next_due(&mut self) -> Option<Outgoing> {
         for ty in ResourceType::ALL {
+            let bit = 1 << ty.index();
+            if self.dirty & bit == 0 {
+                continue;
+            }
             if !self.state.may_send(ty) {
+                self.dirty &= !bit;
                 continue;
             }
             let found: Vec<Arc<ServiceResources>> = match self.state.subscription(ty) {
@@ -308,12 +320,15 @@ impl AdsResponses {
                     .collect(),
             };
             let current: Vec<&EncodedResource> = found.iter().map(|r| r.get(ty)).collect();
-            if let Some(response) = self.state.next_response(ty, &current) {
-                self.record
-                    .counters(ty)
-                    .responses
-                    .fetch_add(1, Ordering::Relaxed);
-                return Some(response);
+            match self.state.next_response(ty, &current) {
+                Some(response) => {
+                    self.record
+                        .counters(ty)
+                        .responses
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Some(response);
+                }
+                None => self.dirty &= !bit,
             }
         }
         None
@@ -357,7 +372,6 @@ impl Stream for AdsResponses {
                     if let Err(status) = this.on_request(&request) {
                         return this.end(Some(status));
                     }
-                    this.dirty = true;
                 }
                 Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
                     return this.end(Some(Status::resource_exhausted(
@@ -379,15 +393,11 @@ impl Stream for AdsResponses {
             }
         }
         while let Poll::Ready(Some(_)) = Pin::new(&mut this.watches).poll_next(cx) {
-            this.dirty = true;
+            this.dirty = 0b1111;
         }
-        if this.dirty {
-            match this.next_due() {
-                // (dirty stays set: another type may be due too)
-                Some(response) => return Poll::Ready(Some(Ok(response))),
-                None => this.dirty = false,
-            }
+        match this.next_due() {
+            Some(response) => Poll::Ready(Some(Ok(response))),
+            None => Poll::Pending,
         }
-        Poll::Pending
     }
 }

@@ -131,6 +131,8 @@ struct TypeState {
 pub struct AdsStream {
     limits: StreamLimits,
     types: [TypeState; 4],
+    /// Counts subscription changes (of any type).
+    generation: u64,
     next_nonce: u64,
     node_id: Option<String>,
     user_agent: Option<String>,
@@ -151,6 +153,7 @@ impl AdsStream {
         AdsStream {
             limits,
             types: Default::default(),
+            generation: 0,
             next_nonce: 0,
             node_id: None,
             user_agent: None,
@@ -219,6 +222,7 @@ impl AdsStream {
         let state = &mut self.types[ty.index()];
         if !state.requested || names != state.names || wildcard != state.wildcard {
             state.due = true;
+            self.generation += 1;
         }
         state.requested = true;
         state
@@ -247,6 +251,11 @@ impl AdsStream {
                 Ok((ty, Received::Ack(version)))
             }
         }
+    }
+
+    /// A number that changes whenever any type's subscription does.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// What the stream subscribed to of type `ty` (`None`: nothing asked).
