@@ -68,17 +68,23 @@ fn bootstrap(lb: &Running, node: &str) -> String {
 /// `interop/xds_client.py`).
 struct CCore {
     _child: Child,
+    _bootstrap: tempfile::NamedTempFile,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl CCore {
+    /// Starts the client with nothing but a bootstrap file
+    /// (`GRPC_XDS_BOOTSTRAP`) pointing at `lb`.
     async fn start(lb: &Running, target: &str, node: &str) -> CCore {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/xds_client.py");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bootstrap(lb, node)).unwrap();
         let mut child = tokio::process::Command::new(python_with_grpcio().unwrap())
             .arg(script)
             .arg(target)
-            .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap(lb, node))
+            .env("GRPC_XDS_BOOTSTRAP", file.path())
+            .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -93,6 +99,7 @@ impl CCore {
         CCore {
             stdin: child.stdin.take().unwrap(),
             _child: child,
+            _bootstrap: file,
             lines,
         }
     }

@@ -1,6 +1,7 @@
 """A gRPC C-core client (Python grpcio) on an xds:/// target.
 
-Usage: xds_client.py TARGET   (GRPC_XDS_BOOTSTRAP_CONFIG holds the bootstrap)
+Usage: xds_client.py TARGET   (GRPC_XDS_BOOTSTRAP names the bootstrap file,
+                              or GRPC_XDS_BOOTSTRAP_CONFIG holds it)
 
 Opens one channel to TARGET, makes one wait-for-ready call (so the xDS
 resources are in), prints "ready", then reads commands from standard input,
