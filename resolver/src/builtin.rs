@@ -158,6 +158,21 @@ mod tests {
     }
 
     #[test]
+    fn an_unregistered_xds_target_says_how_to_register_it_instead_of_asking_dns() {
+        let error = ResolverRegistry::new()
+            .resolve("xds:///orders")
+            .expect_err("xds is not registered here");
+        assert!(
+            matches!(&error, ResolveError::NotRegistered { scheme, .. } if scheme == "xds"),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("waypost::xds::register()"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn static_targets_resolve_to_their_addresses() {
         let cases: &[(&str, &[&str])] = &[
             ("passthrough:///orders:50051", &["orders:50051"]),

@@ -32,6 +32,15 @@ pub enum ResolveError {
         /// The scheme.
         scheme: String,
     },
+    /// The scheme is one waypost provides but only on request (it is never
+    /// taken for a DNS name instead).
+    #[error("the {scheme:?} scheme is not registered: {how}")]
+    NotRegistered {
+        /// The scheme.
+        scheme: String,
+        /// How to register it.
+        how: &'static str,
+    },
     /// The resolver cannot serve this form of target.
     #[error("{scheme}: {reason}")]
     Unsupported {

@@ -76,6 +76,14 @@ impl std::fmt::Debug for ResolverRegistry {
     }
 }
 
+/// Schemes waypost provides in other crates, registered by a call (Rust
+/// has no import-time registration, and waypost uses no linker-section
+/// constructors); a target with one of them is never taken for a DNS name.
+const OPT_IN_SCHEMES: &[(&str, &str)] = &[(
+    "xds",
+    "call waypost::xds::register() (waypost_xds::register()) once at start-up, as a grpc-go program imports google.golang.org/grpc/xds",
+)];
+
 static GLOBAL: LazyLock<ResolverRegistry> = LazyLock::new(|| {
     let registry = ResolverRegistry {
         builders: Arc::default(),
@@ -123,12 +131,23 @@ impl ResolverRegistry {
     }
 
     /// Parses `target`, picks its resolver (falling back to `dns:///target`
-    /// when the scheme is not registered, as grpc-go does) and starts it.
+    /// when the scheme is not registered, as grpc-go does — except for the
+    /// schemes waypost registers on request, such as `xds`, which fail
+    /// saying how to register them) and starts it.
     pub fn resolve(&self, target: &str) -> Result<Resolution, ResolveError> {
         let parsed = Target::parse(target)?;
         let (target, builder) = match self.get(parsed.scheme()) {
             Some(builder) => (parsed, builder),
             None => {
+                if let Some((scheme, how)) = OPT_IN_SCHEMES
+                    .iter()
+                    .find(|(scheme, _)| parsed.scheme().eq_ignore_ascii_case(scheme))
+                {
+                    return Err(ResolveError::NotRegistered {
+                        scheme: (*scheme).to_owned(),
+                        how,
+                    });
+                }
                 let fallback = Target::dns_fallback(target);
                 let builder = self.get("dns").ok_or_else(|| ResolveError::NoResolver {
                     scheme: parsed.scheme().to_owned(),
