@@ -619,3 +619,38 @@ async fn two_channels_on_one_target_share_one_ads_stream() {
         "both channels on one ADS stream"
     );
 }
+
+/// A listener the management server never answers for: after the 15 s
+/// does-not-exist timer (on a paused clock) the channel's calls fail
+/// UNAVAILABLE naming it, as gRPC's do.
+#[tokio::test(start_paused = true)]
+async fn a_listener_never_sent_does_not_exist_after_15_s_and_calls_fail_naming_it() {
+    let (server, resolvers) = ads_and_resolvers("node-silent").await;
+    // The server has nothing of any type: it never answers.
+    let channel = waypost_balancer::Channel::builder("xds:///silent")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let started = tokio::time::Instant::now();
+    let mut request = tonic::Request::new(MovieId { mid: 1 });
+    request.set_timeout(Duration::from_secs(60));
+    let error = client.get_movie(request).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    assert!(
+        error.message().contains("listener silent does not exist"),
+        "{error}"
+    );
+    assert!(
+        (Duration::from_secs(15)..Duration::from_secs(20)).contains(&waited),
+        "failed after {waited:?}"
+    );
+    // The request did reach the server (the silence was the server's).
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.type_url == listener::TYPE_URL && r.resource_names == ["silent"])
+    );
+}
