@@ -47,6 +47,7 @@ impl Exchange {
             held: None,
             first: None,
             more: false,
+            whole: false,
         });
         // Queue what the body has ready now (a unary request: all of it),
         // so it goes out with the HEADERS. Nothing waits on this context:
@@ -54,8 +55,11 @@ impl Exchange {
         let mut replay_body = end_of_stream.then(Bytes::new);
         if let Some(p) = &mut pump {
             let mut cx = Context::from_waker(std::task::Waker::noop());
-            if let Poll::Ready(ended) = p.poll_send(&mut cx) {
-                if ended && !p.more {
+            if p.poll_send(&mut cx).is_ready() {
+                // Whole in hand — even if queuing it failed because the
+                // connection's GOAWAY was read meanwhile (then the call
+                // never left, and is sent elsewhere).
+                if p.whole {
                     replay_body = Some(p.first.take().unwrap_or_default());
                 }
                 pump = None;
@@ -124,6 +128,9 @@ pub(super) struct Pump {
     first: Option<Bytes>,
     /// More than one chunk, or trailers: not replayable.
     more: bool,
+    /// The body ended after at most one chunk (`first`): it can be sent
+    /// again whole, whether or not queuing it succeeded.
+    whole: bool,
 }
 
 impl std::fmt::Debug for Pump {
@@ -160,13 +167,21 @@ impl Pump {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return self.pending_unless_reset(cx),
                 Poll::Ready(None) => {
+                    self.whole = !self.more;
                     return Poll::Ready(self.stream.send_data(Bytes::new(), true).is_ok());
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if self.first.is_none() && !self.more => {
                         self.first = Some(data.clone());
                         let end = self.body.is_end_stream();
+                        self.whole = end;
                         if self.stream.send_data(data, end).is_err() {
+                            // Was that all of it? Then it can go elsewhere
+                            // whole (nothing more is sent here either way).
+                            if !end {
+                                let rest = Pin::new(&mut self.body).poll_frame(cx);
+                                self.whole = matches!(rest, Poll::Ready(None));
+                            }
                             return Poll::Ready(false);
                         }
                         if end {

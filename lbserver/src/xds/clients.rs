@@ -7,7 +7,7 @@
 //! ```
 //! use waypost_lbserver::xds::clients::XdsClients;
 //!
-//! let clients = XdsClients::default();
+//! let clients = std::sync::Arc::new(XdsClients::default());
 //! let guard = clients.open();
 //! guard.update(|record| record.node_id = "orders-7".into());
 //! assert_eq!(clients.snapshot()[0].node_id, "orders-7");
