@@ -279,7 +279,8 @@ async fn a_thousand_names_are_served_and_more_than_the_limit_refused() {
 }
 
 #[tokio::test]
-async fn missing_and_unknown_type_urls_and_garbage_end_the_stream_with_invalid_argument() {
+async fn missing_and_unknown_type_urls_garbage_and_empty_subscriptions_end_the_stream_with_invalid_argument()
+ {
     let lb = serve("[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\n").await;
     let mut no_type = Ads::open(lb.listen, DiscoveryRequest::default()).await;
     let status = no_type.ended().await;
@@ -335,6 +336,15 @@ async fn missing_and_unknown_type_urls_and_garbage_end_the_stream_with_invalid_a
     };
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 
+    // A first request that asks for nothing.
+    let mut nothing = Ads::open(lb.listen, request(EDS, &[], "", "")).await;
+    let status = nothing.ended().await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("subscribes to nothing"),
+        "{status:?}"
+    );
+
     // None of it disturbed a well-behaved client.
     let mut fine = Ads::open(
         lb.listen,
@@ -347,7 +357,7 @@ async fn missing_and_unknown_type_urls_and_garbage_end_the_stream_with_invalid_a
         .xds_clients()
         .rejected
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(rejected, 3);
+    assert_eq!(rejected, 4);
 }
 
 #[tokio::test]

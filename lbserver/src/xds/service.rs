@@ -7,7 +7,9 @@
 //! watches the services the client subscribed to, and yields the responses
 //! that are due — pre-encoded pieces ([`Outgoing`]) written out as they
 //! are. A stream ends with INVALID_ARGUMENT for a request it cannot accept
-//! (no type URL, an unknown type, a name too long), RESOURCE_EXHAUSTED for
+//! (no type URL, an unknown type, a name too long, a first request that
+//! subscribes to nothing, bytes that are no DiscoveryRequest),
+//! RESOURCE_EXHAUSTED for
 //! too many names or a request over [`MAX_REQUEST_BYTES`],
 //! DEADLINE_EXCEEDED when no request comes within
 //! [`AdsOptions::first_request_timeout`], and UNAVAILABLE when the server

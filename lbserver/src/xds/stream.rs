@@ -72,6 +72,10 @@ pub enum ProtocolError {
     /// More than [`StreamLimits::max_names`] names subscribed.
     #[error("{0} resource names subscribed on one stream (the limit is {1})")]
     TooManyNames(usize, usize),
+    /// The stream's first request names no resource (and is no LDS/CDS
+    /// wildcard): there is nothing to serve it.
+    #[error("the first request subscribes to nothing (no resource names)")]
+    SubscribesToNothing,
 }
 
 /// A NACK: the client rejected a response.
@@ -218,6 +222,10 @@ impl AdsStream {
                 others + names.len(),
                 self.limits.max_names,
             ));
+        }
+        let first_request = self.types.iter().all(|t| !t.requested);
+        if first_request && names.is_empty() && !wildcard {
+            return Err(ProtocolError::SubscribesToNothing);
         }
         let state = &mut self.types[ty.index()];
         if !state.requested || names != state.names || wildcard != state.wildcard {
@@ -501,6 +509,23 @@ mod tests {
             .on_request(&request(ty, &["a"], &first.nonce))
             .unwrap();
         assert_eq!(stream.next_response(ty, &[&a]).unwrap().resource_count(), 1);
+    }
+
+    #[test]
+    fn a_first_request_for_nothing_is_refused() {
+        let mut stream = AdsStream::new(StreamLimits::default());
+        assert_eq!(
+            stream.on_request(&request(ResourceType::Endpoints, &[], "")),
+            Err(ProtocolError::SubscribesToNothing)
+        );
+        // Unsubscribing from everything later is fine.
+        let mut stream = AdsStream::new(StreamLimits::default());
+        stream
+            .on_request(&request(ResourceType::Endpoints, &["a"], ""))
+            .unwrap();
+        stream
+            .on_request(&request(ResourceType::Endpoints, &[], ""))
+            .unwrap();
     }
 
     #[test]
