@@ -162,6 +162,11 @@ pub struct PickInfo<'a> {
     pub path: &'a str,
     /// The call's request headers (its metadata).
     pub headers: &'a http::HeaderMap,
+    /// What the service config's [`CallConfigSelector`] decided for the
+    /// call, if it has one.
+    ///
+    /// [`CallConfigSelector`]: crate::service_config::CallConfigSelector
+    pub decision: Option<&'a crate::service_config::CallDecision>,
 }
 
 static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
@@ -170,13 +175,24 @@ static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
 impl<'a> PickInfo<'a> {
     /// A call to `path` with these request headers.
     pub fn new(path: &'a str, headers: &'a http::HeaderMap) -> PickInfo<'a> {
-        PickInfo { path, headers }
+        PickInfo {
+            path,
+            headers,
+            decision: None,
+        }
+    }
+
+    /// The selector's decision for this call, as a `T` (`None`: there is
+    /// none, or it is of another type).
+    pub fn decision<T: std::any::Any>(&self) -> Option<&T> {
+        self.decision.and_then(|d| d.0.downcast_ref::<T>())
     }
 
     /// A call to `path` without request headers.
     pub fn path(path: &'a str) -> PickInfo<'a> {
         PickInfo {
             path,
+            decision: None,
             headers: &NO_HEADERS,
         }
     }

@@ -47,6 +47,43 @@ pub struct RetryPolicy {
     pub retryable_status_codes: Vec<tonic::Code>,
 }
 
+/// A call's settings chosen from the call itself — its path and headers —
+/// rather than from the method name alone: xDS routes, each with its own
+/// timeout (`max_stream_duration`) and retry policy (gRFC A31, A44). A
+/// top-level policy provides one for its config
+/// ([`PolicyBuilder::call_config`](crate::policy::PolicyBuilder::call_config));
+/// the channel asks it once per call, before picking, and its choices
+/// override the method config's. What it decides for the picker (e.g. the
+/// route and cluster) travels in [`CallConfig::decision`].
+pub trait CallConfigSelector: Send + Sync + std::fmt::Debug {
+    /// The settings for a call to `path` with these request headers.
+    fn select(&self, path: &str, headers: &http::HeaderMap) -> CallConfig;
+}
+
+/// What a [`CallConfigSelector`] chose for one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallConfig {
+    /// The call's deadline, unless the caller's is sooner (overrides the
+    /// method config's `timeout`).
+    pub timeout: Option<Duration>,
+    /// Its retry policy (overrides the method config's).
+    pub retry_policy: Option<RetryPolicy>,
+    /// A choice for the picker, which finds it with
+    /// [`PickInfo::decision`](crate::picker::PickInfo::decision).
+    pub decision: Option<CallDecision>,
+}
+
+/// A selector's choice for one call, handed to the picker through the
+/// request's extensions.
+#[derive(Clone)]
+pub struct CallDecision(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for CallDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallDecision(..)")
+    }
+}
+
 /// Settings for the methods a `methodConfig` entry names.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MethodConfig {
@@ -68,6 +105,9 @@ pub struct MethodConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceConfig {
     policy: Option<(String, Value)>,
+    /// Chooses settings per call, when the top-level policy has one (see
+    /// [`CallConfigSelector`]).
+    selector: Option<Arc<dyn CallConfigSelector>>,
     /// Method configs by `/service/method`, `/service/` and `` (default).
     methods: HashMap<String, Arc<MethodConfig>>,
     /// `healthCheckConfig.serviceName`, when client-side health checking is on.
@@ -118,7 +158,17 @@ impl ServiceConfig {
             },
             Some(_) => return err("healthCheckConfig is not an object"),
         }
+        if let Some((name, policy_config)) = &config.policy {
+            config.selector = policies
+                .get(name)
+                .and_then(|builder| builder.call_config(policy_config));
+        }
         Ok(config)
+    }
+
+    /// The per-call selector of the chosen policy, if it has one.
+    pub fn selector(&self) -> Option<&Arc<dyn CallConfigSelector>> {
+        self.selector.as_ref()
     }
 
     /// The chosen policy's name (`pick_first` by default).

@@ -18,10 +18,13 @@
 //! Several localities in the chosen priority share its calls by their
 //! weights (`weighted_target_experimental`), except under ring_hash.
 //!
-//! Not yet (issue 17): per-route `max_stream_duration` and
-//! `retry_policy` applied to calls, and registering the scheme without a
-//! call — [`crate::register`] must be called once before building an
-//! `xds:///` channel.
+//! Each call's timeout is its route's `max_stream_duration`, else the
+//! listener's (A31), and its retry policy the route's, else the virtual
+//! host's (A44): the cluster manager's per-call selector gives them to the
+//! channel before the pick.
+//!
+//! [`crate::register`] must be called once before building an `xds:///`
+//! channel (without it the target fails saying so).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -264,10 +267,21 @@ fn resolve_once(
     if resolved.len() < clusters.len() {
         return Ok(None);
     }
-    if let [(cluster, assignment)] = resolved.as_slice() {
+    // Per-call timeouts and retries need the cluster manager's selector,
+    // even for one cluster.
+    let default_timeout = listener.max_stream_duration;
+    let per_call = default_timeout.is_some()
+        || host
+            .routes
+            .iter()
+            .any(|r| r.max_stream_duration.is_some() || r.retry_policy.is_some());
+    if let [(cluster, assignment)] = resolved.as_slice()
+        && !per_call
+    {
         return Ok(Some(state(cluster, assignment, hash_header)?));
     }
-    // Several clusters: the cluster manager routes each call.
+    // Several clusters, or per-call settings: the cluster manager routes
+    // each call.
     let mut endpoints = Vec::new();
     let mut children = serde_json::Map::new();
     for (cluster, assignment) in &resolved {
@@ -284,7 +298,7 @@ fn resolve_once(
         );
     }
     let top = serde_json::json!({crate::policy::cluster_manager::NAME: {
-        "routes": crate::policy::cluster_manager::routes_json(&host.routes),
+        "routes": crate::policy::cluster_manager::routes_json(&host.routes, default_timeout),
         "children": children,
     }});
     Ok(Some(ResolverState {

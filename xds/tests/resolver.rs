@@ -654,3 +654,139 @@ async fn a_listener_never_sent_does_not_exist_after_15_s_and_calls_fail_naming_i
             .any(|r| r.type_url == listener::TYPE_URL && r.resource_names == ["silent"])
     );
 }
+
+/// A route's `max_stream_duration` (A31) and `retry_policy` (A44) reach
+/// its calls: a slow call on the route with a 200 ms limit ends
+/// DEADLINE_EXCEEDED, the same call on the other route completes; with one
+/// of two backends failing every call UNAVAILABLE, the route retrying on
+/// UNAVAILABLE loses no call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_timeout_and_retry_policy_apply_to_its_calls() {
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::{
+        ClusterSpecifier, MaxStreamDuration,
+    };
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{
+        HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    };
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    use waypost_integration::ads::build::api_listener_with_routes;
+
+    let backends = start_backends(2).await.unwrap();
+    let (server, resolvers) = ads_and_resolvers("node-route-settings").await;
+    let millis = |ms: i32| PbDuration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    };
+    let slow = Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(String::new())),
+            headers: vec![HeaderMatcher {
+                name: "x-slow".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+            max_stream_duration: Some(MaxStreamDuration {
+                max_stream_duration: Some(millis(200)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let retried = Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(String::new())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+            retry_policy: Some(RetryPolicy {
+                retry_on: "unavailable".into(),
+                num_retries: Some(UInt32Value { value: 4 }),
+                retry_back_off: Some(RetryBackOff {
+                    base_interval: Some(millis(5)),
+                    max_interval: Some(millis(20)),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: "settings".into(),
+        virtual_hosts: vec![VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![slow, retried],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    server.set(response(
+        listener::TYPE_URL,
+        "1",
+        &[api_listener_with_routes("settings", routes)],
+    ));
+    server.set(response(cluster::TYPE_URL, "1", &[eds_cluster("c")]));
+    let refs: Vec<&Backend> = backends.iter().collect();
+    server.set(response(endpoint::TYPE_URL, "1", &[assignment("c", &refs)]));
+    let channel = waypost_balancer::Channel::builder("xds:///settings")
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(channel);
+    let call = |slow: bool| {
+        let mut request = tonic::Request::new(MovieId { mid: 1 });
+        request.set_timeout(Duration::from_secs(10));
+        request
+            .extensions_mut()
+            .insert(waypost_balancer::WaitForReady(true));
+        if slow {
+            request
+                .metadata_mut()
+                .insert("x-slow", "1".parse().unwrap());
+        }
+        request
+    };
+    client.get_movie(call(false)).await.unwrap();
+
+    // Both backends take 1 s: the slow route's calls end at 200 ms.
+    for backend in &backends {
+        backend.set_delay(Duration::from_secs(1));
+    }
+    let started = tokio::time::Instant::now();
+    let error = client.get_movie(call(true)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(error.code(), tonic::Code::DeadlineExceeded, "{error}");
+    assert!(
+        waited < Duration::from_millis(900),
+        "ended after {waited:?}"
+    );
+    client
+        .get_movie(call(false))
+        .await
+        .expect("the other route has no limit");
+    for backend in &backends {
+        backend.set_delay(Duration::ZERO);
+    }
+
+    // b0 fails every call UNAVAILABLE: the retrying route loses none.
+    backends[0].set_failing(100);
+    let b0_before = backends[0].calls();
+    for _ in 0..100 {
+        let movie = client.get_movie(call(false)).await.unwrap().into_inner();
+        assert_eq!(movie.served_by, backends[1].name());
+    }
+    assert!(
+        backends[0].calls() > b0_before,
+        "no call reached the failing backend, so nothing was retried"
+    );
+}

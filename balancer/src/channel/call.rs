@@ -94,6 +94,10 @@ fn prepare(
 ) -> Result<Prepared, tonic::Status> {
     let config = shared.config.load();
     let method = config.method(request.uri().path());
+    let selected = config
+        .selector()
+        .map(|s| s.select(request.uri().path(), request.headers()))
+        .unwrap_or_default();
     let wait_for_ready = request
         .extensions()
         .get::<WaitForReady>()
@@ -105,7 +109,8 @@ fn prepare(
         .get(&GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
-    let timeout = match (caller_timeout, method.and_then(|m| m.timeout)) {
+    let configured = selected.timeout.or(method.and_then(|m| m.timeout));
+    let timeout = match (caller_timeout, configured) {
         (Some(a), Some(b)) if b < a => {
             request
                 .headers_mut()
@@ -121,7 +126,12 @@ fn prepare(
         (a, _) => a,
     };
     let deadline = timeout.map(|t| Instant::now() + t);
-    let retry_policy = method.and_then(|m| m.retry_policy.clone());
+    let retry_policy = selected
+        .retry_policy
+        .or_else(|| method.and_then(|m| m.retry_policy.clone()));
+    if let Some(decision) = selected.decision {
+        request.extensions_mut().insert(decision);
+    }
     if let Some(limits) = method.and_then(|m| CallLimits::of(m)) {
         let (parts, body) = request.into_parts();
         request = http::Request::from_parts(parts, limits.wrap_request(body));
@@ -418,10 +428,11 @@ fn place(
 ) -> Placed {
     let snapshot = shared.picker.load();
     let generation = snapshot.generation;
-    let routed = match snapshot.picker.pick(&crate::picker::PickInfo::new(
-        request.uri().path(),
-        request.headers(),
-    )) {
+    let mut info = crate::picker::PickInfo::new(request.uri().path(), request.headers());
+    info.decision = request
+        .extensions()
+        .get::<crate::service_config::CallDecision>();
+    let routed = match snapshot.picker.pick(&info) {
         Pick::Ready(routed) => routed,
         Pick::Drop(reason) => {
             return Placed::Failed(tonic::Status::unavailable(reason.to_string()));

@@ -157,6 +157,16 @@ pub trait PolicyBuilder: Send + Sync + 'static {
     }
     /// A new instance.
     fn build(&self) -> Box<dyn Policy>;
+    /// For a top-level policy whose config chooses settings per call (the
+    /// xDS cluster manager's routes), the selector for `config`; the
+    /// channel builds it once per service config. Default: none.
+    fn call_config(
+        &self,
+        config: &serde_json::Value,
+    ) -> Option<Arc<dyn crate::service_config::CallConfigSelector>> {
+        let _ = config;
+        None
+    }
 }
 
 /// Policy builders by name; local registries fall back to the global one.

@@ -16,7 +16,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use waypost_balancer::service_config::{CallConfig, CallConfigSelector, CallDecision, RetryPolicy};
 
 use serde_json::{Value, json};
 use waypost_balancer::picker::{Pick, PickInfo, Picker};
@@ -31,8 +35,9 @@ use crate::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, Rout
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "xds_cluster_manager_experimental";
 
-/// The route table as this policy's config takes it.
-pub fn routes_json(routes: &[Route]) -> Value {
+/// The route table as this policy's config takes it; each route's timeout
+/// is its `max_stream_duration`, else `default_timeout` (the listener's).
+pub fn routes_json(routes: &[Route], default_timeout: Option<Duration>) -> Value {
     Value::Array(
         routes
             .iter()
@@ -64,6 +69,26 @@ pub fn routes_json(routes: &[Route]) -> Value {
                 if let Some(f) = route.fraction_per_million {
                     entry.insert("fractionPerMillion".into(), json!(f));
                 }
+                if let Some(timeout) = route.max_stream_duration.or(default_timeout) {
+                    entry.insert("timeoutNanos".into(), json!(timeout.as_nanos() as u64));
+                }
+                if let Some(retry) = &route.retry_policy {
+                    let codes: Vec<i32> = retry
+                        .retryable_status_codes
+                        .iter()
+                        .map(|c| *c as i32)
+                        .collect();
+                    entry.insert(
+                        "retry".into(),
+                        json!({
+                            "maxAttempts": retry.max_attempts,
+                            "initialBackoffNanos": retry.initial_backoff.as_nanos() as u64,
+                            "maxBackoffNanos": retry.max_backoff.as_nanos() as u64,
+                            "backoffMultiplier": retry.backoff_multiplier,
+                            "codes": codes,
+                        }),
+                    );
+                }
                 match &route.action {
                     RouteAction::Cluster(c) => entry.insert("clusters".into(), json!([[c, 1]])),
                     RouteAction::Weighted(w) => entry.insert("clusters".into(), json!(w)),
@@ -89,6 +114,51 @@ struct RouteRule {
     clusters: Vec<(String, u64)>,
     total: u64,
     fail: Arc<str>,
+    /// The call's timeout (the route's `max_stream_duration`, else the
+    /// listener's).
+    timeout: Option<Duration>,
+}
+
+fn parse_retry(value: &Value) -> Option<RetryPolicy> {
+    let nanos = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(Duration::from_nanos)
+    };
+    let codes: Vec<tonic::Code> = value
+        .get("codes")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.as_i64().map(|c| tonic::Code::from(c as i32)))
+        .collect();
+    Some(RetryPolicy {
+        max_attempts: u32::try_from(value.get("maxAttempts")?.as_u64()?).ok()?,
+        initial_backoff: nanos("initialBackoffNanos")?,
+        max_backoff: nanos("maxBackoffNanos")?,
+        backoff_multiplier: value.get("backoffMultiplier")?.as_f64()?,
+        retryable_status_codes: codes,
+    })
+}
+
+/// The last route table parsed, shared by the per-call selector and the
+/// policy built from the same config, so a call's route choice made by one
+/// is understood by the other's picker.
+static LAST_PARSED: LazyLock<Mutex<Option<ParsedRoutes>>> = LazyLock::new(Mutex::default);
+
+/// A route table's JSON and its parse.
+type ParsedRoutes = (Value, Arc<[RouteRule]>);
+
+fn parse_routes_shared(value: &Value) -> Result<Arc<[RouteRule]>, String> {
+    let mut last = LAST_PARSED.lock();
+    if let Some((json, routes)) = last.as_ref()
+        && json == value
+    {
+        return Ok(routes.clone());
+    }
+    let routes: Arc<[RouteRule]> = parse_routes(value)?.into();
+    *last = Some((value.clone(), routes.clone()));
+    Ok(routes)
 }
 
 fn anchored(pattern: &str) -> Result<regex::Regex, String> {
@@ -186,10 +256,15 @@ fn parse_routes(value: &Value) -> Result<Vec<RouteRule>, String> {
                     action: RouteAction::Unsupported,
                     max_stream_duration: None,
                     hash_policies: Vec::new(),
+                    retry_policy: entry.get("retry").and_then(parse_retry),
                 },
                 clusters,
                 total,
                 fail: text("fail").unwrap_or("no cluster to route to").into(),
+                timeout: entry
+                    .get("timeoutNanos")
+                    .and_then(Value::as_u64)
+                    .map(Duration::from_nanos),
             })
         })
         .collect()
@@ -213,6 +288,84 @@ impl PolicyBuilder for ClusterManagerBuilder {
 
     fn build(&self) -> Box<dyn Policy> {
         Box::new(ClusterManager::new(thread_random()))
+    }
+
+    fn call_config(&self, config: &Value) -> Option<Arc<dyn CallConfigSelector>> {
+        let routes = parse_routes_shared(config.get("routes").unwrap_or(&Value::Null)).ok()?;
+        Some(Arc::new(RouteSelector {
+            routes,
+            random: thread_random(),
+        }))
+    }
+}
+
+/// A call's route and cluster, chosen once by the [`RouteSelector`] (with
+/// the route's timeout and retry policy) and followed by the picker.
+#[derive(Debug)]
+struct RouteChoice {
+    routes: Arc<[RouteRule]>,
+    /// The matching route, or `None`: none matched.
+    route: Option<usize>,
+    /// The cluster entry drawn within it.
+    entry: usize,
+}
+
+/// Chooses each call's route (A28: path, headers, runtime fraction) and
+/// cluster, giving the channel the route's timeout and retry policy.
+struct RouteSelector {
+    routes: Arc<[RouteRule]>,
+    random: RandomIndex,
+}
+
+impl std::fmt::Debug for RouteSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSelector")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The route a call to `path` with `headers` takes, and the cluster entry
+/// drawn within it.
+fn choose(
+    routes: &[RouteRule],
+    random: &RandomIndex,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> (Option<usize>, usize) {
+    let draw = random(1_000_000) as u32;
+    let Some(index) = routes
+        .iter()
+        .position(|r| r.route.matches(path, headers, draw))
+    else {
+        return (None, 0);
+    };
+    let rule = &routes[index];
+    if rule.total == 0 {
+        return (Some(index), 0);
+    }
+    let point = random(rule.total as usize) as u64;
+    let entry = rule
+        .clusters
+        .iter()
+        .position(|(_, upto)| point < *upto)
+        .expect("point below the total");
+    (Some(index), entry)
+}
+
+impl CallConfigSelector for RouteSelector {
+    fn select(&self, path: &str, headers: &http::HeaderMap) -> CallConfig {
+        let (route, entry) = choose(&self.routes, &self.random, path, headers);
+        let rule = route.map(|i| &self.routes[i]);
+        CallConfig {
+            timeout: rule.and_then(|r| r.timeout),
+            retry_policy: rule.and_then(|r| r.route.retry_policy.clone()),
+            decision: Some(CallDecision(Arc::new(RouteChoice {
+                routes: self.routes.clone(),
+                route,
+                entry,
+            }))),
+        }
     }
 }
 
@@ -258,8 +411,8 @@ impl ClusterManager {
 
 impl Policy for ClusterManager {
     fn resolver_update(&mut self, state: &ResolverState, config: &Value, helper: &mut dyn Helper) {
-        if let Ok(routes) = parse_routes(config.get("routes").unwrap_or(&Value::Null)) {
-            self.routes = routes.into();
+        if let Ok(routes) = parse_routes_shared(config.get("routes").unwrap_or(&Value::Null)) {
+            self.routes = routes;
         }
         let wanted: BTreeMap<String, ChildConfig> = config
             .get("children")
@@ -313,24 +466,21 @@ struct RoutingPicker {
 
 impl Picker for RoutingPicker {
     fn pick(&self, call: &PickInfo<'_>) -> Pick {
-        let draw = (self.random)(1_000_000) as u32;
-        let Some(index) = self
-            .routes
-            .iter()
-            .position(|r| r.route.matches(call.path, call.headers, draw))
-        else {
+        // The selector's choice when it chose from this very table, else
+        // a choice of our own.
+        let (route, entry) = match call.decision::<RouteChoice>() {
+            Some(choice) if Arc::ptr_eq(&choice.routes, &self.routes) => {
+                (choice.route, choice.entry)
+            }
+            _ => choose(&self.routes, &self.random, call.path, call.headers),
+        };
+        let Some(index) = route else {
             return Pick::Unavailable("no matching route".into());
         };
         let rule = &self.routes[index];
         if rule.total == 0 {
             return Pick::Unavailable(rule.fail.clone());
         }
-        let point = (self.random)(rule.total as usize) as u64;
-        let entry = rule
-            .clusters
-            .iter()
-            .position(|(_, upto)| point < *upto)
-            .expect("point below the total");
         match &self.targets[index][entry] {
             Some(child) => child.pick(call),
             None => Pick::Unavailable(

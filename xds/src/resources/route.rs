@@ -10,8 +10,9 @@
 //! `weighted_clusters`, `max_stream_duration` (`grpc_timeout_header_max`
 //! first), and `hash_policy` (header, and filter_state
 //! `io.grpc.channel_id`). Routes with another action stay, and calls they
-//! match fail, as gRPC does. Not yet: `retry_policy` (A44), query
-//! parameters, `cluster_specifier_plugin`.
+//! match fail, as gRPC does; `retry_policy` (A44) of the route, else of
+//! its virtual host. Not yet: query parameters,
+//! `cluster_specifier_plugin`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
+use waypost_balancer::service_config::RetryPolicy;
 
 use crate::client::ads::{ResourceError, ResourceType, Value};
 
@@ -134,6 +136,9 @@ pub struct Route {
     pub max_stream_duration: Option<Duration>,
     /// How ring_hash hashes calls of this route.
     pub hash_policies: Vec<HashPolicy>,
+    /// Its retry policy (A44): the route action's, else the virtual
+    /// host's; `None` when neither has one with a status gRPC retries on.
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// A virtual host.
@@ -152,6 +157,80 @@ pub struct RouteConfigUpdate {
     pub name: String,
     /// Its virtual hosts.
     pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// An xDS `RetryPolicy` as gRPC takes it (gRFC A44): `retry_on` names the
+/// status codes (`cancelled`, `deadline-exceeded`, `internal`,
+/// `resource-exhausted`, `unavailable`; other conditions are ignored),
+/// `num_retries` (default 1, at least 1) plus the first attempt make
+/// `maxAttempts`, `retry_back_off` (default 25 ms, at most 10× that;
+/// `base_interval` required and positive when it is given, `max_interval`
+/// not below it) with multiplier 2. `per_try_timeout` and the rest are
+/// ignored. `Ok(None)`: no status gRPC retries on, so no retries.
+fn retry_policy(
+    policy: &envoy_types::pb::envoy::config::route::v3::RetryPolicy,
+    at: &str,
+    name: &str,
+) -> Result<Option<RetryPolicy>, ResourceError> {
+    let codes: Vec<tonic::Code> = policy
+        .retry_on
+        .split(',')
+        .filter_map(|condition| match condition.trim() {
+            "cancelled" => Some(tonic::Code::Cancelled),
+            "deadline-exceeded" => Some(tonic::Code::DeadlineExceeded),
+            "internal" => Some(tonic::Code::Internal),
+            "resource-exhausted" => Some(tonic::Code::ResourceExhausted),
+            "unavailable" => Some(tonic::Code::Unavailable),
+            _ => None,
+        })
+        .collect();
+    let retries = policy.num_retries.as_ref().map_or(1, |n| n.value);
+    if retries == 0 {
+        return Err(refuse(
+            name,
+            format!("{at}.retry_policy.num_retries error:must be at least 1"),
+        ));
+    }
+    let (base, max) = match &policy.retry_back_off {
+        None => (Duration::from_millis(25), Duration::from_millis(250)),
+        Some(back_off) => {
+            let base = back_off
+                .base_interval
+                .as_ref()
+                .and_then(duration)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    refuse(
+                        name,
+                        format!(
+                            "{at}.retry_policy.retry_back_off.base_interval error:must be present and positive"
+                        ),
+                    )
+                })?;
+            let max = match back_off.max_interval.as_ref() {
+                None => base * 10,
+                Some(max) => duration(max).filter(|m| *m >= base).ok_or_else(|| {
+                    refuse(
+                        name,
+                        format!(
+                            "{at}.retry_policy.retry_back_off.max_interval error:must not be below base_interval"
+                        ),
+                    )
+                })?,
+            };
+            (base, max)
+        }
+    };
+    if codes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RetryPolicy {
+        max_attempts: retries.saturating_add(1),
+        initial_backoff: base,
+        max_backoff: max,
+        backoff_multiplier: 2.0,
+        retryable_status_codes: codes,
+    }))
 }
 
 fn refuse(name: &str, message: impl Into<String>) -> ResourceError {
@@ -251,6 +330,10 @@ pub fn from_proto(config: &RouteConfiguration) -> Result<RouteConfigUpdate, Reso
     let mut virtual_hosts = Vec::with_capacity(config.virtual_hosts.len());
     for (i, host) in config.virtual_hosts.iter().enumerate() {
         let mut routes = Vec::with_capacity(host.routes.len());
+        let host_retry = match &host.retry_policy {
+            Some(policy) => retry_policy(policy, &format!("field:virtual_hosts[{i}]"), &name)?,
+            None => None,
+        };
         for (j, route) in host.routes.iter().enumerate() {
             let at = format!("field:virtual_hosts[{i}].routes[{j}]");
             let Some(matcher) = &route.r#match else {
@@ -302,6 +385,7 @@ pub fn from_proto(config: &RouteConfiguration) -> Result<RouteConfigUpdate, Reso
                     Some(percent.numerator.saturating_mul(scale).min(1_000_000))
                 }
             };
+            let mut route_retry = host_retry.clone();
             let (action, max_stream_duration, hash_policies) = match &route.action {
                 Some(Action::Route(action)) => {
                     let target = match &action.cluster_specifier {
@@ -340,6 +424,9 @@ pub fn from_proto(config: &RouteConfiguration) -> Result<RouteConfigUpdate, Reso
                             ));
                         }
                     };
+                    if let Some(policy) = &action.retry_policy {
+                        route_retry = retry_policy(policy, &format!("{at}.route"), &name)?;
+                    }
                     let max = action.max_stream_duration.as_ref().and_then(|m| {
                         m.grpc_timeout_header_max
                             .as_ref()
@@ -380,6 +467,7 @@ pub fn from_proto(config: &RouteConfiguration) -> Result<RouteConfigUpdate, Reso
                 action,
                 max_stream_duration,
                 hash_policies,
+                retry_policy: route_retry,
             });
         }
         virtual_hosts.push(VirtualHost {
@@ -497,12 +585,13 @@ impl Route {
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
     use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as PbHashPolicy;
     use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::Header;
     use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
     use envoy_types::pb::envoy::config::route::v3::{
-        Route as PbRoute, RouteAction as PbRouteAction, RouteMatch, VirtualHost as PbVirtualHost,
-        WeightedCluster,
+        RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction as PbRouteAction, RouteMatch,
+        VirtualHost as PbVirtualHost, WeightedCluster,
     };
     use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
     use envoy_types::pb::google::protobuf::UInt32Value;
@@ -710,6 +799,101 @@ mod tests {
             .unwrap_err();
             assert_eq!(error.name.as_deref(), Some("routes"));
             assert!(error.message.contains(expected), "{}", error.message);
+        }
+    }
+
+    fn with_retry(
+        host_retry: Option<PbRetryPolicy>,
+        route_retry: Option<PbRetryPolicy>,
+    ) -> Result<RouteConfigUpdate, ResourceError> {
+        let mut r = route(
+            PathSpecifier::Prefix(String::new()),
+            Vec::new(),
+            ClusterSpecifier::Cluster("a".into()),
+        );
+        if let Some(Action::Route(action)) = &mut r.action {
+            action.retry_policy = route_retry;
+        }
+        from_proto(&config(vec![PbVirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![r],
+            retry_policy: host_retry,
+            ..Default::default()
+        }]))
+    }
+
+    fn pb_retry(
+        on: &str,
+        retries: Option<u32>,
+        back_off: Option<(u64, Option<u64>)>,
+    ) -> PbRetryPolicy {
+        let millis = |ms: u64| envoy_types::pb::google::protobuf::Duration {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        };
+        PbRetryPolicy {
+            retry_on: on.into(),
+            num_retries: retries.map(|value| UInt32Value { value }),
+            retry_back_off: back_off.map(|(base, max)| RetryBackOff {
+                base_interval: Some(millis(base)),
+                max_interval: max.map(millis),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retry_policies_follow_a44() {
+        let retry_of =
+            |update: RouteConfigUpdate| update.virtual_hosts[0].routes[0].retry_policy.clone();
+        // Defaults: one retry, 25 ms to 250 ms; unknown conditions ignored.
+        let policy = retry_of(
+            with_retry(
+                None,
+                Some(pb_retry("unavailable,5xx,cancelled", None, None)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(policy.max_attempts, 2);
+        assert_eq!(policy.initial_backoff, Duration::from_millis(25));
+        assert_eq!(policy.max_backoff, Duration::from_millis(250));
+        assert_eq!(
+            policy.retryable_status_codes,
+            [tonic::Code::Unavailable, tonic::Code::Cancelled]
+        );
+        // The virtual host's applies unless the route has its own.
+        let host = Some(pb_retry("internal", Some(3), Some((100, None))));
+        let policy = retry_of(with_retry(host.clone(), None).unwrap()).unwrap();
+        assert_eq!(
+            (policy.max_attempts, policy.max_backoff),
+            (4, Duration::from_secs(1))
+        );
+        let policy =
+            retry_of(with_retry(host, Some(pb_retry("deadline-exceeded", Some(1), None))).unwrap())
+                .unwrap();
+        assert_eq!(
+            policy.retryable_status_codes,
+            [tonic::Code::DeadlineExceeded]
+        );
+        // No status gRPC retries on: no retries.
+        assert!(
+            retry_of(with_retry(None, Some(pb_retry("5xx,reset", None, None))).unwrap()).is_none()
+        );
+        // Refused: zero retries, a missing or zero base, a max below it.
+        for (bad, field) in [
+            (pb_retry("unavailable", Some(0), None), "num_retries"),
+            (
+                pb_retry("unavailable", None, Some((0, None))),
+                "base_interval",
+            ),
+            (
+                pb_retry("unavailable", None, Some((100, Some(50)))),
+                "max_interval",
+            ),
+        ] {
+            let error = with_retry(None, Some(bad)).unwrap_err();
+            assert!(error.message.contains(field), "{error:?}");
         }
     }
 }
