@@ -272,7 +272,7 @@ struct Measured {
 
 /// Calls at `rate` per second for `seconds`; returns CPU µs per call and
 /// read/write system calls per call.
-async fn paced<T>(client: MoviesServiceClient<T>, rate: u64, seconds: u64) -> (f64, f64)
+pub(crate) async fn paced<T>(client: MoviesServiceClient<T>, rate: u64, seconds: u64) -> (f64, f64)
 where
     T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Future: Send,

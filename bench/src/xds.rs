@@ -7,7 +7,11 @@
 //! on it: the push → first call time, p50/p99. Then the pick cost
 //! (`Channel::pick`, one thread, `--picks` picks) through the whole tree
 //! (cluster_impl → round_robin under the xds resolver) beside a plain
-//! round_robin channel over the same backends, in the same run.
+//! round_robin channel over the same backends, in the same run. Last, the
+//! client CPU per call: `--rounds` rounds of `--seconds` s at `--rate`
+//! calls/s on each channel in turn, against backends in a child process
+//! (so only the client's CPU is counted), the xDS channel over the same
+//! three backends as the plain round_robin one.
 
 use std::time::Duration;
 
@@ -33,6 +37,15 @@ pub(crate) struct XdsArgs {
     /// Picks timed per channel.
     #[arg(long, default_value_t = 2_000_000)]
     picks: u64,
+    /// Calls per second in the per-call CPU phase.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// Seconds per round of the per-call CPU phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds of the per-call CPU phase (each channel once per round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 const PATH: &str = "/movies.v1.MoviesService/GetMovie";
@@ -155,6 +168,14 @@ pub(crate) async fn run(args: XdsArgs) -> Result<(), Box<dyn std::error::Error>>
         addrs.len(),
         xds_pick / plain_pick
     );
+    let (xds_cpu, plain_cpu) = per_call_cpu(&server, &args).await?;
+    let xds_us = crate::stats::median(xds_cpu.clone());
+    let plain_us = crate::stats::median(plain_cpu.clone());
+    let met_every_round = xds_cpu.iter().zip(&plain_cpu).all(|(x, p)| x / p <= 1.15);
+    eprintln!(
+        "client CPU per call: xds {xds_us:.2} µs (rounds {xds_cpu:.2?}), plain round_robin {plain_us:.2} µs (rounds {plain_cpu:.2?}), ratio {:.2}",
+        xds_us / plain_us
+    );
     println!(
         "{}",
         json!({
@@ -163,7 +184,73 @@ pub(crate) async fn run(args: XdsArgs) -> Result<(), Box<dyn std::error::Error>>
             "push_to_first_call_p99_ms": p99.as_secs_f64() * 1e3,
             "xds_pick_ns": xds_pick, "plain_round_robin_pick_ns": plain_pick,
             "pick_ratio": xds_pick / plain_pick,
+            "xds_cpu_us_per_call": xds_us, "plain_cpu_us_per_call": plain_us,
+            "xds_cpu_rounds": xds_cpu, "plain_cpu_rounds": plain_cpu,
+            "cpu_ratio": xds_us / plain_us,
+            "cpu_goal_met_in_every_round": met_every_round,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         })
     );
     Ok(())
+}
+
+/// Client CPU µs per call, per round: an `xds:///` channel (served by
+/// `server`) and a plain round_robin channel over the same three backends
+/// in a child process, taking turns.
+async fn per_call_cpu(
+    server: &AdsServer,
+    args: &XdsArgs,
+) -> Result<(Vec<f64>, Vec<f64>), Box<dyn std::error::Error>> {
+    let (_child, addrs) = crate::rpc::spawn_backends_with(None, &[], None).await?;
+    let addrs: Vec<std::net::SocketAddr> =
+        addrs.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    // (LDS and CDS are full state: the first channel's resources stay.)
+    server.set(response(
+        LISTENER,
+        "cpu",
+        &[
+            api_listener("bench", "bench-cluster"),
+            api_listener("cpu", "cpu-cluster"),
+        ],
+    ));
+    server.set(response(
+        CLUSTER,
+        "cpu",
+        &[eds_cluster("bench-cluster"), eds_cluster("cpu-cluster")],
+    ));
+    server.set(response(
+        ENDPOINTS,
+        "cpu",
+        &[assignment("cpu-cluster", &addrs)],
+    ));
+    let bootstrap = waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("bench"))?;
+    let resolvers = waypost_resolver::ResolverRegistry::new();
+    resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
+        bootstrap,
+    ));
+    let xds = Channel::builder("xds:///cpu")
+        .resolvers(resolvers)
+        .build()?;
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let plain = Channel::builder(format!("ipv4:{}", list.join(",")))
+        .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}))
+        .build()?;
+    let (mut xds_client, mut plain_client) = (
+        MoviesServiceClient::new(xds.clone()),
+        MoviesServiceClient::new(plain.clone()),
+    );
+    // Warm both: every backend connected.
+    for _ in 0..50 {
+        call(&mut xds_client).await?;
+        call(&mut plain_client).await?;
+    }
+    let (mut xds_us, mut plain_us) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let (x, _) = crate::rpc::paced(xds_client.clone(), args.rate, args.seconds).await;
+        let (p, _) = crate::rpc::paced(plain_client.clone(), args.rate, args.seconds).await;
+        eprintln!("round {round}: client CPU per call xds {x:.2} µs, plain round_robin {p:.2} µs");
+        xds_us.push(x);
+        plain_us.push(p);
+    }
+    Ok((xds_us, plain_us))
 }
