@@ -201,36 +201,68 @@ fn listening(started: &serde_json::Value) -> Result<String, Box<dyn std::error::
 /// Opens the streams against `server`, reads its RSS and measures
 /// `args.changes` fan-outs; returns the summary JSON.
 pub(crate) async fn measure(
-    mut server: ServerUnderTest,
+    server: ServerUnderTest,
     args: &LbArgs,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let plan = Fanout {
+        what: server.name,
+        streams: args.streams,
+        per_connection: args.per_connection,
+        changes: args.changes,
+        settle: Duration::ZERO,
+    };
+    measure_fanout(server, &plan, |connection| connection.run()).await
+}
+
+/// One fan-out measurement: how many streams, how many changes, and how
+/// long to let a change settle before the next (its CPU counted).
+pub(crate) struct Fanout {
+    pub(crate) what: &'static str,
+    pub(crate) streams: usize,
+    pub(crate) per_connection: usize,
+    pub(crate) changes: usize,
+    pub(crate) settle: Duration,
+}
+
+/// Opens `plan.streams` streams against `server` (one `connection` task
+/// per HTTP/2 connection, reporting through its [`Connection`]), reads the
+/// server's RSS, then makes `plan.changes` changes one at a time and
+/// collects every stream's latency for each; returns the summary JSON
+/// (medians over the changes, and each change's figures).
+pub(crate) async fn measure_fanout<F, Fut>(
+    mut server: ServerUnderTest,
+    plan: &Fanout,
+    connection: F,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>>
+where
+    F: Fn(Connection) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (pid, listen) = (server.pid, server.listen.clone());
     eprintln!(
         "{} pid {pid} on {listen}; idle RSS {} MiB",
-        server.name,
+        plan.what,
         rss_mib(pid)
     );
     let established = Arc::new(AtomicUsize::new(0));
     let all_established = Arc::new(Notify::new());
     let (triggers_tx, triggers) = watch::channel::<Vec<Instant>>(Vec::new());
     let (results_tx, mut results) = mpsc::unbounded_channel::<Batch>();
-    let connections = args.streams.div_ceil(args.per_connection);
+    let connections = plan.streams.div_ceil(plan.per_connection);
     let setup = Instant::now();
     let mut handles = Vec::with_capacity(connections);
     for c in 0..connections {
-        let count = args
-            .per_connection
-            .min(args.streams - c * args.per_connection);
-        let client = ConnectionClient {
+        handles.push(tokio::spawn(connection(Connection {
             listen: listen.clone(),
-            streams: count,
-            total: args.streams,
+            streams: plan
+                .per_connection
+                .min(plan.streams - c * plan.per_connection),
+            total: plan.streams,
             established: established.clone(),
             all_established: all_established.clone(),
             triggers: triggers.clone(),
             results: results_tx.clone(),
-        };
-        handles.push(tokio::spawn(client.run()));
+        })));
     }
     drop(results_tx);
     tokio::time::timeout(Duration::from_secs(300), all_established.notified())
@@ -239,13 +271,13 @@ pub(crate) async fn measure(
             format!(
                 "only {} of {} streams established in 300 s",
                 established.load(Ordering::Relaxed),
-                args.streams
+                plan.streams
             )
         })?;
     eprintln!(
         "{}: {} streams over {connections} connections established in {:.1} s",
-        server.name,
-        args.streams,
+        plan.what,
+        plan.streams,
         setup.elapsed().as_secs_f64()
     );
     // Let the setup's allocations settle before reading the RSS.
@@ -253,29 +285,30 @@ pub(crate) async fn measure(
     let rss = rss_mib(pid);
     eprintln!("server RSS with all streams open: {rss} MiB");
 
-    // Backend changes, one at a time: drain one backend, then undo it, …;
-    // every change sends every stream a new list.
-    let mut per_change = Vec::with_capacity(args.changes);
-    for change in 0..args.changes {
+    // Changes, one at a time (drain one backend, then undo it, …); each
+    // reaches every stream.
+    let mut per_change = Vec::with_capacity(plan.changes);
+    for change in 0..plan.changes {
         let (server_cpu0, client_cpu0) = (
             cpu_seconds(&format!("/proc/{pid}/stat")),
             cpu_seconds("/proc/self/stat"),
         );
         triggers_tx.send_modify(|t| t.push(Instant::now()));
         server.change(change).await?;
-        let mut latencies = Vec::with_capacity(args.streams);
-        while latencies.len() < args.streams {
+        let mut latencies = Vec::with_capacity(plan.streams);
+        while latencies.len() < plan.streams {
             match tokio::time::timeout(Duration::from_secs(60), results.recv()).await {
                 Ok(Some(Batch::Latencies(k, batch))) if k == change => latencies.extend(batch),
                 Ok(Some(Batch::Latencies(k, _))) => {
                     return Err(
-                        format!("a list for change {k} arrived during change {change}").into(),
+                        format!("an update for change {k} arrived during change {change}").into(),
                     );
                 }
                 Ok(Some(Batch::Failed(why))) => return Err(why.into()),
                 Ok(None) | Err(_) => break,
             }
         }
+        tokio::time::sleep(plan.settle).await;
         let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu0;
         let client_cpu = cpu_seconds("/proc/self/stat") - client_cpu0;
         let received = latencies.len();
@@ -285,12 +318,12 @@ pub(crate) async fn measure(
             percentile(&mut latencies, 100.0),
         );
         eprintln!(
-            "change {change}: new list reached {received} streams: p50 {p50:?}, p99 {p99:?}, max {max:?}; CPU server {server_cpu:.2} s, bench client {client_cpu:.2} s"
+            "change {change}: reached {received} streams: p50 {p50:?}, p99 {p99:?}, max {max:?}; CPU server {server_cpu:.2} s, bench client {client_cpu:.2} s"
         );
-        if received < args.streams {
+        if received < plan.streams {
             return Err(format!(
                 "only {received} of {} streams got change {change}",
-                args.streams
+                plan.streams
             )
             .into());
         }
@@ -305,7 +338,7 @@ pub(crate) async fn measure(
         )
     };
     let summary = json!({
-        "streams": args.streams,
+        "streams": plan.streams,
         "rss_mib": rss,
         "fanout_p50_ms": median_of("fanout_p50_ms"),
         "fanout_p99_ms": median_of("fanout_p99_ms"),
@@ -317,7 +350,7 @@ pub(crate) async fn measure(
     for handle in &handles {
         handle.abort();
     }
-    eprintln!("{}: {summary}", server.name);
+    eprintln!("{}: {summary}", plan.what);
     Ok(summary)
 }
 
@@ -341,7 +374,7 @@ async fn admin_post(admin: &str, path: &str) -> Result<(), Box<dyn std::error::E
 
 /// What a connection's task reports: every stream's latency for one change,
 /// or why it stopped.
-enum Batch {
+pub(crate) enum Batch {
     Latencies(usize, Vec<Duration>),
     Failed(String),
 }
@@ -349,31 +382,73 @@ enum Batch {
 /// One HTTP/2 connection's streams, all read by one task (a
 /// `select_all`), so the measuring client costs little next to the server
 /// it measures: no task, channel or allocation per stream per message.
-struct ConnectionClient {
-    listen: String,
-    streams: usize,
-    total: usize,
-    established: Arc<AtomicUsize>,
-    all_established: Arc<Notify>,
+pub(crate) struct Connection {
+    pub(crate) listen: String,
+    pub(crate) streams: usize,
+    pub(crate) total: usize,
+    pub(crate) established: Arc<AtomicUsize>,
+    pub(crate) all_established: Arc<Notify>,
     /// When each change was requested, in order.
-    triggers: watch::Receiver<Vec<Instant>>,
-    results: mpsc::UnboundedSender<Batch>,
+    pub(crate) triggers: watch::Receiver<Vec<Instant>>,
+    pub(crate) results: mpsc::UnboundedSender<Batch>,
 }
 
-impl ConnectionClient {
-    async fn run(self) {
-        if let Err(why) = self.read_all().await {
-            let _ = self.results.send(Batch::Failed(why));
+impl Connection {
+    /// One more stream has what it needs before the changes start.
+    pub(crate) fn stream_established(&self) {
+        if self.established.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
+            self.all_established.notify_one();
         }
     }
 
-    async fn read_all(&self) -> Result<(), String> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.listen))
+    /// Records that a stream received change `change`'s update now;
+    /// reports the change's batch once every stream of this connection
+    /// has. `recorded` holds each change's latencies so far.
+    pub(crate) fn record(
+        &self,
+        change: usize,
+        recorded: &mut Vec<Vec<Duration>>,
+    ) -> Result<(), String> {
+        let Some(t0) = self.triggers.borrow().get(change).copied() else {
+            return Err(format!("an update no change asked for (change {change})"));
+        };
+        if recorded.len() <= change {
+            recorded.resize_with(change + 1, Vec::new);
+        }
+        recorded[change].push(t0.elapsed());
+        if recorded[change].len() == self.streams {
+            let batch = std::mem::take(&mut recorded[change]);
+            let _ = self.results.send(Batch::Latencies(change, batch));
+        }
+        Ok(())
+    }
+
+    /// Reports why the connection's task stopped.
+    pub(crate) fn failed(&self, why: String) {
+        let _ = self.results.send(Batch::Failed(why));
+    }
+
+    /// An HTTP/2 connection to the server under test, with small stream
+    /// windows (as many streams share it).
+    pub(crate) async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.listen))
             .map_err(|e| e.to_string())?
             .initial_stream_window_size(Some(16 * 1024))
             .connect()
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// BalanceLoad streams: each established by its first list, then
+    /// every list is a change's.
+    async fn run(self) {
+        if let Err(why) = self.read_all().await {
+            self.failed(why);
+        }
+    }
+
+    async fn read_all(&self) -> Result<(), String> {
+        let channel = self.channel().await?;
         let opened = futures_util::future::join_all((0..self.streams).map(|_| {
             let mut client = LoadBalancerClient::new(channel.clone());
             let initial = LoadBalanceRequest {
@@ -402,22 +477,10 @@ impl ConnectionClient {
             received[i] += 1;
             // The initial response, then the first list: established.
             if received[i] == 2 {
-                if self.established.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
-                    self.all_established.notify_one();
-                }
+                self.stream_established();
             } else if received[i] > 2 {
-                let change = received[i] - 3;
-                let Some(t0) = self.triggers.borrow().get(change).copied() else {
-                    return Err(format!("stream {i} got a list no change asked for"));
-                };
-                if changes.len() <= change {
-                    changes.resize_with(change + 1, Vec::new);
-                }
-                changes[change].push(t0.elapsed());
-                if changes[change].len() == self.streams {
-                    let batch = std::mem::take(&mut changes[change]);
-                    let _ = self.results.send(Batch::Latencies(change, batch));
-                }
+                self.record(received[i] - 3, &mut changes)
+                    .map_err(|e| format!("stream {i}: {e}"))?;
             }
         }
         Err("the connection's streams ended".into())
