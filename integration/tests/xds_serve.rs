@@ -507,3 +507,83 @@ async fn ring_hash_services_stick_each_key_to_one_backend() {
     }
     assert!(used.len() >= 2, "waypost put every key on one backend");
 }
+
+/// Replicas on one etcd serve the same versions for the same content, so a
+/// client moved from one to the other — the first stopped, the second
+/// started on its address — keeps calling without a failure, and NACKs
+/// nothing: what it ACKed at the first is what the second serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_move_between_replicas_without_a_nack_or_a_failed_call() {
+    let etcd_server = EtcdServer::start().await.unwrap();
+    let backends = start_backends(2).await.unwrap();
+    let mut etcd = waypost_resolver::etcd::connect(&[etcd_server.addr()])
+        .await
+        .unwrap();
+    register(&mut etcd, "movies", &backends[0], r#"{"zone":"a"}"#).await;
+    register(&mut etcd, "movies", &backends[1], r#"{"zone":"b"}"#).await;
+    let config = |listen: &str| {
+        let text = format!(
+            "listen = \"{listen}\"\netcd = [\"{}\"]\n[[service]]\nname = \"movies\"\nsource = \"etcd:///movies\"\nhealth_service = \"\"\n",
+            etcd_server.addr()
+        );
+        Config::parse(&text, "replica.toml").unwrap()
+    };
+    let first = start(config("127.0.0.1:0"), serve_options()).await.unwrap();
+    let listen = first.listen;
+    let mut c_core = CCore::start(&first, "xds:///movies", "c-core-move").await;
+    let mut waypost = waypost_client(&first, "movies", "waypost-move");
+    waypost_ready(&mut waypost).await;
+    for calls in [
+        c_core.calls(1).await,
+        waypost_calls(&mut waypost, 100).await,
+    ] {
+        assert_eq!(count(&calls, "b0") + count(&calls, "b1"), 100, "{calls:?}");
+        assert!(
+            count(&calls, "b0") > 0 && count(&calls, "b1") > 0,
+            "{calls:?}"
+        );
+    }
+    let acked_at = |lb: &Running| -> Vec<(String, Option<_>)> {
+        let mut acked: Vec<_> = lb
+            .registry
+            .xds_clients()
+            .snapshot()
+            .into_iter()
+            .map(|r| (r.node_id.clone(), r.acked(ResourceType::Endpoints)))
+            .collect();
+        acked.sort();
+        acked
+    };
+    let before = acked_at(&first);
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert!(before.iter().all(|(_, v)| v.is_some()), "{before:?}");
+
+    // The first replica goes; the second comes up on its address.
+    first.shutdown().await;
+    let second = start(config(&listen.to_string()), serve_options())
+        .await
+        .unwrap();
+    // Calls go on throughout (the data plane does not depend on the ADS
+    // stream), and once both clients are back they hold what they held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = c_core.calls(1).await;
+        let w = waypost_calls(&mut waypost, 100).await;
+        assert_eq!(
+            count(&c, "failed") + count(&w, "failed"),
+            0,
+            "C-core {c:?} waypost {w:?}"
+        );
+        if acked_at(&second) == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clients not back at the same versions: {:?} vs {before:?}",
+            acked_at(&second)
+        );
+    }
+    for record in second.registry.xds_clients().snapshot() {
+        assert_eq!(record.last_nack, None, "{record:?}");
+    }
+}
