@@ -30,9 +30,10 @@ pub use waypost_balancer::{Channel, ConnectivityState, WaitForReady};
 pub use waypost_proto as proto;
 pub use waypost_resolver as resolver;
 pub use waypost_rpc as rpc;
-/// xDS: `xds:///name` channels fed by an xDS management server — call
-/// [`xds::register`] once first. Work in progress: see the README's xDS
-/// section for what is supported.
+/// xDS: `xds:///name` channels fed by an xDS management server (feature
+/// `xds`, on by default; the first channel registers the scheme). See the
+/// README's xDS section for what is supported.
+#[cfg(feature = "xds")]
 pub use waypost_xds as xds;
 
 /// Compiles the README's Rust examples as doc tests, so they stay true.

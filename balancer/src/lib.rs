@@ -30,6 +30,8 @@ pub mod subchannel;
 pub mod testing;
 pub mod tls;
 mod transport;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use channel::{
     Channel, ChannelBody, ChannelBuilder, ChannelError, ChannelStats, ResponseFuture, WaitForReady,

@@ -107,7 +107,6 @@ pub(crate) async fn run(args: XdsArgs) -> Result<(), Box<dyn std::error::Error>>
         "0",
         &[assignment("bench-cluster", &addrs[..1])],
     ));
-    waypost_xds::register();
     let bootstrap = waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json("bench"))?;
     let resolvers = waypost_resolver::ResolverRegistry::new();
     resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(

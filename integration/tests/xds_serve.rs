@@ -150,7 +150,6 @@ fn waypost_client(
     node: &str,
 ) -> MoviesServiceClient<waypost_balancer::Channel> {
     let bootstrap = waypost_xds::bootstrap::Bootstrap::from_json(&bootstrap(lb, node)).unwrap();
-    waypost_xds::register();
     let resolvers = waypost_resolver::ResolverRegistry::new();
     resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
         bootstrap,

@@ -81,7 +81,7 @@ impl std::fmt::Debug for ResolverRegistry {
 /// constructors); a target with one of them is never taken for a DNS name.
 const OPT_IN_SCHEMES: &[(&str, &str)] = &[(
     "xds",
-    "call waypost::xds::register() (waypost_xds::register()) once at start-up, as a grpc-go program imports google.golang.org/grpc/xds",
+    "build waypost-balancer with its `xds` feature (the `waypost` crate has it on by default) and the first channel registers it",
 )];
 
 static GLOBAL: LazyLock<ResolverRegistry> = LazyLock::new(|| {

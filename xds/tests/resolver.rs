@@ -37,8 +37,6 @@ async fn ads_and_resolvers(node: &str) -> (AdsServer, waypost_resolver::Resolver
     let server = AdsServer::start().await.unwrap();
     let bootstrap =
         waypost_xds::bootstrap::Bootstrap::from_json(&server.bootstrap_json(node)).unwrap();
-    // The xDS policies the resolver's service configs name.
-    waypost_xds::register();
     let resolvers = waypost_resolver::ResolverRegistry::new();
     resolvers.register(waypost_xds::resolver::XdsResolverBuilder::with_bootstrap(
         bootstrap,
@@ -789,4 +787,17 @@ async fn a_routes_timeout_and_retry_policy_apply_to_its_calls() {
         backends[0].calls() > b0_before,
         "no call reached the failing backend, so nothing was retried"
     );
+}
+
+/// Nothing to call: building a channel registers the `xds` scheme, so an
+/// `xds:///` target with no bootstrap in the environment fails on the
+/// bootstrap — the xDS resolver's error — not as an unknown scheme.
+#[tokio::test]
+async fn the_xds_scheme_needs_no_registration_call() {
+    let error = waypost_balancer::Channel::builder("xds:///orders")
+        .build()
+        .expect_err("no bootstrap in this test's environment");
+    let text = error.to_string();
+    assert!(text.contains("GRPC_XDS_BOOTSTRAP"), "{text}");
+    assert!(!text.contains("not registered"), "{text}");
 }

@@ -261,6 +261,8 @@ impl Channel {
     /// Starts building a channel to `target` (`dns:///host:port`,
     /// `etcd:///service`, `ipv4:…`, or any registered scheme).
     pub fn builder(target: impl Into<String>) -> ChannelBuilder {
+        #[cfg(feature = "xds")]
+        crate::xds::register_default();
         ChannelBuilder {
             target: target.into(),
             resolvers: ResolverRegistry::new(),

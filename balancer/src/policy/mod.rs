@@ -198,6 +198,8 @@ static GLOBAL: LazyLock<PolicyRegistry> = LazyLock::new(|| {
         name: "ring_hash_experimental",
     });
     registry.register(ring_hash::RingHashBuilder { name: "ring_hash" });
+    #[cfg(feature = "xds")]
+    crate::xds::policy::register_into(&registry);
     registry.register(least_request::LeastRequestBuilder {
         name: "least_request_experimental",
     });

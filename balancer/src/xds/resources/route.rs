@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::service_config::RetryPolicy;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
@@ -28,9 +29,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use waypost_balancer::service_config::RetryPolicy;
 
-use crate::client::ads::{ResourceError, ResourceType, Value};
+use crate::xds::client::ads::{ResourceError, ResourceType, Value};
 
 /// The type URL of RDS resources.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use crate::client::ads::{ResourceError, ResourceType, Value};
+use crate::xds::client::ads::{ResourceError, ResourceType, Value};
 
 /// The type URL of EDS resources.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";

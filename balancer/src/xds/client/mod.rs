@@ -1,16 +1,16 @@
 //! The XdsClient: one ADS stream to a management server, shared by every
 //! watcher, with a cache so a second watcher of a resource is answered at
 //! once. [`ads`] is its protocol as a pure state machine; this module is
-//! the task that drives it over a waypost [`Channel`](waypost_balancer::Channel).
+//! the task that drives it over a waypost [`Channel`](crate::Channel).
 //!
 //! The stream is reopened with backoff when it fails; the cache is kept
 //! and every subscription re-requested. The task ends when the client and
 //! every watch are dropped.
 //!
 //! ```no_run
-//! use waypost_xds::bootstrap::Bootstrap;
-//! use waypost_xds::client::XdsClient;
-//! use waypost_xds::resources::cluster::{self, ClusterUpdate};
+//! use waypost_balancer::xds::bootstrap::Bootstrap;
+//! use waypost_balancer::xds::client::XdsClient;
+//! use waypost_balancer::xds::resources::cluster::{self, ClusterUpdate};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = XdsClient::shared(&Bootstrap::from_env()?)?;
@@ -35,15 +35,15 @@ use tokio::sync::{mpsc, watch};
 use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use self::ads::{AdsState, Event, ResourceStatus, ResourceType, Value};
-use crate::bootstrap::{Bootstrap, XdsServer};
+use crate::xds::bootstrap::{Bootstrap, XdsServer};
 
 /// The resource types every XdsClient knows.
 pub fn resource_types() -> Vec<&'static ResourceType> {
     vec![
-        &crate::resources::listener::LDS,
-        &crate::resources::route::RDS,
-        &crate::resources::cluster::CDS,
-        &crate::resources::endpoint::EDS,
+        &crate::xds::resources::listener::LDS,
+        &crate::xds::resources::route::RDS,
+        &crate::xds::resources::cluster::CDS,
+        &crate::xds::resources::endpoint::EDS,
     ]
 }
 
@@ -142,7 +142,7 @@ impl XdsClient {
     /// tokio runtime.
     pub fn new(bootstrap: &Bootstrap) -> Result<XdsClient, XdsClientError> {
         let server = bootstrap.server().clone();
-        let mut builder = waypost_balancer::Channel::builder(server.server_uri.clone());
+        let mut builder = crate::Channel::builder(server.server_uri.clone());
         if let Some(tls) = server.channel_creds.client_tls() {
             builder = builder.tls(tls);
         }
@@ -416,7 +416,7 @@ fn command(shared: &Shared, ads: &mut AdsState, command: Command) -> Option<Disc
 
 /// The client's task: streams, reconnects, dispatches.
 async fn run(
-    channel: waypost_balancer::Channel,
+    channel: crate::Channel,
     server: XdsServer,
     mut ads: AdsState,
     shared: Weak<Shared>,
@@ -507,10 +507,10 @@ mod tests {
         assert_eq!(
             urls,
             [
-                crate::resources::listener::TYPE_URL,
-                crate::resources::route::TYPE_URL,
-                crate::resources::cluster::TYPE_URL,
-                crate::resources::endpoint::TYPE_URL,
+                crate::xds::resources::listener::TYPE_URL,
+                crate::xds::resources::route::TYPE_URL,
+                crate::xds::resources::cluster::TYPE_URL,
+                crate::xds::resources::endpoint::TYPE_URL,
             ]
         );
     }

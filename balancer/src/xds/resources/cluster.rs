@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifi
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use crate::client::ads::{ResourceError, ResourceType, Value};
+use crate::xds::client::ads::{ResourceError, ResourceType, Value};
 
 /// The type URL of CDS resources.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -402,7 +402,7 @@ mod tests {
         let mut config = update.outlier_detection.unwrap();
         config["childPolicy"] = serde_json::json!([{"round_robin": {}}]);
         assert!(
-            waypost_balancer::PolicyRegistry::global()
+            crate::PolicyRegistry::global()
                 .get("outlier_detection_experimental")
                 .unwrap()
                 .validate(&config)

@@ -8,7 +8,7 @@
 //! C-core's `field:xds_servers[0].channel_creds error:field not present`.
 //!
 //! ```
-//! use waypost_xds::bootstrap::{Bootstrap, ChannelCreds};
+//! use waypost_balancer::xds::bootstrap::{Bootstrap, ChannelCreds};
 //!
 //! let bootstrap = Bootstrap::from_json(r#"{
 //!     "xds_servers": [{"server_uri": "127.0.0.1:18000",
@@ -19,15 +19,15 @@
 //! assert_eq!(bootstrap.xds_servers[0].server_uri, "127.0.0.1:18000");
 //! assert_eq!(bootstrap.xds_servers[0].channel_creds, ChannelCreds::Insecure);
 //! assert_eq!(bootstrap.node.locality.zone, "eu-west-1a");
-//! # Ok::<(), waypost_xds::bootstrap::BootstrapError>(())
+//! # Ok::<(), waypost_balancer::xds::bootstrap::BootstrapError>(())
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::service_config::parse_duration;
 use serde_json::{Map, Value};
-use waypost_balancer::service_config::parse_duration;
 
 /// The variable naming the bootstrap file.
 pub const BOOTSTRAP_FILE_ENV: &str = "GRPC_XDS_BOOTSTRAP";
@@ -95,7 +95,7 @@ pub enum ChannelCreds {
 impl ChannelCreds {
     /// The TLS configuration for the channel to the server (`None`:
     /// plaintext).
-    pub fn client_tls(&self) -> Option<waypost_balancer::ClientTlsConfig> {
+    pub fn client_tls(&self) -> Option<crate::ClientTlsConfig> {
         match self {
             ChannelCreds::Insecure => None,
             ChannelCreds::Tls {
@@ -106,11 +106,11 @@ impl ChannelCreds {
             } => {
                 let identity = certificate_file.clone().zip(private_key_file.clone());
                 Some(match ca_certificate_file {
-                    Some(ca) => waypost_balancer::ClientTlsConfig::from_files(ca, identity)
+                    Some(ca) => crate::ClientTlsConfig::from_files(ca, identity)
                         .refresh_interval(*refresh_interval),
                     // (A client certificate needs a CA file: checked when
                     // parsed.)
-                    None => waypost_balancer::ClientTlsConfig::new().with_native_roots(),
+                    None => crate::ClientTlsConfig::new().with_native_roots(),
                 })
             }
         }

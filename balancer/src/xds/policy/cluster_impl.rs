@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
-use waypost_balancer::ConnectivityState;
-use waypost_balancer::picker::{CallOutcome, CallTracker, Pick, PickInfo, Picker};
-use waypost_balancer::policy::{
+use crate::ConnectivityState;
+use crate::picker::{CallOutcome, CallTracker, Pick, PickInfo, Picker};
+use crate::policy::{
     Helper, Policy, PolicyBuilder, PolicyEvents, PolicyRegistry, RandomIndex, thread_random,
 };
-use waypost_balancer::{SubchannelHandle, SubchannelId, SubchannelState};
+use crate::{SubchannelHandle, SubchannelId, SubchannelState};
+use serde_json::Value;
 use waypost_resolver::{Address, ResolveError, ResolverState};
 
 /// The policy's name, as gRPC's.
@@ -269,7 +269,7 @@ impl Helper for ChildHelper<'_> {
         self.parent.authority()
     }
 
-    fn tls(&self) -> Option<waypost_balancer::ClientTlsConfig> {
+    fn tls(&self) -> Option<crate::ClientTlsConfig> {
         self.parent.tls()
     }
 }
@@ -336,7 +336,7 @@ impl Policy for ClusterImpl {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.child.is_none() {
-            waypost_balancer::policy::fail_resolution(error, helper);
+            crate::policy::fail_resolution(error, helper);
         }
         self.with_child(helper, |child, h| child.resolver_error(error, h));
     }
@@ -361,8 +361,8 @@ impl Policy for ClusterImpl {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::FakeHelper;
     use serde_json::json;
-    use waypost_balancer::testing::FakeHelper;
     use waypost_resolver::Endpoint;
 
     use super::*;
@@ -370,7 +370,7 @@ mod tests {
     const PATH: &str = "/movies.v1.MoviesService/GetMovie";
 
     fn ready(config: Value) -> (ClusterImpl, FakeHelper) {
-        let mut policy = ClusterImpl::new(waypost_balancer::policy::seeded_random(5));
+        let mut policy = ClusterImpl::new(crate::policy::seeded_random(5));
         let mut helper = FakeHelper::new("orders");
         let addresses: [std::net::SocketAddr; 2] = [
             "10.0.0.1:80".parse().unwrap(),

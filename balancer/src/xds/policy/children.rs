@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ConnectivityState;
+use crate::picker::{Picker, QueuePicker};
+use crate::policy::{Helper, Policy, PolicyEvents, PolicyRegistry};
+use crate::{SubchannelHandle, SubchannelId, SubchannelState};
 use serde_json::{Value, json};
-use waypost_balancer::ConnectivityState;
-use waypost_balancer::picker::{Picker, QueuePicker};
-use waypost_balancer::policy::{Helper, Policy, PolicyEvents, PolicyRegistry};
-use waypost_balancer::{SubchannelHandle, SubchannelId, SubchannelState};
 use waypost_resolver::{Address, ResolveError, ResolverState};
 
 /// A child policy's name and config.
@@ -75,7 +75,7 @@ impl Helper for ChildHelper<'_> {
         self.parent.authority()
     }
 
-    fn tls(&self) -> Option<waypost_balancer::ClientTlsConfig> {
+    fn tls(&self) -> Option<crate::ClientTlsConfig> {
         self.parent.tls()
     }
 }

@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::route::{self, RouteConfigUpdate};
-use crate::client::ads::{ResourceError, ResourceType, Value};
+use crate::xds::client::ads::{ResourceError, ResourceType, Value};
 
 /// The type URL of LDS resources.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

@@ -23,7 +23,7 @@
 //! host's (A44): the cluster manager's per-call selector gives them to the
 //! channel before the pick.
 //!
-//! [`crate::register`] must be called once before building an `xds:///`
+//! [`crate::xds::register`] must be called once before building an `xds:///`
 //! channel (without it the target fails saying so).
 
 use std::collections::BTreeMap;
@@ -33,12 +33,12 @@ use waypost_resolver::{
     Address, Endpoint, ResolveError, ResolverBuilder, ResolverRegistry, ResolverState, Target,
 };
 
-use crate::bootstrap::Bootstrap;
-use crate::client::{ResourceWatch, WatchState, XdsClient};
-use crate::resources::cluster::{self, ClusterPolicy, ClusterUpdate};
-use crate::resources::endpoint::{self, EndpointsUpdate};
-use crate::resources::listener::{self, ListenerUpdate, RouteSource};
-use crate::resources::route::{self, HashPolicy, RouteAction, RouteConfigUpdate};
+use crate::xds::bootstrap::Bootstrap;
+use crate::xds::client::{ResourceWatch, WatchState, XdsClient};
+use crate::xds::resources::cluster::{self, ClusterPolicy, ClusterUpdate};
+use crate::xds::resources::endpoint::{self, EndpointsUpdate};
+use crate::xds::resources::listener::{self, ListenerUpdate, RouteSource};
+use crate::xds::resources::route::{self, HashPolicy, RouteAction, RouteConfigUpdate};
 
 /// Why an `xds:///` target does not resolve.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl ResolverBuilder for XdsResolverBuilder {
 }
 
 /// Registers the `xds` scheme (bootstrap from the environment) in the
-/// global resolver registry (see [`crate::register`], which also registers
+/// global resolver registry (see [`crate::xds::register`], which also registers
 /// the xDS policies the resolver's service configs name).
 pub fn register() {
     ResolverRegistry::global().register(XdsResolverBuilder::new());
@@ -297,8 +297,8 @@ fn resolve_once(
             serde_json::json!({"childPolicy": policy}),
         );
     }
-    let top = serde_json::json!({crate::policy::cluster_manager::NAME: {
-        "routes": crate::policy::cluster_manager::routes_json(&host.routes, default_timeout),
+    let top = serde_json::json!({crate::xds::policy::cluster_manager::NAME: {
+        "routes": crate::xds::policy::cluster_manager::routes_json(&host.routes, default_timeout),
         "children": children,
     }});
     Ok(Some(ResolverState {
@@ -312,7 +312,7 @@ fn resolve_once(
 /// priority's localities: `weighted_target` over them when there are
 /// several (and the policy is not ring_hash), else `leaf` itself.
 fn priority_tree(
-    localities: &[crate::resources::endpoint::LocalityEndpoints],
+    localities: &[crate::xds::resources::endpoint::LocalityEndpoints],
     leaf: &serde_json::Value,
     ring: bool,
 ) -> (Vec<Endpoint>, serde_json::Value) {
@@ -344,7 +344,8 @@ fn priority_tree(
                 )
             })
             .collect();
-        let tree = serde_json::json!({crate::policy::weighted_target::NAME: {"targets": targets}});
+        let tree =
+            serde_json::json!({crate::xds::policy::weighted_target::NAME: {"targets": targets}});
         return (endpoints, tree);
     }
     (endpoints, leaf.clone())
@@ -404,7 +405,7 @@ fn state(
             children.insert(name.clone(), serde_json::json!({"config": [with_od(tree)]}));
             order.push(name);
         }
-        let tree = serde_json::json!({crate::policy::priority::NAME: {
+        let tree = serde_json::json!({crate::xds::policy::priority::NAME: {
             "children": children, "priorities": order}});
         (endpoints, tree)
     };
@@ -413,7 +414,7 @@ fn state(
         .iter()
         .map(|d| serde_json::json!({"category": d.category, "requestsPerMillion": d.per_million}))
         .collect();
-    let top = serde_json::json!({crate::policy::cluster_impl::NAME: {
+    let top = serde_json::json!({crate::xds::policy::cluster_impl::NAME: {
         "cluster": cluster.name,
         "maxConcurrentRequests": cluster.max_requests,
         "dropCategories": drops,
@@ -429,11 +430,11 @@ fn state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::endpoint::{Drop, EndpointInfo, LocalityEndpoints, LocalityName};
+    use crate::xds::resources::endpoint::{Drop, EndpointInfo, LocalityEndpoints, LocalityName};
 
     #[test]
     fn the_service_config_parses_with_the_xds_policies_registered() {
-        crate::register();
+        // (the global policy registry has them from the start)
         let cluster = ClusterUpdate {
             name: "c".into(),
             eds_service_name: "c".into(),
@@ -459,10 +460,8 @@ mod tests {
         };
         let state = state(&cluster, &assignment, None).unwrap();
         let json = state.service_config.unwrap();
-        let parsed = waypost_balancer::service_config::ServiceConfig::parse(
-            &json,
-            waypost_balancer::PolicyRegistry::global(),
-        );
+        let parsed =
+            crate::service_config::ServiceConfig::parse(&json, crate::PolicyRegistry::global());
         assert!(parsed.is_ok(), "{json}: {:?}", parsed.err());
         // Outlier detection sits between cluster_impl and the leaf.
         let od = &json["loadBalancingConfig"][0]["xds_cluster_impl_experimental"]["childPolicy"][0]

@@ -18,10 +18,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use crate::ConnectivityState;
+use crate::policy::{Helper, Policy, PolicyBuilder};
+use crate::{SubchannelId, SubchannelState};
 use serde_json::Value;
-use waypost_balancer::ConnectivityState;
-use waypost_balancer::policy::{Helper, Policy, PolicyBuilder};
-use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
 use super::children::{ChildConfig, Children, child_policy};
@@ -113,7 +113,7 @@ impl Priority {
         }
         helper.update_picker(
             ConnectivityState::TransientFailure,
-            std::sync::Arc::new(waypost_balancer::picker::FailPicker(
+            std::sync::Arc::new(crate::picker::FailPicker(
                 format!("{NAME}: no priorities").into(),
             )),
         );
@@ -141,7 +141,7 @@ impl Policy for Priority {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.children.children.is_empty() {
-            waypost_balancer::policy::fail_resolution(error, helper);
+            crate::policy::fail_resolution(error, helper);
             return;
         }
         self.children.resolver_error(error, helper);
@@ -182,12 +182,12 @@ impl Policy for Priority {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::FakeHelper;
     use serde_json::json;
-    use waypost_balancer::testing::FakeHelper;
     use waypost_resolver::Endpoint;
 
     use super::*;
-    use waypost_balancer::ConnectivityState::*;
+    use crate::ConnectivityState::*;
 
     fn setup() -> (Priority, FakeHelper) {
         let mut policy = Priority::default();

@@ -19,18 +19,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::service_config::{CallConfig, CallConfigSelector, CallDecision, RetryPolicy};
 use parking_lot::Mutex;
-use waypost_balancer::service_config::{CallConfig, CallConfigSelector, CallDecision, RetryPolicy};
 
+use crate::picker::{Pick, PickInfo, Picker};
+use crate::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
+use crate::{SubchannelId, SubchannelState};
 use serde_json::{Value, json};
-use waypost_balancer::picker::{Pick, PickInfo, Picker};
-use waypost_balancer::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
-use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
 use super::children::{ChildConfig, Children, child_policy};
 
-use crate::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction};
+use crate::xds::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction};
 
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "xds_cluster_manager_experimental";
@@ -430,7 +430,7 @@ impl Policy for ClusterManager {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.children.children.is_empty() {
-            waypost_balancer::policy::fail_resolution(error, helper);
+            crate::policy::fail_resolution(error, helper);
             return;
         }
         self.children.resolver_error(error, helper);

@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::ConnectivityState;
+use crate::picker::{Pick, PickInfo, Picker};
+use crate::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
+use crate::{SubchannelId, SubchannelState};
 use serde_json::Value;
-use waypost_balancer::ConnectivityState;
-use waypost_balancer::picker::{Pick, PickInfo, Picker};
-use waypost_balancer::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
-use waypost_balancer::{SubchannelId, SubchannelState};
 use waypost_resolver::{ResolveError, ResolverState};
 
 use super::children::{ChildConfig, Children, child_policy};
@@ -101,7 +101,7 @@ impl WeightedTarget {
             // fail, as its state says).
             match self.children.children.values().next() {
                 Some(child) => child.picker.clone(),
-                None => Arc::new(waypost_balancer::picker::FailPicker(
+                None => Arc::new(crate::picker::FailPicker(
                     format!("{NAME}: no targets").into(),
                 )),
             }
@@ -129,7 +129,7 @@ impl Policy for WeightedTarget {
 
     fn resolver_error(&mut self, error: &ResolveError, helper: &mut dyn Helper) {
         if self.children.children.is_empty() {
-            waypost_balancer::policy::fail_resolution(error, helper);
+            crate::policy::fail_resolution(error, helper);
             return;
         }
         self.children.resolver_error(error, helper);
@@ -176,15 +176,15 @@ impl Picker for WeightedPicker {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::FakeHelper;
     use serde_json::json;
-    use waypost_balancer::testing::FakeHelper;
     use waypost_resolver::Endpoint;
 
     use super::*;
 
     #[test]
     fn ready_localities_share_calls_by_weight() {
-        let mut policy = WeightedTarget::new(waypost_balancer::policy::seeded_random(9));
+        let mut policy = WeightedTarget::new(crate::policy::seeded_random(9));
         let mut helper = FakeHelper::new("orders");
         let endpoint = |addr: &str, locality: &str| {
             Endpoint::new(addr.parse::<std::net::SocketAddr>().unwrap())
