@@ -6,10 +6,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use waypost_lbserver::cli;
 
+/// `waypost --version`: the crate version and the git commit built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WAYPOST_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "waypost",
-    version,
+    version = VERSION,
     about = "gRPC name resolution and load balancing"
 )]
 struct Cli {
@@ -29,6 +37,12 @@ enum Command {
     Resolve(cli::ResolveArgs),
     /// Register an endpoint in etcd until interrupted, then remove it.
     Register(cli::RegisterArgs),
+    /// Print a shell completion script (e.g. `waypost completions bash >
+    /// /etc/bash_completion.d/waypost`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +72,11 @@ async fn main() -> ExitCode {
         Command::Status(args) => cli::status(args, &mut out).await,
         Command::Resolve(args) => cli::resolve(args, &mut out).await,
         Command::Register(args) => cli::register(args, &mut out).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "waypost", &mut out);
+            0
+        }
     };
     ExitCode::from(code)
 }

@@ -147,6 +147,63 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// What the configuration's files hold, loaded and checked.
+struct Material {
+    admin_token: Option<String>,
+    balance_tls: Option<waypost_balancer::tls::TlsAcceptor>,
+    admin_tls: Option<waypost_balancer::tls::TlsAcceptor>,
+}
+
+/// Loads every file `config` names — probes' and listeners' TLS material
+/// (re-read later, but it must load now), the admin token.
+fn load_material(config: &Config) -> Result<Material, ServeError> {
+    for service in &config.services {
+        if let Some(tls) = &service.backend_tls {
+            let client = crate::probe::client_tls(tls);
+            waypost_balancer::tls::TlsDialer::new(&client, "localhost").map_err(|error| {
+                ServeError::BackendTls {
+                    service: quote(&service.name),
+                    error,
+                }
+            })?;
+        }
+    }
+    let admin_token = match &config.admin_auth.token_file {
+        Some(path) => {
+            Some(
+                crate::admin::read_token(path).map_err(|message| ServeError::AdminToken {
+                    path: path.display().to_string(),
+                    message,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let (balance_tls, admin_tls) = match &config.tls {
+        Some(tls) => {
+            let balance = waypost_balancer::tls::TlsAcceptor::new(&tls.balance_load())
+                .map_err(ServeError::Tls)?;
+            let admin =
+                waypost_balancer::tls::TlsAcceptor::new(&tls.admin()).map_err(ServeError::Tls)?;
+            (Some(balance), Some(admin))
+        }
+        None => (None, None),
+    };
+    Ok(Material {
+        admin_token,
+        balance_tls,
+        admin_tls,
+    })
+}
+
+/// Checks `config` as [`start`] would, without binding, connecting or
+/// resolving anything: every file it names loads (TLS material, the
+/// admin token). Its syntax, values and targets were checked when it was
+/// parsed. For `waypost serve --check-config`.
+pub fn check(config: &Config) -> Result<(), ServeError> {
+    load_material(config).map(drop)
+}
+
 /// Starts the balancer described by `config`.
 pub async fn start(config: Config, options: ServeOptions) -> Result<Running, ServeError> {
     let registry = Registry::new(&config.services);
@@ -170,40 +227,11 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         })?;
         sources.push(source);
     }
-    // Probes' TLS material must load now (it is re-read later).
-    for service in registry.services() {
-        if let Some(tls) = &service.config.backend_tls {
-            let config = crate::probe::client_tls(tls);
-            waypost_balancer::tls::TlsDialer::new(&config, "localhost").map_err(|error| {
-                ServeError::BackendTls {
-                    service: quote(&service.config.name),
-                    error,
-                }
-            })?;
-        }
-    }
-    let admin_token = match &config.admin_auth.token_file {
-        Some(path) => {
-            Some(
-                crate::admin::read_token(path).map_err(|message| ServeError::AdminToken {
-                    path: path.display().to_string(),
-                    message,
-                })?,
-            )
-        }
-        None => None,
-    };
-    // The listeners' TLS material must load now too.
-    let (balance_tls, admin_tls) = match &config.tls {
-        Some(tls) => {
-            let balance = waypost_balancer::tls::TlsAcceptor::new(&tls.balance_load())
-                .map_err(ServeError::Tls)?;
-            let admin =
-                waypost_balancer::tls::TlsAcceptor::new(&tls.admin()).map_err(ServeError::Tls)?;
-            (Some(balance), Some(admin))
-        }
-        None => (None, None),
-    };
+    let Material {
+        admin_token,
+        balance_tls,
+        admin_tls,
+    } = load_material(&config)?;
     let tls_stats = balance_tls.as_ref().map(|a| a.stats());
     let listener = bind(config.listen).await?;
     let listen = listener.local_addr().map_err(|source| ServeError::Bind {

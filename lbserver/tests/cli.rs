@@ -358,3 +358,85 @@ async fn resolve_xds_prints_the_clusters_endpoints_and_policy() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("GRPC_XDS_BOOTSTRAP"));
 }
+
+#[test]
+fn version_names_the_commit_and_completions_cover_the_subcommands() {
+    let output = std::process::Command::new(support::WAYPOST)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    let commit = version
+        .trim()
+        .strip_prefix(concat!("waypost ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    let hex = commit.strip_suffix("-modified").unwrap_or(commit);
+    assert!(
+        commit == "unknown" || (hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+
+    let output = std::process::Command::new(support::WAYPOST)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let script = String::from_utf8(output.stdout).unwrap();
+    for word in [
+        "_waypost",
+        "serve",
+        "--check-config",
+        "drain",
+        "status",
+        "resolve",
+    ] {
+        assert!(script.contains(word), "no {word} in the bash completions");
+    }
+}
+
+#[tokio::test]
+async fn check_config_validates_a_file_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:1\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9,127.0.0.1:10\"\npolicy = \"ring_hash\"\nhash_header = \"x-user\"\n",
+    )
+    .unwrap();
+    let (lines, code) = run(&["serve", "--check-config", good.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(lines[0]["services"], 1);
+
+    // A wrong value: the line and the field.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:1\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9\"\npolicy = \"fastest\"\n",
+    )
+    .unwrap();
+    let (lines, code) = run(&["serve", "--check-config", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 64);
+    assert_eq!(lines[0]["ok"], false);
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(error.contains("bad.toml:5: service[0].policy"), "{error}");
+
+    // A file it names that does not load: caught too, without binding.
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        format!(
+            "listen = \"127.0.0.1:1\"\n[tls]\ncert_file = \"{0}/missing.pem\"\nkey_file = \"{0}/missing.key\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:9\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (lines, code) = run(&["serve", "--check-config", tls.to_str().unwrap()]).await;
+    assert_eq!(code, 64);
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("missing.pem"),
+        "{lines:?}"
+    );
+}

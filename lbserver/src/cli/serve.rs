@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// the admin port one stands in for the admin token.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Check this configuration file — its syntax, values, targets and the
+    /// files it names — and exit (0: fine; 64: not, saying where), without
+    /// serving: for operators' CI.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "service"])]
+    pub check_config: Option<PathBuf>,
 }
 
 fn flag_error(field: &str, message: String) -> ConfigError {
@@ -89,8 +94,39 @@ fn config_from(args: &ServeArgs) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// `waypost serve --check-config FILE`: one JSON line, `{"config": FILE,
+/// "ok": true, "services": N}` or `{"config": FILE, "ok": false, "error":
+/// …}` (also on standard error); exit 0 or 64.
+fn check_config(path: &std::path::Path, out: &mut impl std::io::Write) -> u8 {
+    let checked = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            crate::server::check(&config)
+                .map(|()| config.services.len())
+                .map_err(|e| e.to_string())
+        });
+    let file = path.display().to_string();
+    match checked {
+        Ok(services) => {
+            emit(
+                out,
+                &json!({"config": file, "ok": true, "services": services}),
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("waypost serve --check-config: {error}");
+            emit(out, &json!({"config": file, "ok": false, "error": error}));
+            EXIT_USAGE
+        }
+    }
+}
+
 /// Runs `waypost serve`; returns the exit code.
 pub async fn serve(args: ServeArgs, out: &mut impl std::io::Write) -> u8 {
+    if let Some(path) = &args.check_config {
+        return check_config(path, out);
+    }
     // Before anything is printed, so a signal right after "listening"
     // shuts down gracefully.
     let shutdown = shutdown_signal();
