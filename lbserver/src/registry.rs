@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use waypost_proto::grpc::lb::v1::{
     ClientStats, LoadBalanceResponse, ServerList, load_balance_response::LoadBalanceResponseType,
 };
@@ -35,23 +36,14 @@ pub struct ListSnapshot {
     pub version: u64,
 }
 
-/// Aborts a probe task when its backend goes.
-#[derive(Debug)]
-struct Probe(JoinHandle<()>);
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[derive(Debug)]
 struct Backend {
     healthy: bool,
     weight: u32,
     load: f64,
     placement: Placement,
-    _probe: Option<Probe>,
+    /// Its health probe (aborted when the backend goes).
+    _probe: Option<AbortOnDropHandle<()>>,
 }
 
 /// Aggregated ClientStats of one service.
@@ -208,7 +200,7 @@ impl Service {
                                 weight,
                                 load,
                                 placement,
-                                _probe: task.map(Probe),
+                                _probe: task.map(AbortOnDropHandle::new),
                             },
                         );
                     }

@@ -155,22 +155,13 @@ pub(crate) struct Conn {
     /// Lent to a [`crate::Body`] while one is being received.
     pub(crate) inbound: Option<Inbound>,
     pub(crate) shared: Arc<Shared>,
-    _reader: AbortOnDrop,
+    _reader: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         // The writer sends what is queued, then RESET, then closes.
         self.shared.close();
-    }
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -206,7 +197,7 @@ impl Conn {
                 shared: shared.clone(),
             }),
             shared,
-            _reader: AbortOnDrop(reader),
+            _reader: tokio_util::task::AbortOnDropHandle::new(reader),
         }
     }
 }

@@ -38,15 +38,8 @@ pub(crate) struct Current<C> {
     pub(crate) stats: Arc<TlsStats>,
 }
 
-/// Aborts the reload task when its owner goes.
-#[derive(Debug)]
-pub(crate) struct Reloader(tokio::task::JoinHandle<()>);
-
-impl Drop for Reloader {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// The reload task, aborted when its owner goes.
+pub(crate) type Reloader = tokio_util::task::AbortOnDropHandle<()>;
 
 /// Material in force and, for files, the task keeping it fresh (shared by
 /// clones of its owner; the task ends with the last of them).
@@ -66,7 +59,7 @@ pub(crate) fn start<S: Source>(source: &S) -> Result<Watched<S::Loaded>, TlsErro
     });
     let reloader = source.watched().map(|(files, every)| {
         let seen = fingerprint(&files);
-        Arc::new(Reloader(tokio::spawn(reload(
+        Arc::new(Reloader::new(tokio::spawn(reload(
             source.clone(),
             files,
             every,

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use waypost_proto::grpc::lb::v1::Server;
 use waypost_resolver::backoff::BackoffConfig;
 use waypost_resolver::{Address, BalancerAddress, ResolveError, ResolverState};
@@ -128,22 +128,14 @@ struct Sub {
     unused_since: Option<Instant>,
 }
 
-/// Aborts the stream task when the policy goes.
-struct StreamTask(JoinHandle<()>);
-
-impl Drop for StreamTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The `grpclb` policy.
 pub struct Grpclb {
     /// Where each picker starts its walk of the list.
     random: RandomIndex,
     config: Option<GrpclbConfig>,
     balancers: Vec<BalancerAddress>,
-    stream: Option<StreamTask>,
+    /// The BalanceLoad stream's task (aborted when the policy goes).
+    stream: Option<AbortOnDropHandle<()>>,
     resolver_backends: Vec<Address>,
     list: Option<Vec<Server>>,
     got_list: bool,
@@ -211,7 +203,7 @@ impl Grpclb {
             self.stats.clone(),
             backoff,
         ));
-        self.stream = Some(StreamTask(task));
+        self.stream = Some(AbortOnDropHandle::new(task));
     }
 
     /// The entries to use now: the balancer's list, or the fallback backends.

@@ -12,20 +12,13 @@ use waypost_resolver::backoff::{Backoff, BackoffConfig, seeded_rng};
 
 use super::OobReports;
 use super::weight::EndpointWeight;
+use tokio_util::task::AbortOnDropHandle;
+
 use crate::health::ConnectionService;
 use crate::subchannel::Connection;
 
 /// Opens real streams, each in a task that ends when its guard drops.
 pub(crate) struct Streams;
-
-/// Aborts the stream's task when dropped.
-struct Abort(tokio::task::JoinHandle<()>);
-
-impl Drop for Abort {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 impl OobReports for Streams {
     fn watch(
@@ -42,7 +35,7 @@ impl OobReports for Streams {
                 return Box::new(());
             }
         };
-        Box::new(Abort(tokio::spawn(stream_reports(
+        Box::new(AbortOnDropHandle::new(tokio::spawn(stream_reports(
             connection, authority, period, weight,
         ))))
     }
