@@ -802,30 +802,17 @@ pub fn strip_port(name: &str) -> Option<&str> {
         .map(|(host, _)| host)
 }
 
-/// `"10s"`, `"500ms"`, `"1m"`, `"1h"`: a whole number and a unit, at most
-/// [`MAX_DURATION`].
-pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
-    const SHAPE: &str = "not a duration like \"10s\", \"500ms\", \"1m\" or \"1h\"";
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or(SHAPE)?;
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        return Err(SHAPE);
+/// `"10s"`, `"1.5s"`, `"500ms"`, `"2m"`, `"1h"` — protobuf JSON seconds or
+/// a whole number of a unit (the one parser, [`waypost_resolver::duration`]),
+/// at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    use waypost_resolver::duration::{DurationForms, parse_duration};
+    let too_long = || "longer than a day".to_owned();
+    match parse_duration(text, DurationForms::WithUnits) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        Ok(_) | Err(waypost_resolver::duration::DurationError::TooLong) => Err(too_long()),
+        Err(shape) => Err(shape.to_string()),
     }
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(SHAPE),
-    };
-    let too_long = "longer than a day";
-    let n: u64 = number.parse().map_err(|_| too_long)?;
-    let millis = n.checked_mul(millis_per_unit).ok_or(too_long)?;
-    let duration = Duration::from_millis(millis);
-    if duration > MAX_DURATION {
-        return Err(too_long);
-    }
-    Ok(duration)
 }
 
 /// A message of at most 200 characters (and how long it was, if cut).
@@ -1079,16 +1066,8 @@ policy = "weighted"
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
-        for bad in [
-            "",
-            "s",
-            "10",
-            "10x",
-            "25h",
-            "18446744073709551615s",
-            "-1s",
-            "1.5s",
-        ] {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10", "10x", "25h", "18446744073709551615s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

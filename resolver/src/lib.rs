@@ -31,6 +31,7 @@ pub mod backoff;
 mod builtin;
 #[cfg(feature = "dns")]
 pub mod dns;
+pub mod duration;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
