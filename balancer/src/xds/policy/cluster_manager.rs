@@ -15,7 +15,7 @@
 //!                  "b": {"childPolicy": [{"round_robin": {}}]}}}}
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -141,23 +141,29 @@ fn parse_retry(value: &Value) -> Option<RetryPolicy> {
     })
 }
 
-/// The last route table parsed, shared by the per-call selector and the
-/// policy built from the same config, so a call's route choice made by one
-/// is understood by the other's picker.
-static LAST_PARSED: LazyLock<Mutex<Option<ParsedRoutes>>> = LazyLock::new(Mutex::default);
+/// The route tables parsed last (a few, for processes with several xDS
+/// channels), shared by the per-call selector and the policy built from
+/// the same config, so a call's route choice made by one is the other's
+/// picker's too. (A table not found here is parsed again: the picker then
+/// matches calls itself.)
+static RECENT: LazyLock<Mutex<VecDeque<ParsedRoutes>>> = LazyLock::new(Mutex::default);
+
+/// How many route tables [`RECENT`] keeps.
+const RECENT_TABLES: usize = 16;
 
 /// A route table's JSON and its parse.
 type ParsedRoutes = (Value, Arc<[RouteRule]>);
 
 fn parse_routes_shared(value: &Value) -> Result<Arc<[RouteRule]>, String> {
-    let mut last = LAST_PARSED.lock();
-    if let Some((json, routes)) = last.as_ref()
-        && json == value
-    {
+    let mut recent = RECENT.lock();
+    if let Some((_, routes)) = recent.iter().find(|(json, _)| json == value) {
         return Ok(routes.clone());
     }
     let routes: Arc<[RouteRule]> = parse_routes(value)?.into();
-    *last = Some((value.clone(), routes.clone()));
+    if recent.len() == RECENT_TABLES {
+        recent.pop_front();
+    }
+    recent.push_back((value.clone(), routes.clone()));
     Ok(routes)
 }
 
