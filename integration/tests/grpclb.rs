@@ -2,6 +2,8 @@
 //! balancer through DNS SRV `_grpclb._tcp`, takes server lists from it and
 //! calls three harness backends.
 
+mod lbserve;
+use lbserve::fast_serve_options;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -15,10 +17,8 @@ use tls_balancer::tls_balanced;
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::dns::DnsServer;
 use waypost_lbserver::assign::token;
-use waypost_lbserver::balance::BalanceOptions;
 use waypost_lbserver::config::Config;
-use waypost_lbserver::probe::ProbeOptions;
-use waypost_lbserver::server::{Running, ServeOptions, start};
+use waypost_lbserver::server::{Running, start};
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
 use waypost_resolver::ResolverRegistry;
@@ -27,34 +27,18 @@ use waypost_resolver::dns::{DnsOptions, DnsResolverBuilder};
 
 const SERVICE: &str = "movies.test";
 
-fn serve_options() -> ServeOptions {
-    ServeOptions {
-        balance: BalanceOptions {
-            debounce: Duration::from_millis(10),
-            ..BalanceOptions::default()
-        },
-        probe: ProbeOptions {
-            backoff: BackoffConfig {
-                base: Duration::from_millis(100),
-                multiplier: 1.6,
-                jitter: 0.2,
-                max: Duration::from_millis(500),
-            },
-            ..ProbeOptions::default()
-        },
-        ..ServeOptions::default()
-    }
-}
-
 async fn lbserver(listen: SocketAddr, backends: &[&Backend], extra: &str) -> Running {
     let source: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
     let text = format!(
         "listen = \"{listen}\"\n[[service]]\nname = \"{SERVICE}\"\nsource = \"{}\"\nhealth_service = \"\"\nclient_stats_interval = \"100ms\"\n{extra}",
         source.join(",")
     );
-    start(Config::parse(&text, "test.toml").unwrap(), serve_options())
-        .await
-        .unwrap()
+    start(
+        Config::parse(&text, "test.toml").unwrap(),
+        fast_serve_options(),
+    )
+    .await
+    .unwrap()
 }
 
 /// DNS for the test: `movies.test` → 127.0.0.1 (the fallback backends, on
@@ -361,7 +345,7 @@ async fn a_fallback_response_sends_clients_to_their_own_backends_until_a_list_re
 async fn over_tls_the_balancer_is_verified_as_the_srv_target_and_the_backends_as_the_service() {
     use waypost_balancer::{Certificate, ClientTlsConfig};
     // (bound whole: the backends and files live as long as the test)
-    let balanced = tls_balanced(SERVICE, &["a", "b", "c"], "", serve_options()).await;
+    let balanced = tls_balanced(SERVICE, &["a", "b", "c"], "", fast_serve_options()).await;
     let (pki, lb) = (&balanced.pki, &balanced.lb);
     let dns = dns(lb.listen.port()).await;
     let resolvers = ResolverRegistry::new();

@@ -4,6 +4,8 @@
 //! tonic backends. Spread, drains, health, drops, weights, zones,
 //! priorities and ring_hash; every response ACKed, none NACKed.
 
+mod lbserve;
+use lbserve::fast_serve_options;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,40 +15,21 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use waypost_integration::backend::{Backend, start_backends};
 use waypost_integration::etcd::EtcdServer;
 use waypost_integration::grpcio::python_with_grpcio;
-use waypost_lbserver::balance::BalanceOptions;
 use waypost_lbserver::config::Config;
-use waypost_lbserver::probe::ProbeOptions;
-use waypost_lbserver::server::{Running, ServeOptions, start};
+use waypost_lbserver::server::{Running, start};
 use waypost_lbserver::xds::ResourceType;
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
-use waypost_resolver::backoff::BackoffConfig;
-
-fn serve_options() -> ServeOptions {
-    ServeOptions {
-        balance: BalanceOptions {
-            debounce: Duration::from_millis(10),
-            ..BalanceOptions::default()
-        },
-        probe: ProbeOptions {
-            backoff: BackoffConfig {
-                base: Duration::from_millis(100),
-                multiplier: 1.6,
-                jitter: 0.2,
-                max: Duration::from_millis(500),
-            },
-            ..ProbeOptions::default()
-        },
-        ..ServeOptions::default()
-    }
-}
 
 /// `waypost serve` with `services` (TOML `[[service]]` tables).
 async fn serve(services: &str) -> Running {
     let text = format!("listen = \"127.0.0.1:0\"\n{services}");
-    start(Config::parse(&text, "xds.toml").unwrap(), serve_options())
-        .await
-        .unwrap()
+    start(
+        Config::parse(&text, "xds.toml").unwrap(),
+        fast_serve_options(),
+    )
+    .await
+    .unwrap()
 }
 
 fn static_service(name: &str, backends: &[&Backend], extra: &str) -> String {
@@ -527,7 +510,9 @@ async fn clients_move_between_replicas_without_a_nack_or_a_failed_call() {
         );
         Config::parse(&text, "replica.toml").unwrap()
     };
-    let first = start(config("127.0.0.1:0"), serve_options()).await.unwrap();
+    let first = start(config("127.0.0.1:0"), fast_serve_options())
+        .await
+        .unwrap();
     let listen = first.listen;
     let mut c_core = CCore::start(&first, "xds:///movies", "c-core-move").await;
     let mut waypost = waypost_client(&first, "movies", "waypost-move");
@@ -559,7 +544,7 @@ async fn clients_move_between_replicas_without_a_nack_or_a_failed_call() {
 
     // The first replica goes; the second comes up on its address.
     first.shutdown().await;
-    let second = start(config(&listen.to_string()), serve_options())
+    let second = start(config(&listen.to_string()), fast_serve_options())
         .await
         .unwrap();
     // Calls go on throughout (the data plane does not depend on the ADS

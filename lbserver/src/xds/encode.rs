@@ -101,8 +101,6 @@ pub fn version_of(resources: &[&EncodedResource]) -> VersionInfo {
 pub struct Outgoing {
     header: Bytes,
     resources: Vec<Bytes>,
-    /// Its type.
-    pub type_url: &'static str,
     /// Its version.
     pub version_info: String,
     /// Its nonce.
@@ -138,7 +136,6 @@ pub fn response(
     Outgoing {
         header: header.freeze(),
         resources: resources.iter().map(|r| r.field.clone()).collect(),
-        type_url: ty.type_url(),
         version_info: version_info.to_owned(),
         nonce: nonce.to_owned(),
     }
