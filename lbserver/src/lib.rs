@@ -16,7 +16,8 @@
 //! crate's channel), [`assign`] (the pure list computation), [`rates`] (the clients'
 //! reported call rate, robust to a lying client), [`balance`]
 //! (the BalanceLoad service), [`listener`] (connection limits and
-//! timeouts for both ports), [`admin`] (HTTP status, metrics, drain) and
+//! timeouts for both ports), [`admin`] (the admin port: status page, JSON
+//! status, drain), [`metrics`] (OpenMetrics over prometheus-client) and
 //! [`server`] (wiring and shutdown).
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod probe;
 pub mod rates;
 pub mod registry;

@@ -77,6 +77,8 @@ pub struct Service {
     pub streams: AtomicU64,
     /// Server lists sent to its clients.
     pub lists_sent: AtomicU64,
+    /// Set once its source has given a first set of backends.
+    answered: std::sync::atomic::AtomicBool,
     /// Numbers the clients of a `subset` service.
     pub(crate) next_client: AtomicU64,
     /// The call rate each client reports (calls started per second).
@@ -138,6 +140,7 @@ impl Service {
             stats: ClientStatsTotals::default(),
             streams: AtomicU64::new(0),
             lists_sent: AtomicU64::new(0),
+            answered: std::sync::atomic::AtomicBool::new(false),
             next_client: AtomicU64::new(0),
             debouncing: std::sync::atomic::AtomicBool::new(false),
             pending: tokio::sync::Notify::new(),
@@ -214,6 +217,17 @@ impl Service {
             *self.tokens.lock() = Arc::new(tokens);
         }
         self.changed();
+    }
+
+    /// Whether its source has answered once (with backends, or with an
+    /// empty set): what `/readyz` waits for.
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// Records that its source has answered.
+    pub(crate) fn mark_answered(&self) {
+        self.answered.store(true, Ordering::Release);
     }
 
     /// Records a probe's verdict.
@@ -531,6 +545,12 @@ impl Registry {
     /// The xDS clients connected.
     pub fn xds_clients(&self) -> &Arc<XdsClients> {
         &self.xds_clients
+    }
+
+    /// Whether every service's source has answered once: until then the
+    /// balancer would hand out empty or partial lists.
+    pub fn ready(&self) -> bool {
+        self.services().iter().all(|s| s.answered())
     }
 
     /// Every service.

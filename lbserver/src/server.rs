@@ -282,8 +282,7 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             };
             helpers.push(tokio::spawn(crate::admin::serve(
                 incoming(admin_listener, config.limits, admin_tls),
-                registry.clone(),
-                access,
+                crate::admin::AdminState::new(registry.clone(), access, None),
                 config.limits.handshake_timeout,
             )));
             Some(bound)

@@ -94,6 +94,7 @@ pub fn follow(service: Arc<Service>, source: Source, probe: ProbeOptions) -> Joi
     let mut resolution = match source {
         Source::Static(list) => {
             service.set_backends(list.into_iter().map(Announced::plain).collect(), &probe_fn);
+            service.mark_answered();
             // Nothing to follow; keep a task so every service has one.
             return tokio::spawn(std::future::pending());
         }
@@ -107,6 +108,7 @@ pub fn follow(service: Arc<Service>, source: Source, probe: ProbeOptions) -> Joi
             }
             if let Some(state) = &update.state {
                 service.set_backends(backends(state), &probe_fn);
+                service.mark_answered();
             }
             if resolution.changed().await.is_err() {
                 return;

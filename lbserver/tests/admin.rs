@@ -177,3 +177,194 @@ async fn silent_connections_are_closed_on_both_ports() {
         assert!(took < Duration::from_secs(10), "{took:?}");
     }
 }
+
+#[tokio::test]
+async fn readyz_waits_until_every_source_has_answered() {
+    use std::net::Ipv4Addr;
+    use waypost_integration::dns::DnsServer;
+    let dns = DnsServer::start("test.").await.unwrap();
+    dns.set_a("movies.test.", &[Ipv4Addr::LOCALHOST], 1)
+        .await
+        .unwrap();
+    dns.set_silent(true);
+    let lb = serve(&format!(
+        "admin = \"127.0.0.1:0\"\n{SERVICE}[[service]]\nname = \"dns movies\"\nsource = \"dns://{}/movies.test:50051\"\n",
+        dns.addr()
+    ))
+    .await;
+    let admin = lb.admin.unwrap();
+    // The static service answered at once; the DNS one waits for a server
+    // that does not answer (its query times out after 5 s).
+    let waiting = request(admin, "GET", "/readyz", "").await;
+    assert_eq!(code(&waiting), 503, "{waiting}");
+    assert!(waiting.contains("\"dns movies\""), "{waiting}");
+    assert!(!waiting.contains("my movies"), "{waiting}");
+    let status = request(admin, "GET", "/status", "").await;
+    assert!(status.contains("\"ready\":false"), "{status}");
+    assert_eq!(code(&request(admin, "HEAD", "/readyz", "").await), 503);
+
+    dns.set_silent(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let answer = request(admin, "GET", "/readyz", "").await;
+        if code(&answer) == 200 || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code(&ready), 200, "ready once DNS answers: {ready}");
+    assert!(ready.ends_with("ready\n"), "{ready}");
+    assert!(lb.registry.ready());
+    dns.shutdown().await;
+}
+
+#[tokio::test]
+async fn undrain_undoes_a_drain_and_bad_parameters_say_what_is_needed() {
+    let (lb, _dir) = with_token(false).await;
+    let admin = lb.admin.unwrap();
+    assert_eq!(code(&request(admin, "POST", DRAIN, BEARER).await), 200);
+    assert!(draining(&lb));
+    let undrain = DRAIN.replace("/drain", "/undrain");
+    assert_eq!(code(&request(admin, "POST", &undrain, "").await), 401);
+    assert!(draining(&lb), "nothing changed without the token");
+    let undone = request(admin, "POST", &undrain, BEARER).await;
+    assert_eq!(code(&undone), 200, "{undone}");
+    assert!(undone.contains("\"draining\":false"), "{undone}");
+    assert!(!draining(&lb));
+
+    let missing = request(admin, "POST", "/drain?service=my+movies", BEARER).await;
+    assert_eq!(code(&missing), 400, "{missing}");
+    assert!(
+        missing.contains("need service=NAME and backend=IP:PORT"),
+        "{missing}"
+    );
+    let unknown = request(
+        admin,
+        "POST",
+        "/drain?service=nobody&backend=127.0.0.1:9",
+        BEARER,
+    )
+    .await;
+    assert_eq!(code(&unknown), 404, "{unknown}");
+    let stranger = request(
+        admin,
+        "POST",
+        "/drain?service=my+movies&backend=127.0.0.1:11",
+        BEARER,
+    )
+    .await;
+    assert_eq!(code(&stranger), 404, "{stranger}");
+    // A body over the limit is refused before any handler runs.
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!(
+        "POST {DRAIN} HTTP/1.1\r\nHost: {admin}\r\n{BEARER}Content-Length: 100000\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut refused = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut refused))
+        .await
+        .expect("an answer within 10 s, without the body")
+        .unwrap();
+    assert_eq!(code(&refused), 413, "{refused}");
+    assert!(!draining(&lb));
+}
+
+#[tokio::test]
+async fn the_page_holds_no_data_and_forbids_framing_and_other_sites_scripts() {
+    let (lb, _dir) = with_token(true).await;
+    let admin = lb.admin.unwrap();
+    // Open even when reads need the token: it holds no data, and asks
+    // for the token when /status refuses it.
+    let page = request(admin, "GET", "/", "").await;
+    assert_eq!(code(&page), 200, "{page}");
+    let lower = page.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/html"), "{page}");
+    assert!(lower.contains("frame-ancestors 'none'"), "{page}");
+    assert!(lower.contains("connect-src 'self'"), "{page}");
+    assert!(!page.contains("my movies"), "no data in the page itself");
+    assert!(!lower.contains("src=\"http"), "no external assets");
+    assert!(!lower.contains("href=\"http"), "no external assets");
+    assert_eq!(code(&request(admin, "GET", "/status", "").await), 401);
+}
+
+#[tokio::test]
+async fn metrics_parse_as_openmetrics_and_a_hostile_service_name_round_trips() {
+    let python = waypost_integration::grpcio::python_with_grpcio().unwrap();
+    // A name with a quote, a backslash and a line break.
+    let lb = serve(
+        "admin = \"127.0.0.1:0\"\n[[service]]\nname = \"we\\\"ird\\\\name\\nx\"\nsource = \"127.0.0.1:9\"\n",
+    )
+    .await;
+    let admin = lb.admin.unwrap();
+    let response = request(admin, "GET", "/metrics", "").await;
+    assert_eq!(code(&response), 200);
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{response}"
+    );
+    let (_, text) = response.split_once("\r\n\r\n").unwrap();
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    families.append({"name": f.name, "type": f.type, "help": f.documentation,
+                     "samples": [[s.name, s.labels, s.value] for s in f.samples]})
+print(json.dumps(families))
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prometheus_client could not parse /metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let families: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(families.len() >= 15, "{families:?}");
+    for family in &families {
+        let name = family["name"].as_str().unwrap();
+        assert!(name.starts_with("waypost_lb_"), "{name}");
+        assert!(
+            !family["help"].as_str().unwrap().is_empty(),
+            "{name} has HELP"
+        );
+        let kind = family["type"].as_str().unwrap();
+        assert!(kind == "counter" || kind == "gauge", "{name}: {kind}");
+        for sample in family["samples"].as_array().unwrap() {
+            let sample_name = sample[0].as_str().unwrap();
+            if kind == "counter" {
+                assert_eq!(sample_name, format!("{name}_total"));
+            }
+        }
+    }
+    let streams = families
+        .iter()
+        .find(|f| f["name"] == "waypost_lb_backends")
+        .expect("waypost_lb_backends");
+    let healthy = streams["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[1]["state"] == "healthy")
+        .expect("a healthy sample");
+    assert_eq!(
+        healthy[1]["service"], "we\"ird\\name\nx",
+        "the name came back unchanged: {healthy:?}"
+    );
+    assert_eq!(healthy[2], 1.0);
+}

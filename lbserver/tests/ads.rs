@@ -181,15 +181,12 @@ async fn acks_and_nacks_are_tracked_and_a_nacking_client_keeps_getting_updates()
         assert!(tokio::time::Instant::now() < deadline, "{status}");
         tokio::task::yield_now().await;
     }
-    let metrics = waypost_lbserver::admin::metrics(&lb.registry);
+    let metrics = waypost_lbserver::metrics::ServerMetrics::new(lb.registry.clone(), None).render();
     assert!(
         metrics.contains("waypost_lb_ads_nacks_total{type=\"eds\"} 1\n"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("waypost_lb_ads_streams{} 1\n"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("waypost_lb_ads_streams 1\n"), "{metrics}");
 }
 
 #[tokio::test]

@@ -111,7 +111,7 @@ async fn a_health_flip_and_a_drain_change_the_list() {
     list_where(&mut stream, |s| s.len() == 3).await;
     let metrics = http(admin, "GET", "/metrics").await;
     assert!(
-        metrics.contains("waypost_lb_healthy_backends{service=\"movies\"} 3"),
+        metrics.contains("waypost_lb_backends{service=\"movies\",state=\"healthy\"} 3"),
         "{metrics}"
     );
     assert!(

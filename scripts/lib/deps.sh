@@ -40,12 +40,13 @@ need_packages() {
 # came in grpcio 1.60; Debian 12's python3-grpcio is 1.51). Finds a python3
 # whose grpcio is at least 1.60, else installs grpcio with pip into a
 # virtual environment under ~/.cache/waypost (installing python3-venv with
-# apt-get when missing), and exports it as WAYPOST_PYTHON.
+# apt-get when missing), and exports it as WAYPOST_PYTHON. The admin tests
+# parse `/metrics` with the same Python's prometheus_client (OpenMetrics).
 #
 # usage: need_python_grpcio
 need_python_grpcio() {
     local py venv="${XDG_CACHE_HOME:-$HOME/.cache}/waypost/python"
-    local recent='import grpc, sys; v = tuple(int(x) for x in grpc.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 60) else 1)'
+    local recent='import grpc, sys, prometheus_client.openmetrics.parser; v = tuple(int(x) for x in grpc.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 60) else 1)'
     for py in "$venv/bin/python3" python3 /usr/bin/python3; do
         if command -v "$py" >/dev/null 2>&1 && "$py" -c "$recent" 2>/dev/null; then
             export WAYPOST_PYTHON="$py"
@@ -59,14 +60,14 @@ need_python_grpcio() {
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
         fi
     fi
-    echo "==> installing grpcio (pip, into $venv)"
+    echo "==> installing grpcio and prometheus_client (pip, into $venv)"
     local log
     log=$(mktemp)
     # A network whose TLS needs its own CA names its bundle in SSL_CERT_FILE.
     local cert=()
     [ -n "${SSL_CERT_FILE:-}" ] && cert=(--cert "$SSL_CERT_FILE")
     if python3 -m venv "$venv" >"$log" 2>&1 \
-        && "$venv/bin/python3" -m pip install -q "${cert[@]}" grpcio >>"$log" 2>&1 \
+        && "$venv/bin/python3" -m pip install -q "${cert[@]}" grpcio prometheus_client >>"$log" 2>&1 \
         && "$venv/bin/python3" -c "$recent" >>"$log" 2>&1; then
         rm -f "$log"
         export WAYPOST_PYTHON="$venv/bin/python3"
@@ -78,14 +79,14 @@ need_python_grpcio() {
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "==> installing python3-pip (apt-get) and grpcio (pip --user)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-        if python3 -m pip install -q --user --break-system-packages "${cert[@]}" grpcio \
+        if python3 -m pip install -q --user --break-system-packages "${cert[@]}" grpcio prometheus_client \
             && python3 -c "$recent" 2>/dev/null; then
             export WAYPOST_PYTHON=python3
             return 0
         fi
     fi
-    echo "the interop tests need Python 3 with grpcio 1.60 or later:" >&2
-    echo "  python3 -m venv ~/.cache/waypost/python && ~/.cache/waypost/python/bin/pip install grpcio" >&2
+    echo "the interop tests need Python 3 with grpcio 1.60 or later and prometheus_client:" >&2
+    echo "  python3 -m venv ~/.cache/waypost/python && ~/.cache/waypost/python/bin/pip install grpcio prometheus_client" >&2
     exit 1
 }
 

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use std::path::PathBuf;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
@@ -103,24 +101,40 @@ fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String>
     }
 }
 
-/// One HTTP/1.1 request; returns (status code, body). `path` must already
-/// be percent-encoded; the address must be a socket address.
+/// The most of an answer's body read (a status of many services is large,
+/// but not this large).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// One HTTP/1.1 request through hyper's client; returns (status code,
+/// body). `path_and_query` must already be percent-encoded (see
+/// [`drain_path`]); the address must be a socket address.
 async fn request(
     admin: &str,
     tls: &AdminTlsArgs,
-    method: &str,
-    path: &str,
+    method: http::Method,
+    path_and_query: &str,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt as _;
     let addr: std::net::SocketAddr = admin
         .parse()
         .map_err(|e| format!("--admin {}: {e}", crate::config::quote(admin)))?;
     let dialer = tls.dialer(addr)?;
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(http::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = builder
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-        let mut stream: waypost_balancer::BoxedIo = match &dialer {
+        let stream: waypost_balancer::BoxedIo = match &dialer {
             Some(dialer) => Box::pin(
                 dialer
                     .connect(tcp)
@@ -129,32 +143,22 @@ async fn request(
             ),
             None => Box::pin(tcp),
         };
-        let authorization = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(head.as_bytes())
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+        let _connection = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(connection));
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        stream
-            .take(16 * 1024 * 1024)
-            .read_to_end(&mut raw)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let code = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
             .await
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or("malformed HTTP response")?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or("malformed status line")?;
-        Ok((code, body.to_owned()))
+            .map_err(|e| format!("{addr}: reading the answer: {e}"))?
+            .to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
@@ -183,7 +187,15 @@ pub async fn drain(args: DrainArgs, out: &mut impl std::io::Write) -> u8 {
         }
     };
     let path = drain_path(&args.service, &args.backend, args.undo);
-    match request(&args.admin, &args.tls, "POST", &path, token.as_deref()).await {
+    match request(
+        &args.admin,
+        &args.tls,
+        http::Method::POST,
+        &path,
+        token.as_deref(),
+    )
+    .await
+    {
         Ok((200, body)) => {
             let _ = write!(out, "{body}");
             0
@@ -208,7 +220,15 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let body = match request(&args.admin, &args.tls, "GET", "/status", token.as_deref()).await {
+    let body = match request(
+        &args.admin,
+        &args.tls,
+        http::Method::GET,
+        "/status",
+        token.as_deref(),
+    )
+    .await
+    {
         Ok((200, body)) => body,
         Ok((code, body)) => {
             eprintln!("waypost status: HTTP {code}: {}", printable(body.trim()));
