@@ -15,6 +15,9 @@
 //!   the World) that records every request and sends what a test gives it.
 //! - [`grpcio::GrpcioBackends`]: gRPC C-core servers (Python grpcio) with
 //!   any channel arguments, e.g. a `max_connection_age`.
+//! - [`browser::Browser`]: Debian's headless Chromium driven through
+//!   `chromedriver` (W3C WebDriver over HTTP): load a page, find and click
+//!   elements, type, run a script, take a screenshot.
 //!
 //! This crate depends only on `waypost-proto` and outside crates, so every
 //! waypost crate can use it as a dev-dependency without a cycle. Tests that
@@ -33,6 +36,7 @@
 
 pub mod ads;
 pub mod backend;
+pub mod browser;
 pub mod dns;
 pub mod etcd;
 mod gate;
