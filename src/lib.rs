@@ -25,6 +25,8 @@
 //! ```
 
 pub use waypost_balancer as balancer;
+/// gRPC's client metrics (A66, A94) for Prometheus and OpenTelemetry.
+pub use waypost_balancer::metrics;
 pub use waypost_balancer::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub use waypost_balancer::{Channel, ConnectivityState, WaitForReady};
 pub use waypost_proto as proto;

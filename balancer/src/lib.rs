@@ -21,6 +21,7 @@ pub mod channel;
 mod connectivity;
 pub mod credentials;
 mod health;
+pub mod metrics;
 pub mod picker;
 pub mod policy;
 mod sequence;

@@ -50,12 +50,22 @@ pub trait CallTracker: Send + Sync + 'static {
 pub struct CallEnd {
     tracker: Option<Arc<dyn CallTracker>>,
     succeeded: Option<bool>,
+    /// The attempt's metrics, when the channel records them.
+    pub(crate) attempt: Option<Box<crate::metrics::AttemptRecord>>,
 }
 
 impl CallEnd {
     /// Records whether the call ended with status OK.
     pub fn record(&mut self, succeeded: bool) {
         self.succeeded = Some(succeeded);
+    }
+
+    /// Records the call's status code.
+    pub(crate) fn record_code(&mut self, code: tonic::Code) {
+        self.record(code == tonic::Code::Ok);
+        if let Some(attempt) = &mut self.attempt {
+            attempt.status(code);
+        }
     }
 
     /// Records the status in `headers` (`grpc-status`), if they carry one
@@ -66,6 +76,18 @@ impl CallEnd {
             if let Some(tracker) = &self.tracker {
                 tracker.trailers(headers);
             }
+            if let (Some(attempt), Some(code)) =
+                (&mut self.attempt, crate::metrics::status_in(headers))
+            {
+                attempt.status(code);
+            }
+        }
+    }
+
+    /// Counts a chunk of the response body for the attempt's metrics.
+    pub(crate) fn received(&mut self, chunk: &[u8]) {
+        if let Some(attempt) = &mut self.attempt {
+            attempt.received(chunk);
         }
     }
 }
@@ -120,6 +142,7 @@ impl Routed {
         CallEnd {
             tracker: self.tracker.clone(),
             succeeded: None,
+            attempt: None,
         }
     }
 }

@@ -455,10 +455,13 @@ async fn dropping_a_channel_leaves_no_tasks_and_no_sockets() {
         (3, 0, 0)
     );
     assert!(stats.picks >= 3 && stats.connects == 3, "{stats:?}");
+    let mut registry = prometheus_client::registry::Registry::default();
+    channel.register_stats(&mut registry, "movies");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        stats
-            .to_prometheus("movies")
-            .contains("waypost_channel_subchannels{channel=\"movies\",state=\"READY\"} 3")
+        text.contains("waypost_channel_subchannels{channel=\"movies\",state=\"READY\"} 3"),
+        "{text}"
     );
 
     drop(client);

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::limits::{CallLimits, MessageGuard, response_too_large};
+use crate::metrics::CallRecord;
 use crate::picker::CallEnd;
 use crate::transport::{RecvBody, status_of};
 
@@ -30,6 +31,9 @@ pub struct ChannelBody {
     /// Tells the pick's tracker the call is over: dropped at the end of
     /// the stream, on an error, or with the body.
     end: Option<CallEnd>,
+    /// The call's metrics, when the channel records them: recorded at the
+    /// end of the stream, on an error, or with the body.
+    call: Option<Box<CallRecord>>,
 }
 
 impl ChannelBody {
@@ -39,6 +43,23 @@ impl ChannelBody {
             guard: limits.as_ref().and_then(|l| l.response_guard()),
             limits,
             end: Some(end),
+            call: None,
+        }
+    }
+
+    /// Records the call's metrics when the response ends.
+    pub(crate) fn set_call_record(&mut self, record: Box<CallRecord>) {
+        self.call = Some(record);
+    }
+
+    /// The call's end: `code` for its metrics (the attempt's are in `end`).
+    fn finish(&mut self, code: tonic::Code) {
+        if let Some(end) = &mut self.end {
+            end.record_code(code);
+        }
+        self.end = None;
+        if let Some(mut call) = self.call.take() {
+            call.status(code);
         }
     }
 }
@@ -57,26 +78,36 @@ impl Body for ChannelBody {
         }
         let Some(inner) = this.inner.as_mut() else {
             this.end = None;
+            this.call = None;
             return Poll::Ready(None);
         };
         let frame = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
-                if let Some(end) = &mut this.end {
-                    end.record(false);
-                }
-                this.end = None;
                 // A request message over its limit reset the stream: say so.
                 let violation = this.limits.as_ref().and_then(|l| l.violation());
-                return Poll::Ready(Some(Err(violation.unwrap_or_else(|| status_of(&error)))));
+                let status = violation.unwrap_or_else(|| status_of(&error));
+                this.finish(status.code());
+                return Poll::Ready(Some(Err(status)));
             }
             None => {
+                // Ended without trailers: gRPC calls that a protocol error.
+                if this.call.is_some() {
+                    this.finish(tonic::Code::Unknown);
+                }
                 this.end = None;
                 return Poll::Ready(None);
             }
         };
-        if let (Some(trailers), Some(end)) = (frame.trailers_ref(), &mut this.end) {
-            end.record_status(trailers);
+        if let Some(trailers) = frame.trailers_ref() {
+            if let Some(end) = &mut this.end {
+                end.record_status(trailers);
+            }
+            if let Some(mut call) = this.call.take() {
+                call.status(crate::metrics::status_in(trailers).unwrap_or(tonic::Code::Unknown));
+            }
+        } else if let (Some(data), Some(end)) = (frame.data_ref(), &mut this.end) {
+            end.received(data);
         }
         let Some(guard) = &mut this.guard else {
             return Poll::Ready(Some(Ok(frame)));

@@ -20,6 +20,7 @@ use super::body::ChannelBody;
 use super::limits::CallLimits;
 use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
 use crate::credentials::CallCredentials;
+use crate::metrics::{AttemptRecord, CallRecord, CountingBody};
 use crate::picker::{CallOutcome, Pick};
 use crate::service_config::RetryPolicy;
 use crate::transport::{Exchange, Failure, SendError, status_of};
@@ -168,6 +169,9 @@ type BoxedCall =
 /// has a retry policy runs a boxed state machine instead.
 pub struct ResponseFuture {
     state: Flight,
+    /// The call's metrics, when the channel records them (handed to the
+    /// response body, or recorded with the call's failure).
+    record: Option<Box<CallRecord>>,
 }
 
 // `Sent` is the common state: boxing it would add an allocation per call.
@@ -199,6 +203,16 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     request: http::Request<tonic::body::Body>,
 ) -> ResponseFuture {
+    let record = shared
+        .metrics
+        .as_ref()
+        .map(|m| CallRecord::start(m, request.uri().path()));
+    let mut future = start_call(shared, request);
+    future.record = record;
+    future
+}
+
+fn start_call(shared: Arc<Shared>, request: http::Request<tonic::body::Body>) -> ResponseFuture {
     let prepared = match prepare(&shared, request) {
         Ok(prepared) => prepared,
         Err(status) => return ResponseFuture::done(status),
@@ -221,6 +235,7 @@ pub(crate) fn start(
         );
         return ResponseFuture {
             state: Flight::Slow(Box::pin(call)),
+            record: None,
         };
     }
     if !credentials.is_empty() {
@@ -228,6 +243,7 @@ pub(crate) fn start(
         let call = attempt(shared, request, wait_for_ready, deadline, credentials);
         return ResponseFuture {
             state: Flight::Slow(Box::pin(call)),
+            record: None,
         };
     }
     let state = match place(&shared, request, wait_for_ready, deadline) {
@@ -241,35 +257,57 @@ pub(crate) fn start(
             Vec::new(),
         ))),
     };
-    ResponseFuture { state }
+    ResponseFuture {
+        state,
+        record: None,
+    }
 }
 
 impl ResponseFuture {
     fn done(status: tonic::Status) -> Self {
         ResponseFuture {
             state: Flight::Failed(Some(status)),
+            record: None,
         }
     }
-}
 
-impl Future for ResponseFuture {
-    type Output = Result<http::Response<ChannelBody>, tower::BoxError>;
+    /// Hands the call's metrics to the response body, or records the
+    /// call's failure.
+    fn recorded(
+        &mut self,
+        mut result: Result<http::Response<ChannelBody>, tonic::Status>,
+    ) -> Result<http::Response<ChannelBody>, tonic::Status> {
+        if let Some(mut record) = self.record.take() {
+            match &mut result {
+                Ok(response) => match crate::metrics::status_in(response.headers()) {
+                    // Trailers-only: the call ended with its headers.
+                    Some(code) => record.status(code),
+                    None => response.body_mut().set_call_record(record),
+                },
+                Err(status) => record.status(status.code()),
+            }
+        }
+        result
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_call(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<http::Response<ChannelBody>, tonic::Status>> {
         let landed = match &mut self.state {
             Flight::Failed(status) => {
                 let status = status
                     .take()
                     .unwrap_or_else(|| tonic::Status::internal("polled after completion"));
-                return Poll::Ready(Err(status.into()));
+                return Poll::Ready(Err(status));
             }
-            Flight::Slow(call) => return call.as_mut().poll(cx).map_err(Into::into),
+            Flight::Slow(call) => return call.as_mut().poll(cx),
             Flight::Sent(flight) => std::task::ready!(flight.poll_landed(cx)),
         };
         match landed {
             Landed::Done(result) => {
                 self.state = Flight::Failed(None);
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             Landed::Unsent(waiting) => {
                 let Flight::Sent(flight) = &self.state else {
@@ -283,9 +321,23 @@ impl Future for ResponseFuture {
                     Vec::new(),
                 );
                 self.state = Flight::Slow(Box::pin(call));
-                self.poll(cx)
+                self.poll_call(cx)
             }
         }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ChannelBody>, tower::BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.poll_call(cx));
+        let result = if self.record.is_some() {
+            self.recorded(result)
+        } else {
+            result
+        };
+        Poll::Ready(result.map_err(Into::into))
     }
 }
 
@@ -336,7 +388,7 @@ impl InFlight {
                 if let Some(tracker) = &self.tracker {
                     tracker.finished(CallOutcome::Failed);
                 }
-                self.end.record(false);
+                self.end.record_code(tonic::Code::DeadlineExceeded);
                 let status = tonic::Status::deadline_exceeded("deadline exceeded");
                 return Poll::Ready(Landed::Done(Err(status)));
             }
@@ -358,19 +410,20 @@ impl InFlight {
             }
             // A request message over its limit reset the stream: say so.
             Err(Failure::Failed(error)) => {
-                self.end.record(false);
-                Landed::Done(Err(self
+                let status = self
                     .limits
                     .as_ref()
                     .and_then(|l| l.violation())
-                    .unwrap_or_else(|| status_of(&error))))
+                    .unwrap_or_else(|| status_of(&error));
+                self.end.record_code(status.code());
+                Landed::Done(Err(status))
             }
-            Err(Failure::Unsent(request)) => Landed::Unsent(unsent(
-                &self.shared,
-                *request,
-                self.added.take(),
-                self.generation,
-            )),
+            Err(Failure::Unsent(request)) => Landed::Unsent({
+                // The attempt is over; the call goes on in a new one.
+                self.end.record_code(tonic::Code::Unavailable);
+                self.end = Default::default();
+                unsent(&self.shared, *request, self.added.take(), self.generation)
+            }),
         })
     }
 }
@@ -459,7 +512,14 @@ fn place(
     };
     drop(snapshot);
     shared.counters.picks.fetch_add(1, Ordering::Relaxed);
-    let end = routed.begin();
+    let mut end = routed.begin();
+    if let Some(metrics) = &shared.metrics {
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let method = metrics.method(request.uri().path());
+        end.attempt = Some(AttemptRecord::start(metrics, method, sent.clone()));
+        let (parts, body) = request.into_parts();
+        request = http::Request::from_parts(parts, CountingBody::wrap(body, sent));
+    }
     let added = routed.header.map(|(name, value)| {
         request.headers_mut().insert(name.clone(), value);
         name
@@ -483,12 +543,14 @@ fn place(
             if let Some(tracker) = &routed.tracker {
                 tracker.finished(CallOutcome::FailedToSend);
             }
+            end.record_code(tonic::Code::Unavailable);
             Placed::Wait(unsent(shared, *request, added, generation))
         }
         Err(SendError::Failed(status)) => {
             if let Some(tracker) = &routed.tracker {
                 tracker.finished(CallOutcome::Failed);
             }
+            end.record_code(status.code());
             Placed::Failed(status)
         }
     }

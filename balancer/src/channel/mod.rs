@@ -21,6 +21,12 @@ mod limits;
 mod retry;
 
 use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -114,83 +120,83 @@ pub struct ChannelStats {
 }
 
 impl ChannelStats {
-    /// The stats in the Prometheus text format, each series labelled
-    /// `channel="<name>"`.
-    ///
-    /// ```
-    /// let text = waypost_balancer::ChannelStats::default().to_prometheus("orders");
-    /// assert!(text.contains("waypost_channel_picks_total{channel=\"orders\"} 0"));
-    /// ```
-    pub fn to_prometheus(&self, channel: &str) -> String {
-        let label = channel
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let mut out = String::new();
-        let mut series = |name: &str, kind: &str, help: &str, value: u64, extra: &str| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{label}\"{extra}}} {value}\n"));
-        };
-        series(
-            "waypost_channel_picks_total",
-            "counter",
-            "Calls sent to a connection.",
-            self.picks,
-            "",
-        );
-        series(
-            "waypost_channel_queued_total",
-            "counter",
-            "Times a call waited for a new picker.",
-            self.queued,
-            "",
-        );
-        series(
-            "waypost_channel_transparent_retries_total",
-            "counter",
-            "Calls re-picked because their connection closed before they were sent.",
-            self.transparent_retries,
-            "",
-        );
-        series(
-            "waypost_channel_retries_total",
-            "counter",
-            "Calls sent again under a retry policy.",
-            self.retries,
-            "",
-        );
-        series(
-            "waypost_channel_connects_total",
-            "counter",
-            "Connection attempts.",
-            self.connects,
-            "",
-        );
-        series(
-            "waypost_channel_connect_failures_total",
-            "counter",
-            "Failed connection attempts.",
-            self.connect_failures,
-            "",
-        );
-        series(
-            "waypost_channel_disconnects_total",
-            "counter",
-            "READY connections that closed.",
-            self.disconnects,
-            "",
-        );
-        out.push_str("# HELP waypost_channel_subchannels Subchannels by connectivity state.\n# TYPE waypost_channel_subchannels gauge\n");
+    /// Writes the stats as metric families `waypost_channel_…`, each
+    /// series labelled `channel="<name>"`.
+    fn encode(&self, channel: &str, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters = [
+            (
+                "waypost_channel_picks",
+                "Calls sent to a connection.",
+                self.picks,
+            ),
+            (
+                "waypost_channel_queued",
+                "Times a call waited for a new picker.",
+                self.queued,
+            ),
+            (
+                "waypost_channel_transparent_retries",
+                "Calls re-picked because their connection closed before they were sent.",
+                self.transparent_retries,
+            ),
+            (
+                "waypost_channel_retries",
+                "Calls sent again under a retry policy.",
+                self.retries,
+            ),
+            (
+                "waypost_channel_connects",
+                "Connection attempts.",
+                self.connects,
+            ),
+            (
+                "waypost_channel_connect_failures",
+                "Failed connection attempts.",
+                self.connect_failures,
+            ),
+            (
+                "waypost_channel_disconnects",
+                "READY connections that closed.",
+                self.disconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric.encode_family(&[("channel", channel)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "waypost_channel_subchannels",
+            "Subchannels by connectivity state.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (state, value) in [
             ("IDLE", self.subchannels_idle),
             ("CONNECTING", self.subchannels_connecting),
             ("READY", self.subchannels_ready),
             ("TRANSIENT_FAILURE", self.subchannels_transient_failure),
         ] {
-            out.push_str(&format!(
-                "waypost_channel_subchannels{{channel=\"{label}\",state=\"{state}\"}} {value}\n"
-            ));
+            ConstGauge::new(value as i64)
+                .encode(metric.encode_family(&[("channel", channel), ("state", state)])?)?;
         }
-        out
+        Ok(())
+    }
+}
+
+/// A channel's [`ChannelStats`] in a prometheus-client registry, read at
+/// each scrape while the channel lives.
+#[derive(Debug)]
+struct StatsCollector {
+    name: String,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        match self.shared.upgrade() {
+            Some(shared) => stats_of(&shared).encode(&self.name, &mut encoder),
+            None => Ok(()),
+        }
     }
 }
 
@@ -210,6 +216,8 @@ pub(crate) struct Shared {
     pub(crate) secure: bool,
     /// The TLS settings, for channels policies open (grpclb's balancers).
     pub(crate) tls: Option<crate::tls::ClientTlsConfig>,
+    /// Where calls record their metrics, if anywhere.
+    pub(crate) metrics: Option<Arc<crate::metrics::ChannelMetrics>>,
 }
 
 impl Shared {
@@ -272,6 +280,7 @@ impl Channel {
             authority: None,
             tls: None,
             credentials: None,
+            metrics: None,
         }
     }
 
@@ -326,33 +335,57 @@ impl Channel {
 
     /// Its counters.
     pub fn stats(&self) -> ChannelStats {
-        let c = &self.shared.counters;
-        let s = &self.shared.subchannel_counters;
-        ChannelStats {
-            picks: c.picks.load(Ordering::Relaxed),
-            queued: c.queued.load(Ordering::Relaxed),
-            transparent_retries: c.transparent_retries.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-            connects: s.connects.load(Ordering::Relaxed),
-            connect_failures: s.connect_failures.load(Ordering::Relaxed),
-            disconnects: s.disconnects.load(Ordering::Relaxed),
-            too_many_pings: s.too_many_pings.load(Ordering::Relaxed),
-            keepalive_interval_ms: s.keepalive_interval_ms.load(Ordering::Relaxed),
-            tls_reloads: self
-                .shared
-                .tls_stats
-                .as_ref()
-                .map_or(0, |t| t.reloads.load(Ordering::Relaxed)),
-            tls_reload_failures: self
-                .shared
-                .tls_stats
-                .as_ref()
-                .map_or(0, |t| t.reload_failures.load(Ordering::Relaxed)),
-            subchannels_idle: gauge(&s.states[0]),
-            subchannels_connecting: gauge(&s.states[1]),
-            subchannels_ready: gauge(&s.states[2]),
-            subchannels_transient_failure: gauge(&s.states[3]),
-        }
+        stats_of(&self.shared)
+    }
+
+    /// Adds the channel's [`ChannelStats`] to `registry` as
+    /// `waypost_channel_…` families labelled `channel="<name>"`, read at
+    /// each scrape while the channel lives. (gRPC's own client metrics are
+    /// [`ChannelBuilder::metrics`].)
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let channel = waypost_balancer::Channel::builder("ipv4:127.0.0.1:1").build().unwrap();
+    /// let mut registry = prometheus_client::registry::Registry::default();
+    /// channel.register_stats(&mut registry, "orders");
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// assert!(text.contains("waypost_channel_picks_total{channel=\"orders\"} 0"));
+    /// # }
+    /// ```
+    pub fn register_stats(&self, registry: &mut prometheus_client::registry::Registry, name: &str) {
+        registry.register_collector(Box::new(StatsCollector {
+            name: name.to_owned(),
+            shared: Arc::downgrade(&self.shared),
+        }));
+    }
+}
+
+fn stats_of(shared: &Shared) -> ChannelStats {
+    let c = &shared.counters;
+    let s = &shared.subchannel_counters;
+    ChannelStats {
+        picks: c.picks.load(Ordering::Relaxed),
+        queued: c.queued.load(Ordering::Relaxed),
+        transparent_retries: c.transparent_retries.load(Ordering::Relaxed),
+        retries: c.retries.load(Ordering::Relaxed),
+        connects: s.connects.load(Ordering::Relaxed),
+        connect_failures: s.connect_failures.load(Ordering::Relaxed),
+        disconnects: s.disconnects.load(Ordering::Relaxed),
+        too_many_pings: s.too_many_pings.load(Ordering::Relaxed),
+        keepalive_interval_ms: s.keepalive_interval_ms.load(Ordering::Relaxed),
+        tls_reloads: shared
+            .tls_stats
+            .as_ref()
+            .map_or(0, |t| t.reloads.load(Ordering::Relaxed)),
+        tls_reload_failures: shared
+            .tls_stats
+            .as_ref()
+            .map_or(0, |t| t.reload_failures.load(Ordering::Relaxed)),
+        subchannels_idle: gauge(&s.states[0]),
+        subchannels_connecting: gauge(&s.states[1]),
+        subchannels_ready: gauge(&s.states[2]),
+        subchannels_transient_failure: gauge(&s.states[3]),
     }
 }
 
@@ -386,9 +419,19 @@ pub struct ChannelBuilder {
     authority: Option<String>,
     tls: Option<crate::tls::ClientTlsConfig>,
     credentials: Option<Arc<dyn crate::credentials::CallCredentials>>,
+    metrics: Option<crate::metrics::ClientMetrics>,
 }
 
 impl ChannelBuilder {
+    /// Records gRPC's client metrics (A66 per call and attempt, A94 per
+    /// subchannel) for this channel's calls, labelled with its target —
+    /// see [`crate::metrics`]. One [`ClientMetrics`](crate::metrics::ClientMetrics)
+    /// serves any number of channels.
+    pub fn metrics(mut self, metrics: crate::metrics::ClientMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Adds `credentials`' metadata to every attempt of every call (see
     /// [`crate::credentials`]).
     pub fn call_credentials(
@@ -480,6 +523,11 @@ impl ChannelBuilder {
             connect.dialer = Some(std::sync::Arc::new(dialer));
         }
         let resolution = self.resolvers.resolve(&self.target)?;
+        let subchannel_counters: Arc<SubchannelCounters> = Arc::default();
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|m| m.for_channel(&self.target, &subchannel_counters));
         let shared = Arc::new(Shared {
             picker: ArcSwap::from_pointee(PickerState {
                 picker: Arc::new(QueuePicker),
@@ -490,7 +538,8 @@ impl ChannelBuilder {
             config: ArcSwap::from_pointee(default_config.clone().unwrap_or_default()),
             authority,
             counters: ChannelCounters::default(),
-            subchannel_counters: Arc::default(),
+            subchannel_counters,
+            metrics,
             tls_stats,
             secure: self.tls.is_some(),
             tls: self.tls.clone(),

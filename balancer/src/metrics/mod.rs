@@ -1,0 +1,417 @@
+//! Client metrics by gRPC's own names (gRFC A66 per-call and per-attempt
+//! metrics, A94 subchannel metrics), recorded by every channel built with
+//! [`ChannelBuilder::metrics`](crate::ChannelBuilder::metrics) and exported
+//! two ways: into a [prometheus-client] registry (names mapped as
+//! OpenTelemetry's Prometheus exporter maps them: `.` → `_`, the unit as a
+//! suffix, counters `_total`), and, with the `otel` feature, through an
+//! OpenTelemetry [`MeterProvider`](opentelemetry::metrics::MeterProvider).
+//!
+//! | gRPC name | kind | labels | Prometheus name |
+//! |---|---|---|---|
+//! | `grpc.client.attempt.started` | counter | method, target | `grpc_client_attempt_started_total` |
+//! | `grpc.client.attempt.duration` | histogram, s | method, target, status | `grpc_client_attempt_duration_seconds` |
+//! | `grpc.client.attempt.sent_total_compressed_message_size` | histogram, By | method, target, status | `grpc_client_attempt_sent_total_compressed_message_size_bytes` |
+//! | `grpc.client.attempt.rcvd_total_compressed_message_size` | histogram, By | method, target, status | `grpc_client_attempt_rcvd_total_compressed_message_size_bytes` |
+//! | `grpc.client.call.duration` | histogram, s | method, target, status | `grpc_client_call_duration_seconds` |
+//! | `grpc.subchannel.connection_attempts_succeeded` | counter | target | `grpc_subchannel_connection_attempts_succeeded_total` |
+//! | `grpc.subchannel.connection_attempts_failed` | counter | target | `grpc_subchannel_connection_attempts_failed_total` |
+//! | `grpc.subchannel.disconnections` | counter | target | `grpc_subchannel_disconnections_total` |
+//! | `grpc.subchannel.open_connections` | up-down counter | target | `grpc_subchannel_open_connections` |
+//!
+//! Labels are `grpc.method` (`grpc_method`), `grpc.target`, `grpc.status`
+//! (`OK`, `UNAVAILABLE`, …). `grpc.method` is the method's full name
+//! (`movies.v1.MoviesService/GetMovie`) for the methods named with
+//! [`ClientMetricsBuilder::methods`] — the generated ones, as gRPC
+//! intends — and `other` for the rest, so no caller can grow the label
+//! set; without such a list the first [`MAX_METHODS`] distinct methods get
+//! their names and later ones `other`. Histogram buckets are A66's.
+//!
+//! ```
+//! use waypost_balancer::metrics::ClientMetrics;
+//!
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let metrics = ClientMetrics::builder()
+//!     .methods(["movies.v1.MoviesService/GetMovie"])
+//!     .prometheus(&mut registry)
+//!     .build();
+//! # let _ = metrics;
+//! // Channel::builder("dns:///movies:50051").metrics(metrics.clone()).build()?;
+//! let mut text = String::new();
+//! prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+//! // Families appear with their first series (the first call).
+//! assert!(text.ends_with("# EOF\n"));
+//! ```
+//!
+//! Recording costs nothing for a channel without metrics; with them, a
+//! call costs a few label lookups and atomic adds (measured by
+//! `waypost-bench rpc --metrics`, BENCHMARKS.md).
+//!
+//! [prometheus-client]: https://docs.rs/prometheus-client
+
+mod framing;
+#[cfg(feature = "otel")]
+mod otel;
+mod prometheus;
+mod record;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use framing::PayloadCounter;
+pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, status_in};
+
+use crate::subchannel::SubchannelCounters;
+
+/// How many distinct methods get their own label when no list was given.
+pub const MAX_METHODS: usize = 256;
+
+/// A label value shared without copying.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Label(Arc<str>);
+
+impl Label {
+    fn new(text: &str) -> Label {
+        Label(Arc::from(text))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Metrics shared by every channel built with them (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    methods: Methods,
+    prometheus: Option<prometheus::Instruments>,
+    #[cfg(feature = "otel")]
+    otel: Option<otel::Instruments>,
+    /// Channels alive, for the subchannel metrics read at collection.
+    channels: Arc<Mutex<Vec<ChannelEntry>>>,
+}
+
+/// One channel's subchannel counters, as the collectors see them.
+#[derive(Debug, Clone)]
+struct ChannelEntry {
+    target: Label,
+    counters: Weak<SubchannelCounters>,
+}
+
+/// A snapshot of one target's subchannel counters (A94), summed over
+/// its channels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SubchannelTotals {
+    succeeded: u64,
+    failed: u64,
+    disconnections: u64,
+    open: i64,
+}
+
+/// The live channels' subchannel totals per target (dead ones removed).
+fn subchannel_totals(channels: &Mutex<Vec<ChannelEntry>>) -> Vec<(Label, SubchannelTotals)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut channels = channels.lock();
+    channels.retain(|c| c.counters.strong_count() > 0);
+    let mut totals: Vec<(Label, SubchannelTotals)> = Vec::new();
+    for entry in channels.iter() {
+        let Some(c) = entry.counters.upgrade() else {
+            continue;
+        };
+        let connects = c.connects.load(Relaxed);
+        let failed = c.connect_failures.load(Relaxed);
+        let index = match totals.iter().position(|(t, _)| *t == entry.target) {
+            Some(i) => i,
+            None => {
+                totals.push((entry.target.clone(), SubchannelTotals::default()));
+                totals.len() - 1
+            }
+        };
+        let t = &mut totals[index].1;
+        t.succeeded += connects.saturating_sub(failed);
+        t.failed += failed;
+        t.disconnections += c.disconnects.load(Relaxed);
+        t.open += c.states[crate::subchannel::state_index(crate::ConnectivityState::Ready)]
+            .load(Relaxed)
+            .max(0);
+    }
+    totals
+}
+
+/// Which methods get their own `grpc.method` label.
+#[derive(Debug)]
+struct Methods {
+    /// The named methods (without the leading `/`), if a list was given.
+    named: Option<HashSet<Box<str>>>,
+    /// Labels handed out (each at most once).
+    labels: RwLock<HashMap<Box<str>, Label>>,
+    other: Label,
+}
+
+impl Methods {
+    fn label(&self, path: &str) -> Label {
+        let name = path.strip_prefix('/').unwrap_or(path);
+        if let Some(label) = self.labels.read().get(name) {
+            return label.clone();
+        }
+        let well_formed = name.split_once('/').is_some_and(|(service, method)| {
+            !service.is_empty() && !method.is_empty() && !method.contains('/')
+        });
+        let allowed = well_formed
+            && match &self.named {
+                Some(named) => named.contains(name),
+                None => true,
+            };
+        if !allowed {
+            return self.other.clone();
+        }
+        let mut labels = self.labels.write();
+        if labels.len() >= MAX_METHODS && !labels.contains_key(name) {
+            return self.other.clone();
+        }
+        labels
+            .entry(name.into())
+            .or_insert_with(|| Label::new(name))
+            .clone()
+    }
+}
+
+/// Builds [`ClientMetrics`].
+#[derive(Debug, Default)]
+pub struct ClientMetricsBuilder {
+    named: Option<HashSet<Box<str>>>,
+    prometheus: Option<prometheus::Instruments>,
+    channels: Arc<Mutex<Vec<ChannelEntry>>>,
+    #[cfg(feature = "otel")]
+    otel: Option<otel::Instruments>,
+}
+
+impl ClientMetricsBuilder {
+    /// The methods recorded by name (`package.Service/Method`, with or
+    /// without the leading `/`): the generated ones. Every other method is
+    /// recorded as `other`.
+    pub fn methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let named = self.named.get_or_insert_with(HashSet::new);
+        for m in methods {
+            let m = m.as_ref();
+            named.insert(m.strip_prefix('/').unwrap_or(m).into());
+        }
+        self
+    }
+
+    /// Registers the metrics in `registry` (serve it with
+    /// `prometheus_client::encoding::text::encode`).
+    pub fn prometheus(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.prometheus = Some(prometheus::Instruments::register(
+            registry,
+            self.channels.clone(),
+        ));
+        self
+    }
+
+    /// Records through OpenTelemetry instruments of `provider`'s meter
+    /// `waypost` (feature `otel`).
+    #[cfg(feature = "otel")]
+    pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
+        self.otel = Some(otel::Instruments::new(provider, self.channels.clone()));
+        self
+    }
+
+    /// The metrics, to give to any number of channels.
+    pub fn build(self) -> ClientMetrics {
+        ClientMetrics {
+            inner: Arc::new(Inner {
+                methods: Methods {
+                    named: self.named,
+                    labels: RwLock::default(),
+                    other: Label::new("other"),
+                },
+                prometheus: self.prometheus,
+                #[cfg(feature = "otel")]
+                otel: self.otel,
+                channels: self.channels,
+            }),
+        }
+    }
+}
+
+impl ClientMetrics {
+    /// Starts building metrics.
+    pub fn builder() -> ClientMetricsBuilder {
+        ClientMetricsBuilder::default()
+    }
+
+    /// What a channel to `target` records with.
+    pub(crate) fn for_channel(
+        &self,
+        target: &str,
+        subchannels: &Arc<SubchannelCounters>,
+    ) -> Arc<ChannelMetrics> {
+        let target = Label::new(target);
+        self.inner.channels.lock().push(ChannelEntry {
+            target: target.clone(),
+            counters: Arc::downgrade(subchannels),
+        });
+        Arc::new(ChannelMetrics {
+            metrics: self.clone(),
+            target,
+        })
+    }
+}
+
+/// One channel's recorder: the shared metrics and its target label.
+#[derive(Debug)]
+pub(crate) struct ChannelMetrics {
+    metrics: ClientMetrics,
+    target: Label,
+}
+
+impl ChannelMetrics {
+    /// The `grpc.method` label of a call to `path`.
+    pub(crate) fn method(&self, path: &str) -> Label {
+        self.metrics.inner.methods.label(path)
+    }
+
+    /// Records an attempt's start.
+    pub(crate) fn attempt_started(&self, method: &Label) {
+        let inner = &self.metrics.inner;
+        if let Some(p) = &inner.prometheus {
+            p.attempt_started(method, &self.target);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &inner.otel {
+            o.attempt_started(method, &self.target);
+        }
+    }
+
+    /// Records an attempt's end.
+    pub(crate) fn attempt_ended(&self, ended: &Ended<'_>, sent: u64, received: u64) {
+        let inner = &self.metrics.inner;
+        if let Some(p) = &inner.prometheus {
+            p.attempt_ended(ended, &self.target, sent, received);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &inner.otel {
+            o.attempt_ended(ended, &self.target, sent, received);
+        }
+    }
+
+    /// Records a call's end.
+    pub(crate) fn call_ended(&self, ended: &Ended<'_>) {
+        let inner = &self.metrics.inner;
+        if let Some(p) = &inner.prometheus {
+            p.call_ended(ended, &self.target);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &inner.otel {
+            o.call_ended(ended, &self.target);
+        }
+    }
+}
+
+/// How an attempt or a call ended.
+#[derive(Debug)]
+pub(crate) struct Ended<'a> {
+    pub(crate) method: &'a Label,
+    pub(crate) status: tonic::Code,
+    pub(crate) seconds: f64,
+}
+
+/// A66's latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 41] = [
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+/// A66's size buckets, in bytes.
+const SIZE_BUCKETS: [f64; 14] = [
+    0.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
+/// A status code's name as gRPC writes it (`OK`, `UNAVAILABLE`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn methods(named: Option<&[&str]>) -> Methods {
+        Methods {
+            named: named.map(|n| n.iter().map(|m| Box::from(*m)).collect()),
+            labels: RwLock::default(),
+            other: Label::new("other"),
+        }
+    }
+
+    #[test]
+    fn only_named_methods_get_their_names() {
+        let m = methods(Some(&["movies.v1.Movies/Get"]));
+        assert_eq!(
+            m.label("/movies.v1.Movies/Get").as_str(),
+            "movies.v1.Movies/Get"
+        );
+        assert_eq!(m.label("/movies.v1.Movies/Other").as_str(), "other");
+        assert_eq!(m.label("/not a method").as_str(), "other");
+    }
+
+    #[test]
+    fn without_a_list_the_label_set_stays_bounded() {
+        let m = methods(None);
+        for i in 0..MAX_METHODS + 10 {
+            m.label(&format!("/svc/M{i}"));
+        }
+        assert_eq!(m.labels.read().len(), MAX_METHODS);
+        assert_eq!(m.label("/svc/M0").as_str(), "svc/M0");
+        assert_eq!(
+            m.label(&format!("/svc/M{}", MAX_METHODS + 5)).as_str(),
+            "other"
+        );
+        assert_eq!(m.label("/a/b/c").as_str(), "other");
+        assert_eq!(m.label("//x").as_str(), "other");
+    }
+}

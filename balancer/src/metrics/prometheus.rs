@@ -1,0 +1,198 @@
+//! The metrics in a prometheus-client registry: families per label set,
+//! and a collector for the subchannel counters read at scrape time.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{
+    ChannelEntry, Ended, LATENCY_BUCKETS, Label, SIZE_BUCKETS, code_name, subchannel_totals,
+};
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Started {
+    grpc_method: Label,
+    grpc_target: Label,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Finished {
+    grpc_method: Label,
+    grpc_target: Label,
+    grpc_status: &'static str,
+}
+
+type Histograms = Family<Finished, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS[1..].iter().copied())
+}
+
+fn sizes() -> Histogram {
+    Histogram::new(SIZE_BUCKETS[1..].iter().copied())
+}
+
+/// The registered families.
+#[derive(Debug)]
+pub(super) struct Instruments {
+    attempt_started: Family<Started, Counter>,
+    attempt_duration: Histograms,
+    attempt_sent: Histograms,
+    attempt_received: Histograms,
+    call_duration: Histograms,
+}
+
+impl Instruments {
+    pub(super) fn register(
+        registry: &mut Registry,
+        channels: Arc<Mutex<Vec<ChannelEntry>>>,
+    ) -> Instruments {
+        let instruments = Instruments {
+            attempt_started: Family::default(),
+            attempt_duration: Family::new_with_constructor(latency),
+            attempt_sent: Family::new_with_constructor(sizes),
+            attempt_received: Family::new_with_constructor(sizes),
+            call_duration: Family::new_with_constructor(latency),
+        };
+        // `register` ends each help text with a period.
+        registry.register(
+            "grpc_client_attempt_started",
+            "The number of client call attempts started (grpc.client.attempt.started)",
+            instruments.attempt_started.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_client_attempt_duration",
+            "End-to-end time taken to complete a client call attempt (grpc.client.attempt.duration)",
+            Unit::Seconds,
+            instruments.attempt_duration.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_client_attempt_sent_total_compressed_message_size",
+            "Compressed message bytes sent per client call attempt (grpc.client.attempt.sent_total_compressed_message_size)",
+            Unit::Bytes,
+            instruments.attempt_sent.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_client_attempt_rcvd_total_compressed_message_size",
+            "Compressed message bytes received per call attempt (grpc.client.attempt.rcvd_total_compressed_message_size)",
+            Unit::Bytes,
+            instruments.attempt_received.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_client_call_duration",
+            "Time taken by gRPC to complete an RPC from the application's perspective (grpc.client.call.duration)",
+            Unit::Seconds,
+            instruments.call_duration.clone(),
+        );
+        registry.register_collector(Box::new(Subchannels { channels }));
+        instruments
+    }
+
+    pub(super) fn attempt_started(&self, method: &Label, target: &Label) {
+        self.attempt_started
+            .get_or_create(&Started {
+                grpc_method: method.clone(),
+                grpc_target: target.clone(),
+            })
+            .inc();
+    }
+
+    fn finished(ended: &Ended<'_>, target: &Label) -> Finished {
+        Finished {
+            grpc_method: ended.method.clone(),
+            grpc_target: target.clone(),
+            grpc_status: code_name(ended.status),
+        }
+    }
+
+    pub(super) fn attempt_ended(
+        &self,
+        ended: &Ended<'_>,
+        target: &Label,
+        sent: u64,
+        received: u64,
+    ) {
+        let labels = Self::finished(ended, target);
+        self.attempt_duration
+            .get_or_create(&labels)
+            .observe(ended.seconds);
+        self.attempt_sent
+            .get_or_create(&labels)
+            .observe(sent as f64);
+        self.attempt_received
+            .get_or_create(&labels)
+            .observe(received as f64);
+    }
+
+    pub(super) fn call_ended(&self, ended: &Ended<'_>, target: &Label) {
+        self.call_duration
+            .get_or_create(&Self::finished(ended, target))
+            .observe(ended.seconds);
+    }
+}
+
+/// Reads one figure of a target's subchannel totals.
+type ReadTotal = fn(&super::SubchannelTotals) -> u64;
+
+/// A94's subchannel metrics, read from the live channels at scrape time.
+#[derive(Debug)]
+struct Subchannels {
+    channels: Arc<Mutex<Vec<ChannelEntry>>>,
+}
+
+impl Collector for Subchannels {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let totals = subchannel_totals(&self.channels);
+        let counters: [(&str, &str, ReadTotal); 3] = [
+            (
+                "grpc_subchannel_connection_attempts_succeeded",
+                "Connection attempts that succeeded (grpc.subchannel.connection_attempts_succeeded).",
+                |t| t.succeeded,
+            ),
+            (
+                "grpc_subchannel_connection_attempts_failed",
+                "Connection attempts that failed (grpc.subchannel.connection_attempts_failed).",
+                |t| t.failed,
+            ),
+            (
+                "grpc_subchannel_disconnections",
+                "Times a connection was closed after it was established (grpc.subchannel.disconnections).",
+                |t| t.disconnections,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (target, t) in &totals {
+                ConstCounter::new(value(t))
+                    .encode(metric.encode_family(&[("grpc_target", target.as_str())])?)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "grpc_subchannel_open_connections",
+            "Open connections (grpc.subchannel.open_connections).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (target, t) in &totals {
+            ConstGauge::new(t.open)
+                .encode(metric.encode_family(&[("grpc_target", target.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
