@@ -10,7 +10,11 @@
 //! - `floor`: a bare hyper HTTP/2 connection to one backend, no balancing;
 //! - `waypost_single`: a waypost `Channel` to that one backend, which
 //!   separates waypost's own per-call cost from the cost of spreading calls
-//!   over four connections.
+//!   over four connections;
+//! - `waypost_prometheus`, `waypost_otel`: the `waypost` channel recording
+//!   gRPC's client metrics (A66) into a prometheus-client registry, or an
+//!   OpenTelemetry SDK meter provider: their CPU per call over plain
+//!   `waypost`'s is the metrics' cost (goal ≤ 1.05×).
 //!
 //! With `--tls` every variant speaks TLS (rustls with ring everywhere): the
 //! backends are tonic servers with tonic's TLS, waypost uses its
@@ -42,6 +46,8 @@ use tokio::time::Instant;
 use tonic::codegen::StdError;
 use waypost_proto::movies::v1::MovieId;
 use waypost_proto::movies::v1::movies_service_client::MoviesServiceClient;
+
+use waypost_balancer::metrics::ClientMetrics;
 
 use crate::stats::{median, percentile};
 
@@ -119,12 +125,14 @@ impl BenchTls {
     }
 }
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 7] = [
     "waypost",
     "tonic_balance",
     "tonic_single",
     "floor",
     "waypost_single",
+    "waypost_prometheus",
+    "waypost_otel",
 ];
 
 /// Runs in the child: four backends until stdin closes.
@@ -364,6 +372,16 @@ struct Clients {
     tonic_single: MoviesServiceClient<tonic::transport::Channel>,
     floor: MoviesServiceClient<Bare>,
     waypost_single: MoviesServiceClient<waypost_balancer::Channel>,
+    /// The `waypost` channel recording gRPC's metrics into a
+    /// prometheus-client registry.
+    waypost_prometheus: MoviesServiceClient<waypost_balancer::Channel>,
+    /// The same into an OpenTelemetry SDK meter provider.
+    waypost_otel: MoviesServiceClient<waypost_balancer::Channel>,
+    /// What the metered channels record into (kept alive with them).
+    _metrics: (
+        prometheus_client::registry::Registry,
+        opentelemetry_sdk::metrics::SdkMeterProvider,
+    ),
 }
 
 impl Clients {
@@ -373,6 +391,8 @@ impl Clients {
             "tonic_balance" => paced(self.tonic_balance.clone(), rate, seconds).await,
             "tonic_single" => paced(self.tonic_single.clone(), rate, seconds).await,
             "waypost_single" => paced(self.waypost_single.clone(), rate, seconds).await,
+            "waypost_prometheus" => paced(self.waypost_prometheus.clone(), rate, seconds).await,
+            "waypost_otel" => paced(self.waypost_otel.clone(), rate, seconds).await,
             _ => paced(self.floor.clone(), rate, seconds).await,
         }
     }
@@ -383,6 +403,10 @@ impl Clients {
             "tonic_balance" => unpaced(self.tonic_balance.clone(), concurrency, seconds).await,
             "tonic_single" => unpaced(self.tonic_single.clone(), concurrency, seconds).await,
             "waypost_single" => unpaced(self.waypost_single.clone(), concurrency, seconds).await,
+            "waypost_prometheus" => {
+                unpaced(self.waypost_prometheus.clone(), concurrency, seconds).await
+            }
+            "waypost_otel" => unpaced(self.waypost_otel.clone(), concurrency, seconds).await,
             _ => unpaced(self.floor.clone(), concurrency, seconds).await,
         }
     }
@@ -442,14 +466,36 @@ impl Clients {
         addrs: &[String],
         tls: Option<&BenchTls>,
     ) -> Result<Clients, Box<dyn std::error::Error>> {
-        let waypost_channel = |target: String| {
+        let waypost_channel = |target: String, metrics: Option<ClientMetrics>| {
             let mut builder = waypost_balancer::Channel::builder(target)
                 .default_service_config(json!({"loadBalancingConfig": [{"round_robin": {}}]}));
             if let Some(tls) = tls {
                 builder = builder.tls(tls.waypost());
             }
+            if let Some(metrics) = metrics {
+                builder = builder.metrics(metrics);
+            }
             builder.build()
         };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let prometheus = ClientMetrics::builder()
+            .methods(["movies.v1.MoviesService/GetMovie"])
+            .prometheus(&mut registry)
+            .build();
+        // A periodic reader (every 60 s, OpenTelemetry's default) into an
+        // in-memory exporter: recording aggregates as in production.
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(
+                opentelemetry_sdk::metrics::PeriodicReader::builder(
+                    opentelemetry_sdk::metrics::InMemoryMetricExporter::default(),
+                )
+                .build(),
+            )
+            .build();
+        let otel = ClientMetrics::builder()
+            .methods(["movies.v1.MoviesService/GetMovie"])
+            .meter_provider(&provider)
+            .build();
         let endpoint = |addr: &str| {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -459,8 +505,11 @@ impl Clients {
                 None => endpoint,
             }
         };
-        let waypost = waypost_channel(format!("ipv4:{}", addrs.join(",")))?;
-        let waypost_single = waypost_channel(format!("ipv4:{}", addrs[0]))?;
+        let all = format!("ipv4:{}", addrs.join(","));
+        let waypost = waypost_channel(all.clone(), None)?;
+        let waypost_single = waypost_channel(format!("ipv4:{}", addrs[0]), None)?;
+        let waypost_prometheus = waypost_channel(all.clone(), Some(prometheus))?;
+        let waypost_otel = waypost_channel(all, Some(otel))?;
         let clients = Clients {
             waypost: MoviesServiceClient::new(waypost.clone()),
             tonic_balance: MoviesServiceClient::new(tonic::transport::Channel::balance_list(
@@ -469,9 +518,15 @@ impl Clients {
             tonic_single: MoviesServiceClient::new(endpoint(&addrs[0]).connect().await?),
             floor: MoviesServiceClient::new(bare(&addrs[0], tls).await?),
             waypost_single: MoviesServiceClient::new(waypost_single),
+            waypost_prometheus: MoviesServiceClient::new(waypost_prometheus.clone()),
+            waypost_otel: MoviesServiceClient::new(waypost_otel.clone()),
+            _metrics: (registry, provider),
         };
         let ready_by = Instant::now() + Duration::from_secs(30);
-        while waypost.stats().subchannels_ready < addrs.len() as u64 {
+        while [&waypost, &waypost_prometheus, &waypost_otel]
+            .iter()
+            .any(|c| c.stats().subchannels_ready < addrs.len() as u64)
+        {
             if Instant::now() > ready_by {
                 return Err("waypost channel not READY".into());
             }
@@ -486,6 +541,8 @@ impl Clients {
             "tonic_balance" => sequential(self.tonic_balance.clone(), calls).await,
             "tonic_single" => sequential(self.tonic_single.clone(), calls).await,
             "waypost_single" => sequential(self.waypost_single.clone(), calls).await,
+            "waypost_prometheus" => sequential(self.waypost_prometheus.clone(), calls).await,
+            "waypost_otel" => sequential(self.waypost_otel.clone(), calls).await,
             _ => sequential(self.floor.clone(), calls).await,
         }
     }
@@ -613,9 +670,46 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             args.concurrency
         );
     }
+    // The metrics' cost: each metered variant's CPU per call over the
+    // plain `waypost` channel's, per repetition (same rep, same order).
+    let mut metrics_cost = serde_json::Map::new();
+    for (i, name) in [(5, "prometheus"), (6, "otel")] {
+        let ratios: Vec<f64> = results[i]
+            .iter()
+            .zip(&results[0])
+            .map(|(m, w)| m.cpu_us_per_call / w.cpu_us_per_call)
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let ratio = median(ratios.clone());
+        // The goal is ≤ 1.05×: met only if the median and every rep hold.
+        let verdict = if hi <= 1.05 {
+            "met"
+        } else if ratio > 1.05 && lo > 1.05 {
+            "not met"
+        } else {
+            "inconclusive"
+        };
+        eprintln!(
+            "  metrics via {name}: CPU/call {ratio:.3}× plain waypost (per rep {}), goal ≤ 1.05×: {verdict}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        metrics_cost.insert(
+            name.to_owned(),
+            json!({"ratio": (ratio * 1000.0).round() / 1000.0, "per_rep": ratios, "verdict": verdict}),
+        );
+    }
     println!(
         "{}",
         json!({
+            "metrics_cost": metrics_cost,
+            "waypost_prometheus_cpu_us": cpu(5), "waypost_otel_cpu_us": cpu(6),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "waypost_cpu_us": cpu(0), "tonic_balance_cpu_us": cpu(1), "tonic_single_cpu_us": cpu(2), "floor_cpu_us": cpu(3),
             "waypost_qps": qps(0), "tonic_balance_qps": qps(1), "tonic_single_qps": qps(2),
             "waypost_p99_us": p99(0), "tonic_balance_p99_us": p99(1),
