@@ -60,6 +60,11 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 
 pub use framing::PayloadCounter;
+#[cfg(feature = "otel")]
+/// The OpenTelemetry API these metrics record through (the same version).
+pub use opentelemetry;
+/// The prometheus-client these metrics register into (the same version).
+pub use prometheus_client;
 pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, status_in};
 
 use crate::subchannel::SubchannelCounters;
