@@ -270,55 +270,84 @@ impl ClientMetrics {
         Arc::new(ChannelMetrics {
             metrics: self.clone(),
             target,
+            methods: RwLock::default(),
         })
     }
 }
 
-/// One channel's recorder: the shared metrics and its target label.
+/// One channel's recorder: the shared metrics, its target label, and the
+/// series of each method it has called, resolved once.
 #[derive(Debug)]
 pub(crate) struct ChannelMetrics {
     metrics: ClientMetrics,
     target: Label,
+    /// By call path; at most [`MAX_CACHED_PATHS`] (later paths are
+    /// resolved on each call instead, so garbage paths cannot grow it).
+    methods: RwLock<HashMap<Box<str>, Arc<MethodHandle>>>,
+}
+
+/// How many call paths a channel keeps resolved.
+const MAX_CACHED_PATHS: usize = 2 * MAX_METHODS;
+
+/// A method as a channel records it: its label and, for Prometheus, its
+/// series (so a call costs atomic adds, not map lookups).
+#[derive(Debug)]
+pub(crate) struct MethodHandle {
+    label: Label,
+    prometheus: Option<prometheus::MethodSeries>,
 }
 
 impl ChannelMetrics {
-    /// The `grpc.method` label of a call to `path`.
-    pub(crate) fn method(&self, path: &str) -> Label {
-        self.metrics.inner.methods.label(path)
+    /// The method of a call to `path`.
+    pub(crate) fn method(&self, path: &str) -> Arc<MethodHandle> {
+        if let Some(handle) = self.methods.read().get(path) {
+            return handle.clone();
+        }
+        let inner = &self.metrics.inner;
+        let label = inner.methods.label(path);
+        let handle = Arc::new(MethodHandle {
+            prometheus: inner
+                .prometheus
+                .as_ref()
+                .map(|p| p.series(&label, &self.target)),
+            label,
+        });
+        let mut methods = self.methods.write();
+        if methods.len() < MAX_CACHED_PATHS {
+            methods.insert(path.into(), handle.clone());
+        }
+        handle
     }
 
     /// Records an attempt's start.
-    pub(crate) fn attempt_started(&self, method: &Label) {
-        let inner = &self.metrics.inner;
-        if let Some(p) = &inner.prometheus {
-            p.attempt_started(method, &self.target);
+    pub(crate) fn attempt_started(&self, method: &MethodHandle) {
+        if let Some(series) = &method.prometheus {
+            series.attempt_started();
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &inner.otel {
-            o.attempt_started(method, &self.target);
+        if let Some(o) = &self.metrics.inner.otel {
+            o.attempt_started(&method.label, &self.target);
         }
     }
 
     /// Records an attempt's end.
     pub(crate) fn attempt_ended(&self, ended: &Ended<'_>, sent: u64, received: u64) {
-        let inner = &self.metrics.inner;
-        if let Some(p) = &inner.prometheus {
-            p.attempt_ended(ended, &self.target, sent, received);
+        if let Some(series) = &ended.method.prometheus {
+            series.attempt_ended(ended, sent, received);
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &inner.otel {
+        if let Some(o) = &self.metrics.inner.otel {
             o.attempt_ended(ended, &self.target, sent, received);
         }
     }
 
     /// Records a call's end.
     pub(crate) fn call_ended(&self, ended: &Ended<'_>) {
-        let inner = &self.metrics.inner;
-        if let Some(p) = &inner.prometheus {
-            p.call_ended(ended, &self.target);
+        if let Some(series) = &ended.method.prometheus {
+            series.call_ended(ended);
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &inner.otel {
+        if let Some(o) = &self.metrics.inner.otel {
             o.call_ended(ended, &self.target);
         }
     }
@@ -327,7 +356,7 @@ impl ChannelMetrics {
 /// How an attempt or a call ended.
 #[derive(Debug)]
 pub(crate) struct Ended<'a> {
-    pub(crate) method: &'a Label,
+    pub(crate) method: &'a MethodHandle,
     pub(crate) status: tonic::Code,
     pub(crate) seconds: f64,
 }

@@ -133,7 +133,7 @@ impl Instruments {
 
     fn attributes(ended: &Ended<'_>, target: &Label) -> [KeyValue; 3] {
         [
-            KeyValue::new("grpc.method", value(ended.method)),
+            KeyValue::new("grpc.method", value(&ended.method.label)),
             KeyValue::new("grpc.target", value(target)),
             KeyValue::new("grpc.status", code_name(ended.status)),
         ]

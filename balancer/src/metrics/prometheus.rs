@@ -104,45 +104,93 @@ impl Instruments {
         instruments
     }
 
-    pub(super) fn attempt_started(&self, method: &Label, target: &Label) {
-        self.attempt_started
-            .get_or_create(&Started {
-                grpc_method: method.clone(),
-                grpc_target: target.clone(),
-            })
-            .inc();
-    }
-
-    fn finished(ended: &Ended<'_>, target: &Label) -> Finished {
-        Finished {
-            grpc_method: ended.method.clone(),
-            grpc_target: target.clone(),
-            grpc_status: code_name(ended.status),
+    /// One method's series on one target, resolved once: its counter
+    /// now, its histograms per status when first needed.
+    pub(super) fn series(&self, method: &Label, target: &Label) -> MethodSeries {
+        MethodSeries {
+            attempt_started: self
+                .attempt_started
+                .get_or_create(&Started {
+                    grpc_method: method.clone(),
+                    grpc_target: target.clone(),
+                })
+                .clone(),
+            families: Arc::new(Families {
+                attempt_duration: self.attempt_duration.clone(),
+                attempt_sent: self.attempt_sent.clone(),
+                attempt_received: self.attempt_received.clone(),
+                call_duration: self.call_duration.clone(),
+            }),
+            method: method.clone(),
+            target: target.clone(),
+            by_status: Default::default(),
         }
     }
+}
 
-    pub(super) fn attempt_ended(
-        &self,
-        ended: &Ended<'_>,
-        target: &Label,
-        sent: u64,
-        received: u64,
-    ) {
-        let labels = Self::finished(ended, target);
-        self.attempt_duration
-            .get_or_create(&labels)
-            .observe(ended.seconds);
-        self.attempt_sent
-            .get_or_create(&labels)
-            .observe(sent as f64);
-        self.attempt_received
-            .get_or_create(&labels)
-            .observe(received as f64);
+/// The histogram families, shared by every method's series.
+#[derive(Debug)]
+struct Families {
+    attempt_duration: Histograms,
+    attempt_sent: Histograms,
+    attempt_received: Histograms,
+    call_duration: Histograms,
+}
+
+/// One status's histograms of one method and target.
+#[derive(Debug)]
+struct StatusSeries {
+    attempt_duration: Histogram,
+    attempt_sent: Histogram,
+    attempt_received: Histogram,
+    call_duration: Histogram,
+}
+
+/// One method's series on one target (the handles share the registry's
+/// state; recording is atomic adds and a bucket search).
+#[derive(Debug)]
+pub(super) struct MethodSeries {
+    attempt_started: Counter,
+    families: Arc<Families>,
+    method: Label,
+    target: Label,
+    /// Indexed by status code (0–16).
+    by_status: [std::sync::OnceLock<StatusSeries>; 17],
+}
+
+impl MethodSeries {
+    pub(super) fn attempt_started(&self) {
+        self.attempt_started.inc();
     }
 
-    pub(super) fn call_ended(&self, ended: &Ended<'_>, target: &Label) {
-        self.call_duration
-            .get_or_create(&Self::finished(ended, target))
+    fn status(&self, code: tonic::Code) -> &StatusSeries {
+        let index = (code as usize).min(16);
+        self.by_status[index].get_or_init(|| {
+            let labels = Finished {
+                grpc_method: self.method.clone(),
+                grpc_target: self.target.clone(),
+                grpc_status: code_name(code),
+            };
+            let f = &self.families;
+            StatusSeries {
+                attempt_duration: f.attempt_duration.get_or_create(&labels).clone(),
+                attempt_sent: f.attempt_sent.get_or_create(&labels).clone(),
+                attempt_received: f.attempt_received.get_or_create(&labels).clone(),
+                call_duration: f.call_duration.get_or_create(&labels).clone(),
+            }
+        })
+    }
+
+    pub(super) fn attempt_ended(&self, ended: &Ended<'_>, sent: u64, received: u64) {
+        let series = self.status(ended.status);
+        series.attempt_duration.observe(ended.seconds);
+        series.attempt_sent.observe(sent as f64);
+        series.attempt_received.observe(received as f64);
+    }
+
+    pub(super) fn call_ended(&self, ended: &Ended<'_>) {
+        self.status(ended.status)
+            .call_duration
             .observe(ended.seconds);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Buf as _;
 use http_body::{Body, Frame, SizeHint};
 
-use super::{ChannelMetrics, Ended, Label, PayloadCounter};
+use super::{ChannelMetrics, Ended, MethodHandle, PayloadCounter};
 
 /// The status in `headers` (trailers, or a trailers-only response's
 /// headers), if they carry one.
@@ -25,7 +25,7 @@ pub(crate) fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
 #[derive(Debug)]
 pub(crate) struct CallRecord {
     channel: Arc<ChannelMetrics>,
-    method: Label,
+    method: Arc<MethodHandle>,
     started: Instant,
     status: Option<tonic::Code>,
 }
@@ -60,7 +60,7 @@ impl Drop for CallRecord {
 #[derive(Debug)]
 pub(crate) struct AttemptRecord {
     channel: Arc<ChannelMetrics>,
-    method: Label,
+    method: Arc<MethodHandle>,
     started: Instant,
     status: Option<tonic::Code>,
     sent: Arc<AtomicU64>,
@@ -72,7 +72,7 @@ impl AttemptRecord {
     /// request body counts what it sends ([`CountingBody`]).
     pub(crate) fn start(
         channel: &Arc<ChannelMetrics>,
-        method: Label,
+        method: Arc<MethodHandle>,
         sent: Arc<AtomicU64>,
     ) -> Box<AttemptRecord> {
         channel.attempt_started(&method);
