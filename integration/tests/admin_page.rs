@@ -139,6 +139,11 @@ async fn the_status_page_lists_backends_and_drains_one_with_a_click() {
     // Drain backend 1 with a click: the page asks for the token, then
     // posts with it.
     let target = backends[1].addr().to_string();
+    let row_is = |state: &str| {
+        format!(
+            "return document.querySelector('tr[data-backend=\"{target}\"]').dataset.state === '{state}'"
+        )
+    };
     let button = browser
         .find(&format!(
             "button[data-backend=\"{target}\"][data-action=drain]"
@@ -163,15 +168,7 @@ async fn the_status_page_lists_backends_and_drains_one_with_a_click() {
         .click(&browser.find("#token-save").await.unwrap())
         .await
         .unwrap();
-    browser
-        .wait_until(
-            &format!(
-                "return document.querySelector('tr[data-backend=\"{target}\"]').dataset.state === 'draining'"
-            ),
-            wait,
-        )
-        .await
-        .unwrap();
+    browser.wait_until(&row_is("draining"), wait).await.unwrap();
     assert!(
         movies
             .views()
@@ -191,15 +188,7 @@ async fn the_status_page_lists_backends_and_drains_one_with_a_click() {
     // A change made elsewhere reaches the page by its polling, still
     // without a reload.
     assert!(movies.set_draining(backends[1].addr(), false));
-    browser
-        .wait_until(
-            &format!(
-                "return document.querySelector('tr[data-backend=\"{target}\"]').dataset.state === 'healthy'"
-            ),
-            wait,
-        )
-        .await
-        .unwrap();
+    browser.wait_until(&row_is("healthy"), wait).await.unwrap();
     // Drain it again for the picture, with the token kept in the session.
     browser
         .click(
@@ -212,15 +201,7 @@ async fn the_status_page_lists_backends_and_drains_one_with_a_click() {
         )
         .await
         .unwrap();
-    browser
-        .wait_until(
-            &format!(
-                "return document.querySelector('tr[data-backend=\"{target}\"]').dataset.state === 'draining'"
-            ),
-            wait,
-        )
-        .await
-        .unwrap();
+    browser.wait_until(&row_is("draining"), wait).await.unwrap();
     assert_eq!(
         browser.eval("return window.loadedOnce").await.unwrap(),
         "yes",
