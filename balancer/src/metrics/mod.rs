@@ -293,6 +293,9 @@ const MAX_CACHED_PATHS: usize = 2 * MAX_METHODS;
 /// series (so a call costs atomic adds, not map lookups).
 #[derive(Debug)]
 pub(crate) struct MethodHandle {
+    /// Its `grpc.method` (read by OpenTelemetry's recording; Prometheus's
+    /// series already carry it).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     label: Label,
     prometheus: Option<prometheus::MethodSeries>,
 }

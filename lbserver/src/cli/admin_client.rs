@@ -239,35 +239,37 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
             return EXIT_FAILURE;
         }
     };
-    let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
-        eprintln!("waypost status: the answer is not JSON");
-        return EXIT_FAILURE;
+    let status: StatusDoc = match serde_json::from_str(&body) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("waypost status: the answer is not the status document: {e}");
+            return EXIT_FAILURE;
+        }
     };
     let _ = writeln!(
         out,
         "{:<20} {:<24} {:<8} {:<9} {:<7} {:<17} {:>7}",
         "SERVICE", "BACKEND", "HEALTHY", "DRAINING", "WEIGHT", "TOKEN", "CLIENTS"
     );
-    for service in status["services"].as_array().into_iter().flatten() {
-        let name = printable(service["name"].as_str().unwrap_or("?"));
-        let clients = service["clients"].as_u64().unwrap_or(0);
-        let backends = service["backends"].as_array().cloned().unwrap_or_default();
-        if backends.is_empty() {
+    for service in &status.services {
+        let name = printable(&service.name);
+        let clients = service.clients;
+        if service.backends.is_empty() {
             let _ = writeln!(
                 out,
                 "{name:<20} {:<24} {:<8} {:<9} {:<7} {:<17} {clients:>7}",
                 "-", "-", "-", "-", "-"
             );
         }
-        for b in backends {
+        for b in &service.backends {
             let _ = writeln!(
                 out,
                 "{name:<20} {:<24} {:<8} {:<9} {:<7} {:<17} {clients:>7}",
-                printable(b["addr"].as_str().unwrap_or("?")),
-                b["healthy"].as_bool().unwrap_or(false),
-                b["draining"].as_bool().unwrap_or(false),
-                b["weight"].as_u64().unwrap_or(0),
-                printable(b["token"].as_str().unwrap_or("?")),
+                printable(&b.addr),
+                b.healthy,
+                b.draining,
+                b.weight,
+                printable(&b.token),
             );
         }
     }
@@ -275,14 +277,60 @@ pub async fn status(args: StatusArgs, out: &mut impl std::io::Write) -> u8 {
     0
 }
 
+/// The parts of `/status` the table shows (other fields are ignored).
+#[derive(Debug, serde::Deserialize)]
+struct StatusDoc {
+    #[serde(default)]
+    services: Vec<ServiceDoc>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ServiceDoc {
+    name: String,
+    #[serde(default)]
+    clients: u64,
+    #[serde(default)]
+    backends: Vec<BackendDoc>,
+    #[serde(default)]
+    xds_clients: Vec<XdsClientDoc>,
+    #[serde(default)]
+    xds_clients_total: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BackendDoc {
+    addr: String,
+    #[serde(default)]
+    healthy: bool,
+    #[serde(default)]
+    draining: bool,
+    #[serde(default)]
+    weight: u64,
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct XdsClientDoc {
+    #[serde(default)]
+    node_id: String,
+    #[serde(default)]
+    acked: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    last_nack: Option<NackDoc>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NackDoc {
+    #[serde(rename = "type")]
+    kind: String,
+    error: String,
+}
+
 /// The xDS clients per service (when any is connected): node id, the
 /// version of each type it ACKed (first 8 digits), its last NACK.
-fn xds_clients(status: &serde_json::Value, out: &mut impl std::io::Write) {
-    let services = status["services"].as_array().cloned().unwrap_or_default();
-    let any = services
-        .iter()
-        .any(|s| s["xds_clients_total"].as_u64().unwrap_or(0) > 0);
-    if !any {
+fn xds_clients(status: &StatusDoc, out: &mut impl std::io::Write) {
+    if !status.services.iter().any(|s| s.xds_clients_total > 0) {
         return;
     }
     let _ = writeln!(
@@ -290,40 +338,39 @@ fn xds_clients(status: &serde_json::Value, out: &mut impl std::io::Write) {
         "\n{:<20} {:<24} {:<8} {:<8} {:<8} {:<8} LAST NACK",
         "SERVICE", "XDS NODE", "LDS", "RDS", "CDS", "EDS"
     );
-    for service in &services {
-        let name = printable(service["name"].as_str().unwrap_or("?"));
-        for client in service["xds_clients"].as_array().into_iter().flatten() {
+    for service in &status.services {
+        let name = printable(&service.name);
+        for client in &service.xds_clients {
             let acked = |ty: &str| {
-                let version = client["acked"][ty].as_str().unwrap_or("-");
+                let version = client.acked.get(ty).map_or("-", String::as_str);
                 printable(&version.chars().take(8).collect::<String>())
             };
-            let nack = match client["last_nack"].as_object() {
-                Some(nack) => printable(&format!(
-                    "{}: {}",
-                    nack.get("type").and_then(|t| t.as_str()).unwrap_or("?"),
-                    nack.get("error").and_then(|t| t.as_str()).unwrap_or("?"),
-                )),
+            let nack = match &client.last_nack {
+                Some(nack) => printable(&format!("{}: {}", nack.kind, nack.error)),
                 None => "-".into(),
             };
-            let node = client["node_id"].as_str().unwrap_or("");
+            let node = if client.node_id.is_empty() {
+                "(no node id)"
+            } else {
+                client.node_id.as_str()
+            };
             let _ = writeln!(
                 out,
                 "{name:<20} {:<24} {:<8} {:<8} {:<8} {:<8} {nack}",
-                printable(if node.is_empty() {
-                    "(no node id)"
-                } else {
-                    node
-                }),
+                printable(node),
                 acked("lds"),
                 acked("rds"),
                 acked("cds"),
                 acked("eds"),
             );
         }
-        let total = service["xds_clients_total"].as_u64().unwrap_or(0);
-        let shown = service["xds_clients"].as_array().map_or(0, Vec::len) as u64;
-        if total > shown {
-            let _ = writeln!(out, "{name:<20} … and {} more", total - shown);
+        let shown = service.xds_clients.len() as u64;
+        if service.xds_clients_total > shown {
+            let _ = writeln!(
+                out,
+                "{name:<20} … and {} more",
+                service.xds_clients_total - shown
+            );
         }
     }
 }
