@@ -74,6 +74,14 @@ impl Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
         if let Some(status) = this.guard.as_mut().and_then(MessageGuard::take_held) {
+            // Metrics only: a message over the limit is the client's own
+            // refusal, not the backend's failure (the tracker is not told).
+            if let Some(attempt) = this.end.as_mut().and_then(|e| e.attempt.as_mut()) {
+                attempt.status(status.code());
+            }
+            if let Some(mut call) = this.call.take() {
+                call.status(status.code());
+            }
             return Poll::Ready(Some(Err(status)));
         }
         let Some(inner) = this.inner.as_mut() else {
