@@ -117,46 +117,37 @@ pub struct ServiceConfig {
 impl ServiceConfig {
     /// Parses `json`, choosing the first policy in `loadBalancingConfig`
     /// that `policies` knows (or the deprecated `loadBalancingPolicy`).
+    /// Unknown fields are ignored, as gRPC's parsers ignore them; a field
+    /// of the wrong type is an error naming its path
+    /// (`methodConfig[0].timeout: …`).
     pub fn parse(
         json: &Value,
         policies: &PolicyRegistry,
     ) -> Result<ServiceConfig, ServiceConfigError> {
-        let Value::Object(root) = json else {
+        if !json.is_object() {
             return err("not a JSON object");
-        };
+        }
+        let root: raw::Root = serde_path_to_error::deserialize(json)
+            .map_err(|e| ServiceConfigError(format!("{}: {}", e.path(), e.inner())))?;
         let mut config = ServiceConfig {
-            policy: parse_policy(root, policies)?,
+            policy: parse_policy(&root, policies)?,
             ..Default::default()
         };
-
-        match root.get("methodConfig") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(entries)) => {
-                for (i, entry) in entries.iter().enumerate() {
-                    let (names, method) = parse_method_config(entry)
-                        .map_err(|e| ServiceConfigError(format!("methodConfig[{i}]: {}", e.0)))?;
-                    for name in names {
-                        if config
-                            .methods
-                            .insert(name.clone(), method.clone())
-                            .is_some()
-                        {
-                            return err(format!("methodConfig[{i}]: duplicate name {name:?}"));
-                        }
-                    }
+        for (i, entry) in root.method_config.into_iter().flatten().enumerate() {
+            let (names, method) = method_config(entry)
+                .map_err(|e| ServiceConfigError(format!("methodConfig[{i}]: {}", e.0)))?;
+            for name in names {
+                if config
+                    .methods
+                    .insert(name.clone(), method.clone())
+                    .is_some()
+                {
+                    return err(format!("methodConfig[{i}]: duplicate name {name:?}"));
                 }
             }
-            Some(_) => return err("methodConfig is not a list"),
         }
-
-        match root.get("healthCheckConfig") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(health)) => match health.get("serviceName") {
-                None => config.health_check_service = Some(String::new()),
-                Some(Value::String(name)) => config.health_check_service = Some(name.clone()),
-                Some(_) => return err("healthCheckConfig.serviceName is not a string"),
-            },
-            Some(_) => return err("healthCheckConfig is not an object"),
+        if let Some(health) = root.health_check_config {
+            config.health_check_service = Some(health.service_name.unwrap_or_default());
         }
         if let Some((name, policy_config)) = &config.policy {
             config.selector = policies
@@ -202,17 +193,11 @@ impl ServiceConfig {
 }
 
 fn parse_policy(
-    root: &Map<String, Value>,
+    root: &raw::Root,
     policies: &PolicyRegistry,
 ) -> Result<Option<(String, Value)>, ServiceConfigError> {
-    if let Some(list) = root.get("loadBalancingConfig") {
-        let Value::Array(list) = list else {
-            return err("loadBalancingConfig is not a list");
-        };
+    if let Some(list) = &root.load_balancing_config {
         for (i, entry) in list.iter().enumerate() {
-            let Value::Object(entry) = entry else {
-                return err(format!("loadBalancingConfig[{i}] is not an object"));
-            };
             if entry.len() != 1 {
                 return err(format!(
                     "loadBalancingConfig[{i}] must have exactly one key"
@@ -235,9 +220,9 @@ fn parse_policy(
             return err("loadBalancingConfig names no policy this client knows");
         }
     }
-    match root.get("loadBalancingPolicy") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(name)) => {
+    match &root.load_balancing_policy {
+        None => Ok(None),
+        Some(name) => {
             let name = name.to_ascii_lowercase();
             if policies.get(&name).is_some() {
                 Ok(Some((name, Value::Object(Map::new()))))
@@ -245,96 +230,194 @@ fn parse_policy(
                 err(format!("unknown loadBalancingPolicy {name:?}"))
             }
         }
-        Some(_) => err("loadBalancingPolicy is not a string"),
     }
 }
 
-fn parse_method_config(
-    entry: &Value,
+/// A `methodConfig` entry's names (`/service/method`, `/service/`, or ``
+/// for the default) and settings.
+fn method_config(
+    entry: raw::MethodConfig,
 ) -> Result<(Vec<String>, Arc<MethodConfig>), ServiceConfigError> {
-    let Value::Object(entry) = entry else {
-        return err("not an object");
-    };
+    if entry.name.is_empty() {
+        return err("name must be a non-empty list");
+    }
     let mut names = Vec::new();
-    match entry.get("name") {
-        Some(Value::Array(list)) if !list.is_empty() => {
-            for name in list {
-                let Value::Object(name) = name else {
-                    return err("a name is not an object");
-                };
-                let service = opt_str(name, "service")?.unwrap_or_default();
-                let method = opt_str(name, "method")?.unwrap_or_default();
-                if service.is_empty() && !method.is_empty() {
-                    return err("a name has a method but no service");
-                }
-                names.push(match (service.is_empty(), method.is_empty()) {
-                    (true, _) => String::new(),
-                    (false, true) => format!("/{service}/"),
-                    (false, false) => format!("/{service}/{method}"),
-                });
-            }
+    for name in entry.name {
+        let service = name.service.unwrap_or_default();
+        let method = name.method.unwrap_or_default();
+        if service.is_empty() && !method.is_empty() {
+            return err("a name has a method but no service");
         }
-        _ => return err("name must be a non-empty list"),
+        names.push(match (service.is_empty(), method.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => format!("/{service}/"),
+            (false, false) => format!("/{service}/{method}"),
+        });
     }
     let method = MethodConfig {
-        wait_for_ready: match entry.get("waitForReady") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(_) => return err("waitForReady is not a boolean"),
-        },
-        timeout: opt_duration(entry, "timeout")?,
-        max_request_message_bytes: opt_u64(entry, "maxRequestMessageBytes")?,
-        max_response_message_bytes: opt_u64(entry, "maxResponseMessageBytes")?,
-        retry_policy: match entry.get("retryPolicy") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(retry)) => Some(parse_retry(retry)?),
-            Some(_) => return err("retryPolicy is not an object"),
-        },
+        wait_for_ready: entry.wait_for_ready,
+        timeout: entry.timeout.map(|d| d.0),
+        max_request_message_bytes: entry.max_request_message_bytes.map(|n| n.0),
+        max_response_message_bytes: entry.max_response_message_bytes.map(|n| n.0),
+        retry_policy: entry.retry_policy.map(retry_policy).transpose()?,
     };
     Ok((names, Arc::new(method)))
 }
 
-fn parse_retry(retry: &Map<String, Value>) -> Result<RetryPolicy, ServiceConfigError> {
-    let max_attempts = opt_u64(retry, "maxAttempts")?.ok_or(ServiceConfigError(
-        "retryPolicy.maxAttempts is required".into(),
-    ))?;
+/// A retry policy, checked as gRFC A6 asks.
+fn retry_policy(retry: raw::RetryPolicy) -> Result<RetryPolicy, ServiceConfigError> {
+    let required = |field: &str| ServiceConfigError(format!("retryPolicy.{field} is required"));
+    let max_attempts = retry.max_attempts.ok_or_else(|| required("maxAttempts"))?.0;
     if max_attempts < 2 {
         return err("retryPolicy.maxAttempts must be at least 2");
     }
-    let initial_backoff = opt_duration(retry, "initialBackoff")?.ok_or(ServiceConfigError(
-        "retryPolicy.initialBackoff is required".into(),
-    ))?;
-    let max_backoff = opt_duration(retry, "maxBackoff")?.ok_or(ServiceConfigError(
-        "retryPolicy.maxBackoff is required".into(),
-    ))?;
+    let initial_backoff = retry
+        .initial_backoff
+        .ok_or_else(|| required("initialBackoff"))?
+        .0;
+    let max_backoff = retry.max_backoff.ok_or_else(|| required("maxBackoff"))?.0;
     if initial_backoff.is_zero() || max_backoff.is_zero() {
         return err("retryPolicy backoffs must be positive");
     }
-    let backoff_multiplier = match retry.get("backoffMultiplier") {
-        Some(Value::Number(n)) if n.as_f64().is_some_and(|m| m > 0.0) => {
-            n.as_f64().expect("checked")
-        }
+    let backoff_multiplier = match retry.backoff_multiplier {
+        Some(m) if m > 0.0 && m.is_finite() => m,
         _ => return err("retryPolicy.backoffMultiplier must be a positive number"),
     };
-    let codes = match retry.get("retryableStatusCodes") {
-        Some(Value::Array(codes)) if !codes.is_empty() => codes,
-        _ => return err("retryPolicy.retryableStatusCodes must be a non-empty list"),
-    };
-    let mut retryable_status_codes = Vec::new();
-    for code in codes {
-        retryable_status_codes.push(parse_code(code)?);
+    if retry.retryable_status_codes.is_empty() {
+        return err("retryPolicy.retryableStatusCodes must be a non-empty list");
     }
     Ok(RetryPolicy {
         max_attempts: max_attempts.min(5) as u32,
         initial_backoff,
         max_backoff,
         backoff_multiplier,
-        retryable_status_codes,
+        retryable_status_codes: retry
+            .retryable_status_codes
+            .into_iter()
+            .map(|c| c.0)
+            .collect(),
     })
 }
 
-/// A status code given by name (`"UNAVAILABLE"`) or number (`14`).
-fn parse_code(code: &Value) -> Result<tonic::Code, ServiceConfigError> {
+/// The service config's JSON, as serde reads it (field types checked
+/// here; meaning checked by the functions above).
+mod raw {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Visitor};
+    use serde_json::{Map, Value};
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Root {
+        #[serde(default)]
+        pub(super) load_balancing_config: Option<Vec<Map<String, Value>>>,
+        #[serde(default)]
+        pub(super) load_balancing_policy: Option<String>,
+        #[serde(default)]
+        pub(super) method_config: Option<Vec<MethodConfig>>,
+        #[serde(default)]
+        pub(super) health_check_config: Option<HealthCheckConfig>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct HealthCheckConfig {
+        #[serde(default)]
+        pub(super) service_name: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct MethodConfig {
+        #[serde(default)]
+        pub(super) name: Vec<Name>,
+        #[serde(default)]
+        pub(super) wait_for_ready: Option<bool>,
+        #[serde(default)]
+        pub(super) timeout: Option<ProtoDuration>,
+        #[serde(default)]
+        pub(super) max_request_message_bytes: Option<ProtoU64>,
+        #[serde(default)]
+        pub(super) max_response_message_bytes: Option<ProtoU64>,
+        #[serde(default)]
+        pub(super) retry_policy: Option<RetryPolicy>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Name {
+        #[serde(default)]
+        pub(super) service: Option<String>,
+        #[serde(default)]
+        pub(super) method: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct RetryPolicy {
+        #[serde(default)]
+        pub(super) max_attempts: Option<ProtoU64>,
+        #[serde(default)]
+        pub(super) initial_backoff: Option<ProtoDuration>,
+        #[serde(default)]
+        pub(super) max_backoff: Option<ProtoDuration>,
+        #[serde(default)]
+        pub(super) backoff_multiplier: Option<f64>,
+        #[serde(default)]
+        pub(super) retryable_status_codes: Vec<StatusCode>,
+    }
+
+    /// A protobuf JSON duration (`"1.5s"`).
+    #[derive(Debug)]
+    pub(super) struct ProtoDuration(pub(super) Duration);
+
+    impl<'de> Deserialize<'de> for ProtoDuration {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            super::parse_duration(&text)
+                .map(ProtoDuration)
+                .ok_or_else(|| {
+                    de::Error::custom(format!("{text:?} is not a duration like \"1.5s\""))
+                })
+        }
+    }
+
+    /// A protobuf JSON unsigned 64-bit integer: a number, or a string of
+    /// digits (how protobuf JSON writes 64-bit integers).
+    #[derive(Debug)]
+    pub(super) struct ProtoU64(pub(super) u64);
+
+    impl<'de> Deserialize<'de> for ProtoU64 {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = ProtoU64;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a non-negative integer, or one as a string")
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<ProtoU64, E> {
+                    Ok(ProtoU64(n))
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<ProtoU64, E> {
+                    u64::try_from(n)
+                        .map(ProtoU64)
+                        .map_err(|_| E::custom(format!("{n} is negative")))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<ProtoU64, E> {
+                    s.parse()
+                        .map(ProtoU64)
+                        .map_err(|_| E::custom(format!("{s:?} is not an integer")))
+                }
+            }
+            deserializer.deserialize_any(V)
+        }
+    }
+
+    /// A status code by name (`"UNAVAILABLE"`, any case) or number (`14`).
+    #[derive(Debug)]
+    pub(super) struct StatusCode(pub(super) tonic::Code);
+
     const NAMES: [&str; 17] = [
         "OK",
         "CANCELLED",
@@ -354,52 +437,35 @@ fn parse_code(code: &Value) -> Result<tonic::Code, ServiceConfigError> {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    let number = match code {
-        Value::String(name) => NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)),
-        Value::Number(n) => n.as_u64().filter(|n| *n < 17).map(|n| n as usize),
-        _ => None,
-    };
-    match number {
-        Some(n) => Ok(tonic::Code::from_i32(n as i32)),
-        None => err(format!("unknown status code {code}")),
-    }
-}
 
-fn opt_str(map: &Map<String, Value>, key: &str) -> Result<Option<String>, ServiceConfigError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => err(format!("{key} is not a string")),
-    }
-}
-
-fn opt_u64(map: &Map<String, Value>, key: &str) -> Result<Option<u64>, ServiceConfigError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(ServiceConfigError(format!(
-            "{key} is not a non-negative integer"
-        ))),
-        // Protobuf JSON writes 64-bit integers as strings.
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ServiceConfigError(format!("{key} is not an integer"))),
-        Some(_) => err(format!("{key} is not an integer")),
-    }
-}
-
-fn opt_duration(
-    map: &Map<String, Value>,
-    key: &str,
-) -> Result<Option<Duration>, ServiceConfigError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_duration(s)
-            .map(Some)
-            .ok_or(ServiceConfigError(format!(
-                "{key} {s:?} is not a duration like \"1.5s\""
-            ))),
-        Some(_) => err(format!("{key} is not a duration string")),
+    impl<'de> Deserialize<'de> for StatusCode {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = StatusCode;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a status code name or number")
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<StatusCode, E> {
+                    if n < 17 {
+                        Ok(StatusCode(tonic::Code::from_i32(n as i32)))
+                    } else {
+                        Err(E::custom(format!("unknown status code {n}")))
+                    }
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<StatusCode, E> {
+                    Err(E::custom(format!("unknown status code {n}")))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<StatusCode, E> {
+                    NAMES
+                        .iter()
+                        .position(|n| n.eq_ignore_ascii_case(s))
+                        .map(|n| StatusCode(tonic::Code::from_i32(n as i32)))
+                        .ok_or_else(|| E::custom(format!("unknown status code {s:?}")))
+                }
+            }
+            deserializer.deserialize_any(V)
+        }
     }
 }
 
@@ -497,7 +563,7 @@ mod tests {
     fn bad_configs_are_rejected_with_reasons() {
         for (bad, needle) in [
             (json!([]), "not a JSON object"),
-            (json!({"methodConfig":{}}), "not a list"),
+            (json!({"methodConfig":{}}), "methodConfig: invalid type"),
             (json!({"methodConfig":[{"name":[]}]}), "non-empty list"),
             (
                 json!({"methodConfig":[{"name":[{"method":"m"}]}]}),
@@ -514,6 +580,22 @@ mod tests {
             (
                 json!({"healthCheckConfig":{"serviceName":1}}),
                 "serviceName",
+            ),
+            (
+                json!({"methodConfig":[{"name":[{"service":"s"}],"timeout":"1"}]}),
+                "methodConfig[0].timeout: \"1\" is not a duration",
+            ),
+            (
+                json!({"methodConfig":[{"name":[{"service":"s"}],"maxRequestMessageBytes":-1}]}),
+                "methodConfig[0].maxRequestMessageBytes: -1 is negative",
+            ),
+            (
+                json!({"methodConfig":[{"name":[{"service":"s"}],"retryPolicy":{"retryableStatusCodes":["NOPE"]}}]}),
+                "methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code \"NOPE\"",
+            ),
+            (
+                json!({"loadBalancingConfig":[1]}),
+                "loadBalancingConfig[0]: invalid type",
             ),
         ] {
             let e = parse(bad.clone()).unwrap_err();
