@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::service_config::parse_duration;
 use serde_json::{Map, Value};
 
 /// The variable naming the bootstrap file.
@@ -239,41 +238,30 @@ impl Bootstrap {
 
     /// The bootstrap in an already parsed JSON value.
     pub fn from_value(value: &Value) -> Result<Bootstrap, BootstrapError> {
-        let top = value
-            .as_object()
-            .ok_or_else(|| field("", "the bootstrap must be a JSON object"))?;
+        if !value.is_object() {
+            return Err(field("", "the bootstrap must be a JSON object"));
+        }
+        let top: raw::Bootstrap = typed(value, "")?;
         let servers = top
-            .get("xds_servers")
-            .ok_or_else(|| field("xds_servers", "field not present"))?
-            .as_array()
-            .ok_or_else(|| field("xds_servers", "is not an array"))?;
+            .xds_servers
+            .ok_or_else(|| field("xds_servers", "field not present"))?;
         if servers.is_empty() {
             return Err(field("xds_servers", "must name at least one server"));
         }
         let xds_servers = servers
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, s)| parse_server(s, &format!("xds_servers[{i}]")))
+            .map(|(i, s)| server(s, &format!("xds_servers[{i}]")))
             .collect::<Result<_, _>>()?;
-        let node = match top.get("node") {
-            None => Node::default(),
-            Some(node) => parse_node(node)?,
-        };
-        let certificate_providers = match top.get("certificate_providers") {
-            None => BTreeMap::new(),
-            Some(providers) => {
-                let providers = providers
-                    .as_object()
-                    .ok_or_else(|| field("certificate_providers", "is not an object"))?;
-                providers
-                    .iter()
-                    .map(|(name, p)| {
-                        parse_provider(p, &format!("certificate_providers[\"{name}\"]"))
-                            .map(|p| (name.clone(), p))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-        };
+        let node = top.node.map(node).unwrap_or_default();
+        let certificate_providers = top
+            .certificate_providers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, p)| {
+                provider(p, &format!("certificate_providers[\"{name}\"]")).map(|p| (name, p))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Bootstrap {
             xds_servers,
             node,
@@ -287,48 +275,36 @@ impl Bootstrap {
     }
 }
 
-fn object<'a>(value: &'a Value, at: &str) -> Result<&'a Map<String, Value>, BootstrapError> {
-    value
-        .as_object()
-        .ok_or_else(|| field(at, "is not an object"))
+/// `value` read as `T`; a field of the wrong type is named by its path
+/// below `at`.
+fn typed<T: serde::de::DeserializeOwned>(value: &Value, at: &str) -> Result<T, BootstrapError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = match (at.is_empty(), path.as_str()) {
+            (true, _) => path,
+            (false, ".") => at.to_owned(),
+            (false, _) => format!("{at}.{path}"),
+        };
+        field(path, e.inner().to_string())
+    })
 }
 
-fn string(value: Option<&Value>, at: &str) -> Result<Option<String>, BootstrapError> {
-    match value {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(field(at, "is not a string")),
-    }
-}
-
-fn duration(value: Option<&Value>, at: &str) -> Result<Option<Duration>, BootstrapError> {
-    match value {
-        None => Ok(None),
-        Some(Value::String(s)) => parse_duration(s)
-            .map(Some)
-            .ok_or_else(|| field(at, format!("{s:?} is not a duration like \"600s\""))),
-        Some(_) => Err(field(at, "is not a duration string")),
-    }
-}
-
-fn parse_server(value: &Value, at: &str) -> Result<XdsServer, BootstrapError> {
-    let server = object(value, at)?;
-    let server_uri = string(server.get("server_uri"), &format!("{at}.server_uri"))?
+fn server(server: raw::Server, at: &str) -> Result<XdsServer, BootstrapError> {
+    let server_uri = server
+        .server_uri
         .filter(|uri| !uri.is_empty())
         .ok_or_else(|| field(format!("{at}.server_uri"), "field not present"))?;
     let creds_at = format!("{at}.channel_creds");
     let creds = server
-        .get("channel_creds")
-        .ok_or_else(|| field(&creds_at, "field not present"))?
-        .as_array()
-        .ok_or_else(|| field(&creds_at, "is not an array"))?;
+        .channel_creds
+        .ok_or_else(|| field(&creds_at, "field not present"))?;
     // The first type this client supports wins (A27).
     let mut channel_creds = None;
     let mut seen = Vec::new();
-    for (i, entry) in creds.iter().enumerate() {
+    for (i, entry) in creds.into_iter().enumerate() {
         let entry_at = format!("{creds_at}[{i}]");
-        let entry = object(entry, &entry_at)?;
-        let kind = string(entry.get("type"), &format!("{entry_at}.type"))?
+        let kind = entry
+            .kind
             .ok_or_else(|| field(format!("{entry_at}.type"), "field not present"))?;
         match kind.as_str() {
             "insecure" => {
@@ -336,10 +312,7 @@ fn parse_server(value: &Value, at: &str) -> Result<XdsServer, BootstrapError> {
                 break;
             }
             "tls" => {
-                channel_creds = Some(parse_tls(
-                    entry.get("config"),
-                    &format!("{entry_at}.config"),
-                )?);
+                channel_creds = Some(tls(entry.config.as_ref(), &format!("{entry_at}.config"))?);
                 break;
             }
             other => seen.push(other.to_owned()),
@@ -353,96 +326,55 @@ fn parse_server(value: &Value, at: &str) -> Result<XdsServer, BootstrapError> {
             ),
         )
     })?;
-    let features_at = format!("{at}.server_features");
-    let server_features = match server.get("server_features") {
-        None => Vec::new(),
-        Some(Value::Array(features)) => features
-            .iter()
-            .map(|f| {
-                f.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| field(&features_at, "must hold strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(field(&features_at, "is not an array")),
-    };
     Ok(XdsServer {
         server_uri,
         channel_creds,
-        server_features,
+        server_features: server.server_features.unwrap_or_default(),
     })
 }
 
-fn parse_tls(config: Option<&Value>, at: &str) -> Result<ChannelCreds, BootstrapError> {
-    let empty = Map::new();
-    let config = match config {
-        None => &empty,
-        Some(value) => object(value, at)?,
+fn tls(config: Option<&Value>, at: &str) -> Result<ChannelCreds, BootstrapError> {
+    let config: raw::Files = match config {
+        None => raw::Files::default(),
+        Some(value) => typed(value, at)?,
     };
-    let path = |name: &str| -> Result<Option<PathBuf>, BootstrapError> {
-        Ok(string(config.get(name), &format!("{at}.{name}"))?.map(PathBuf::from))
-    };
-    let certificate_file = path("certificate_file")?;
-    let private_key_file = path("private_key_file")?;
-    if certificate_file.is_some() != private_key_file.is_some() {
+    if config.certificate_file.is_some() != config.private_key_file.is_some() {
         return Err(field(
             at,
             "certificate_file and private_key_file go together",
         ));
     }
-    let ca_certificate_file = path("ca_certificate_file")?;
-    if certificate_file.is_some() && ca_certificate_file.is_none() {
+    if config.certificate_file.is_some() && config.ca_certificate_file.is_none() {
         return Err(field(
             at,
             "waypost needs ca_certificate_file with a client certificate (system roots serve only server-authenticated TLS)",
         ));
     }
     Ok(ChannelCreds::Tls {
-        ca_certificate_file,
-        certificate_file,
-        private_key_file,
-        refresh_interval: duration(
-            config.get("refresh_interval"),
-            &format!("{at}.refresh_interval"),
-        )?
-        .unwrap_or(DEFAULT_REFRESH),
+        ca_certificate_file: config.ca_certificate_file,
+        certificate_file: config.certificate_file,
+        private_key_file: config.private_key_file,
+        refresh_interval: config.refresh_interval.map_or(DEFAULT_REFRESH, |d| d.0),
     })
 }
 
-fn parse_node(value: &Value) -> Result<Node, BootstrapError> {
-    let node = object(value, "node")?;
-    let locality = match node.get("locality") {
-        None => Locality::default(),
-        Some(value) => {
-            let locality = object(value, "node.locality")?;
-            let part = |name: &str| -> Result<String, BootstrapError> {
-                Ok(
-                    string(locality.get(name), &format!("node.locality.{name}"))?
-                        .unwrap_or_default(),
-                )
-            };
-            Locality {
-                region: part("region")?,
-                zone: part("zone")?,
-                sub_zone: part("sub_zone")?,
-            }
-        }
-    };
-    let metadata = match node.get("metadata") {
-        None => Map::new(),
-        Some(value) => object(value, "node.metadata")?.clone(),
-    };
-    Ok(Node {
-        id: string(node.get("id"), "node.id")?.unwrap_or_default(),
-        cluster: string(node.get("cluster"), "node.cluster")?.unwrap_or_default(),
-        locality,
-        metadata,
-    })
+fn node(node: raw::Node) -> Node {
+    let locality = node.locality.unwrap_or_default();
+    Node {
+        id: node.id.unwrap_or_default(),
+        cluster: node.cluster.unwrap_or_default(),
+        locality: Locality {
+            region: locality.region.unwrap_or_default(),
+            zone: locality.zone.unwrap_or_default(),
+            sub_zone: locality.sub_zone.unwrap_or_default(),
+        },
+        metadata: node.metadata.unwrap_or_default(),
+    }
 }
 
-fn parse_provider(value: &Value, at: &str) -> Result<CertificateProvider, BootstrapError> {
-    let provider = object(value, at)?;
-    let plugin_name = string(provider.get("plugin_name"), &format!("{at}.plugin_name"))?
+fn provider(provider: raw::Provider, at: &str) -> Result<CertificateProvider, BootstrapError> {
+    let plugin_name = provider
+        .plugin_name
         .ok_or_else(|| field(format!("{at}.plugin_name"), "field not present"))?;
     if plugin_name != "file_watcher" {
         return Err(field(
@@ -451,24 +383,17 @@ fn parse_provider(value: &Value, at: &str) -> Result<CertificateProvider, Bootst
         ));
     }
     let config_at = format!("{at}.config");
-    let empty = Map::new();
-    let config = match provider.get("config") {
-        None => &empty,
-        Some(value) => object(value, &config_at)?,
+    let config: raw::Files = match &provider.config {
+        None => raw::Files::default(),
+        Some(value) => typed(value, &config_at)?,
     };
-    let path = |name: &str| -> Result<Option<PathBuf>, BootstrapError> {
-        Ok(string(config.get(name), &format!("{config_at}.{name}"))?.map(PathBuf::from))
-    };
-    let certificate_file = path("certificate_file")?;
-    let private_key_file = path("private_key_file")?;
-    let ca_certificate_file = path("ca_certificate_file")?;
-    if certificate_file.is_some() != private_key_file.is_some() {
+    if config.certificate_file.is_some() != config.private_key_file.is_some() {
         return Err(field(
             config_at,
             "certificate_file and private_key_file go together",
         ));
     }
-    if certificate_file.is_none() && ca_certificate_file.is_none() {
+    if config.certificate_file.is_none() && config.ca_certificate_file.is_none() {
         return Err(field(
             config_at,
             "needs certificate_file and private_key_file, or ca_certificate_file",
@@ -476,15 +401,90 @@ fn parse_provider(value: &Value, at: &str) -> Result<CertificateProvider, Bootst
     }
     Ok(CertificateProvider {
         plugin_name,
-        certificate_file,
-        private_key_file,
-        ca_certificate_file,
-        refresh_interval: duration(
-            config.get("refresh_interval"),
-            &format!("{config_at}.refresh_interval"),
-        )?
-        .unwrap_or(DEFAULT_REFRESH),
+        certificate_file: config.certificate_file,
+        private_key_file: config.private_key_file,
+        ca_certificate_file: config.ca_certificate_file,
+        refresh_interval: config.refresh_interval.map_or(DEFAULT_REFRESH, |d| d.0),
     })
+}
+
+/// The bootstrap's JSON as serde reads it: types checked here (a wrong
+/// one is named by its path), presence and meaning above. Fields gRPC
+/// ignores are ignored.
+mod raw {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+    use serde_json::{Map, Value};
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Bootstrap {
+        pub(super) xds_servers: Option<Vec<Server>>,
+        pub(super) node: Option<Node>,
+        pub(super) certificate_providers: Option<BTreeMap<String, Provider>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Server {
+        pub(super) server_uri: Option<String>,
+        pub(super) channel_creds: Option<Vec<Creds>>,
+        pub(super) server_features: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Creds {
+        #[serde(rename = "type")]
+        pub(super) kind: Option<String>,
+        /// Read only for the type chosen (another type's may be anything).
+        pub(super) config: Option<Value>,
+    }
+
+    /// A TLS credentials' or a file_watcher provider's files.
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Files {
+        pub(super) certificate_file: Option<PathBuf>,
+        pub(super) private_key_file: Option<PathBuf>,
+        pub(super) ca_certificate_file: Option<PathBuf>,
+        pub(super) refresh_interval: Option<ProtoDuration>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Node {
+        pub(super) id: Option<String>,
+        pub(super) cluster: Option<String>,
+        pub(super) locality: Option<Locality>,
+        pub(super) metadata: Option<Map<String, Value>>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Locality {
+        pub(super) region: Option<String>,
+        pub(super) zone: Option<String>,
+        pub(super) sub_zone: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Provider {
+        pub(super) plugin_name: Option<String>,
+        pub(super) config: Option<Value>,
+    }
+
+    /// A protobuf JSON duration (`"600s"`).
+    #[derive(Debug)]
+    pub(super) struct ProtoDuration(pub(super) Duration);
+
+    impl<'de> Deserialize<'de> for ProtoDuration {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            crate::service_config::parse_duration(&text)
+                .map(ProtoDuration)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("{text:?} is not a duration like \"600s\""))
+                })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -525,11 +525,28 @@ mod tests {
             ),
             (
                 r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}]}], "node": {"locality": {"zone": 3}}}"#,
-                "field:node.locality.zone error:is not a string",
+                "field:node.locality.zone error:invalid type: integer `3`, expected a string",
             ),
             (
                 r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}]}], "certificate_providers": {"p": {"plugin_name": "vault"}}}"#,
                 "field:certificate_providers[\"p\"].plugin_name",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": 7}}]}]}"#,
+                "field:xds_servers[0].channel_creds[0].config.ca_certificate_file error:invalid type",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}], "server_features": [1]}]}"#,
+                "field:xds_servers[0].server_features[0] error:invalid type",
+            ),
+            (
+                r#"{"xds_servers": {}}"#,
+                "field:xds_servers error:invalid type",
+            ),
+            // Another type's config may be anything: it is not read.
+            (
+                r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default", "config": 5}]}]}"#,
+                "no supported credentials type",
             ),
         ] {
             let error = error_of(json);
