@@ -291,3 +291,116 @@ async fn a_channel_without_metrics_records_nothing_and_a_dropped_channel_leaves_
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The value of the Prometheus sample `line_start` (a name with labels).
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a78_pick_first_counts_attempts_and_disconnections_and_wrr_its_unusable_weights() {
+    let backends = start_backends(2).await.unwrap();
+    // An address nothing listens on: its attempt fails.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pf_target = format!("ipv4:{dead},{}", backends[0].addr());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ClientMetrics::builder().prometheus(&mut registry).build();
+    let pick_first = Channel::builder(pf_target.clone())
+        .default_service_config(serde_json::json!({"loadBalancingConfig": [{"pick_first": {}}]}))
+        .metrics(metrics.clone())
+        .build()
+        .unwrap();
+    let mut client = MoviesServiceClient::new(pick_first.clone());
+    client.get_movie(MovieId { mid: 1 }).await.unwrap();
+    let text = encode(&registry);
+    let label = format!("{{grpc_target=\"{pf_target}\"}}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("grpc_lb_pick_first_connection_attempts_failed_total{label}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("grpc_lb_pick_first_connection_attempts_succeeded_total{label}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("grpc_lb_pick_first_disconnections_total{label}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    // The selected backend goes away: one disconnection.
+    backends[0].stop().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = encode(&registry);
+        if sample(
+            &text,
+            &format!("grpc_lb_pick_first_disconnections_total{label}"),
+        ) == Some(1.0)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // weighted_round_robin over backends that send no load reports: every
+    // weight is not yet usable, so each scheduler falls back to round robin.
+    let wrr_target = ipv4_target(&backends[1..]);
+    let wrr = Channel::builder(wrr_target.clone())
+        .default_service_config(
+            serde_json::json!({"loadBalancingConfig": [{"weighted_round_robin": {}}]}),
+        )
+        .metrics(metrics)
+        .build()
+        .unwrap();
+    MoviesServiceClient::new(wrr)
+        .get_movie(MovieId { mid: 1 })
+        .await
+        .unwrap();
+    let text = encode(&registry);
+    let label = format!("{{grpc_target=\"{wrr_target}\"}}");
+    let fallbacks = sample(&text, &format!("grpc_lb_wrr_rr_fallback_total{label}")).unwrap();
+    assert!(fallbacks >= 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("grpc_lb_wrr_endpoint_weight_not_yet_usable_total{label}")
+        ),
+        Some(fallbacks),
+        "one endpoint, not yet usable, per update: {text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("grpc_lb_wrr_endpoint_weight_stale_total{label}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("grpc_lb_wrr_endpoint_weights_count{label}")),
+        Some(fallbacks),
+        "{text}"
+    );
+}

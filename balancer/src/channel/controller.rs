@@ -115,6 +115,14 @@ impl Helper for SlotHelper<'_> {
         self.world.shared.tls.clone()
     }
 
+    fn metrics(&self) -> Option<crate::metrics::PolicyMetrics> {
+        self.world
+            .shared
+            .metrics
+            .as_ref()
+            .map(|m| crate::metrics::PolicyMetrics::new(m.clone()))
+    }
+
     fn new_subchannel(&mut self, addresses: &[Address]) -> SubchannelHandle {
         let world = &mut *self.world;
         world.next_id += 1;

@@ -1,5 +1,6 @@
 //! Client metrics by gRPC's own names (gRFC A66 per-call and per-attempt
-//! metrics, A94 subchannel metrics), recorded by every channel built with
+//! metrics, A78 policy metrics — see [`PolicyMetrics`] — and A94
+//! subchannel metrics), recorded by every channel built with
 //! [`ChannelBuilder::metrics`](crate::ChannelBuilder::metrics) and exported
 //! two ways: into a [prometheus-client] registry (names mapped as
 //! OpenTelemetry's Prometheus exporter maps them: `.` → `_`, the unit as a
@@ -268,6 +269,7 @@ impl ClientMetrics {
             counters: Arc::downgrade(subchannels),
         });
         Arc::new(ChannelMetrics {
+            lb: self.inner.prometheus.as_ref().map(|p| p.lb_series(&target)),
             metrics: self.clone(),
             target,
             methods: RwLock::default(),
@@ -284,6 +286,8 @@ pub(crate) struct ChannelMetrics {
     /// By call path; at most [`MAX_CACHED_PATHS`] (later paths are
     /// resolved on each call instead, so garbage paths cannot grow it).
     methods: RwLock<HashMap<Box<str>, Arc<MethodHandle>>>,
+    /// The policies' Prometheus series for this target (A78).
+    lb: Option<prometheus::LbSeries>,
 }
 
 /// How many call paths a channel keeps resolved.
@@ -352,6 +356,75 @@ impl ChannelMetrics {
         #[cfg(feature = "otel")]
         if let Some(o) = &self.metrics.inner.otel {
             o.call_ended(ended, &self.target);
+        }
+    }
+}
+
+/// Where a policy records gRFC A78's metrics, labelled with its channel's
+/// target; a policy gets it from [`Helper::metrics`](crate::policy::Helper::metrics).
+///
+/// | gRPC name | kind | Prometheus name |
+/// |---|---|---|
+/// | `grpc.lb.pick_first.connection_attempts_succeeded` | counter | `grpc_lb_pick_first_connection_attempts_succeeded_total` |
+/// | `grpc.lb.pick_first.connection_attempts_failed` | counter | `grpc_lb_pick_first_connection_attempts_failed_total` |
+/// | `grpc.lb.pick_first.disconnections` | counter | `grpc_lb_pick_first_disconnections_total` |
+/// | `grpc.lb.wrr.rr_fallback` | counter | `grpc_lb_wrr_rr_fallback_total` |
+/// | `grpc.lb.wrr.endpoint_weight_not_yet_usable` | counter | `grpc_lb_wrr_endpoint_weight_not_yet_usable_total` |
+/// | `grpc.lb.wrr.endpoint_weight_stale` | counter | `grpc_lb_wrr_endpoint_weight_stale_total` |
+/// | `grpc.lb.wrr.endpoint_weights` | histogram | `grpc_lb_wrr_endpoint_weights` |
+#[derive(Debug, Clone)]
+pub struct PolicyMetrics {
+    channel: Arc<ChannelMetrics>,
+}
+
+/// One scheduler update of `weighted_round_robin`, as A78 counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WrrUpdate<'a> {
+    /// Fewer than two endpoints had usable weights: plain round robin.
+    pub rr_fallback: bool,
+    /// Endpoints without a usable weight yet (no report, or in blackout).
+    pub not_yet_usable: u64,
+    /// Endpoints whose last report is older than the expiration period.
+    pub stale: u64,
+    /// Every endpoint's weight (0 for the unusable ones).
+    pub weights: &'a [f64],
+}
+
+impl PolicyMetrics {
+    pub(crate) fn new(channel: Arc<ChannelMetrics>) -> PolicyMetrics {
+        PolicyMetrics { channel }
+    }
+
+    /// A `pick_first` connection attempt ended.
+    pub fn pick_first_attempt(&self, succeeded: bool) {
+        if let Some(lb) = &self.channel.lb {
+            lb.pick_first_attempt(succeeded);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &self.channel.metrics.inner.otel {
+            o.pick_first_attempt(succeeded, &self.channel.target);
+        }
+    }
+
+    /// `pick_first`'s READY connection was lost.
+    pub fn pick_first_disconnection(&self) {
+        if let Some(lb) = &self.channel.lb {
+            lb.pick_first_disconnection();
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &self.channel.metrics.inner.otel {
+            o.pick_first_disconnection(&self.channel.target);
+        }
+    }
+
+    /// `weighted_round_robin` built a scheduler.
+    pub fn wrr_update(&self, update: &WrrUpdate<'_>) {
+        if let Some(lb) = &self.channel.lb {
+            lb.wrr_update(update);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(o) = &self.channel.metrics.inner.otel {
+            o.wrr_update(update, &self.channel.target);
         }
     }
 }

@@ -28,6 +28,13 @@ pub(super) struct Instruments {
     call_duration: Histogram<f64>,
     _counters: Vec<ObservableCounter<u64>>,
     _open: ObservableUpDownCounter<i64>,
+    pick_first_succeeded: Counter<u64>,
+    pick_first_failed: Counter<u64>,
+    pick_first_disconnections: Counter<u64>,
+    wrr_rr_fallback: Counter<u64>,
+    wrr_not_yet_usable: Counter<u64>,
+    wrr_stale: Counter<u64>,
+    wrr_weights: Histogram<f64>,
 }
 
 impl Instruments {
@@ -118,6 +125,68 @@ impl Instruments {
                 .build(),
             _counters: counters,
             _open: open,
+            pick_first_succeeded: meter
+                .u64_counter("grpc.lb.pick_first.connection_attempts_succeeded")
+                .with_description("Successful pick_first connection attempts.")
+                .with_unit("{attempt}")
+                .build(),
+            pick_first_failed: meter
+                .u64_counter("grpc.lb.pick_first.connection_attempts_failed")
+                .with_description("Failed pick_first connection attempts.")
+                .with_unit("{attempt}")
+                .build(),
+            pick_first_disconnections: meter
+                .u64_counter("grpc.lb.pick_first.disconnections")
+                .with_description("Times pick_first's selected connection was lost.")
+                .with_unit("{disconnection}")
+                .build(),
+            wrr_rr_fallback: meter
+                .u64_counter("grpc.lb.wrr.rr_fallback")
+                .with_description("Scheduler updates that fell back to round robin.")
+                .with_unit("{update}")
+                .build(),
+            wrr_not_yet_usable: meter
+                .u64_counter("grpc.lb.wrr.endpoint_weight_not_yet_usable")
+                .with_description("Endpoints without a usable weight yet, per scheduler update.")
+                .with_unit("{endpoint}")
+                .build(),
+            wrr_stale: meter
+                .u64_counter("grpc.lb.wrr.endpoint_weight_stale")
+                .with_description("Endpoints whose weight expired, per scheduler update.")
+                .with_unit("{endpoint}")
+                .build(),
+            wrr_weights: meter
+                .f64_histogram("grpc.lb.wrr.endpoint_weights")
+                .with_description("Endpoint weights at each scheduler update.")
+                .with_unit("{weight}")
+                .build(),
+        }
+    }
+
+    pub(super) fn pick_first_attempt(&self, succeeded: bool, target: &Label) {
+        let counter = if succeeded {
+            &self.pick_first_succeeded
+        } else {
+            &self.pick_first_failed
+        };
+        counter.add(1, &[KeyValue::new("grpc.target", value(target))]);
+    }
+
+    pub(super) fn pick_first_disconnection(&self, target: &Label) {
+        self.pick_first_disconnections
+            .add(1, &[KeyValue::new("grpc.target", value(target))]);
+    }
+
+    pub(super) fn wrr_update(&self, update: &super::WrrUpdate<'_>, target: &Label) {
+        let attributes = [KeyValue::new("grpc.target", value(target))];
+        if update.rr_fallback {
+            self.wrr_rr_fallback.add(1, &attributes);
+        }
+        self.wrr_not_yet_usable
+            .add(update.not_yet_usable, &attributes);
+        self.wrr_stale.add(update.stale, &attributes);
+        for weight in update.weights {
+            self.wrr_weights.record(*weight, &attributes);
         }
     }
 

@@ -48,9 +48,20 @@ fn sizes() -> Histogram {
     Histogram::new(SIZE_BUCKETS[1..].iter().copied())
 }
 
+/// A family labelled by `grpc_target` only.
+type TargetLabel = [(&'static str, Label); 1];
+type TargetCounters = Family<TargetLabel, Counter>;
+
 /// The registered families.
 #[derive(Debug)]
 pub(super) struct Instruments {
+    pick_first_succeeded: TargetCounters,
+    pick_first_failed: TargetCounters,
+    pick_first_disconnections: TargetCounters,
+    wrr_rr_fallback: TargetCounters,
+    wrr_not_yet_usable: TargetCounters,
+    wrr_stale: TargetCounters,
+    wrr_weights: Family<TargetLabel, Histogram, fn() -> Histogram>,
     attempt_started: Family<Started, Counter>,
     attempt_duration: Histograms,
     attempt_sent: Histograms,
@@ -64,6 +75,13 @@ impl Instruments {
         channels: Arc<Mutex<Vec<ChannelEntry>>>,
     ) -> Instruments {
         let instruments = Instruments {
+            pick_first_succeeded: Family::default(),
+            pick_first_failed: Family::default(),
+            pick_first_disconnections: Family::default(),
+            wrr_rr_fallback: Family::default(),
+            wrr_not_yet_usable: Family::default(),
+            wrr_stale: Family::default(),
+            wrr_weights: Family::new_with_constructor(weights),
             attempt_started: Family::default(),
             attempt_duration: Family::new_with_constructor(latency),
             attempt_sent: Family::new_with_constructor(sizes),
@@ -100,8 +118,64 @@ impl Instruments {
             Unit::Seconds,
             instruments.call_duration.clone(),
         );
+        for (name, help, family) in [
+            (
+                "grpc_lb_pick_first_connection_attempts_succeeded",
+                "Successful pick_first connection attempts (grpc.lb.pick_first.connection_attempts_succeeded)",
+                &instruments.pick_first_succeeded,
+            ),
+            (
+                "grpc_lb_pick_first_connection_attempts_failed",
+                "Failed pick_first connection attempts (grpc.lb.pick_first.connection_attempts_failed)",
+                &instruments.pick_first_failed,
+            ),
+            (
+                "grpc_lb_pick_first_disconnections",
+                "Times pick_first's selected connection was lost (grpc.lb.pick_first.disconnections)",
+                &instruments.pick_first_disconnections,
+            ),
+            (
+                "grpc_lb_wrr_rr_fallback",
+                "weighted_round_robin scheduler updates that fell back to round robin (grpc.lb.wrr.rr_fallback)",
+                &instruments.wrr_rr_fallback,
+            ),
+            (
+                "grpc_lb_wrr_endpoint_weight_not_yet_usable",
+                "Endpoints without a usable weight yet, per scheduler update (grpc.lb.wrr.endpoint_weight_not_yet_usable)",
+                &instruments.wrr_not_yet_usable,
+            ),
+            (
+                "grpc_lb_wrr_endpoint_weight_stale",
+                "Endpoints whose weight expired, per scheduler update (grpc.lb.wrr.endpoint_weight_stale)",
+                &instruments.wrr_stale,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "grpc_lb_wrr_endpoint_weights",
+            "Endpoint weights at each scheduler update, 0 for unusable ones (grpc.lb.wrr.endpoint_weights)",
+            instruments.wrr_weights.clone(),
+        );
         registry.register_collector(Box::new(Subchannels { channels }));
         instruments
+    }
+
+    /// The policies' series for one target, resolved once.
+    pub(super) fn lb_series(&self, target: &Label) -> LbSeries {
+        let labels = [("grpc_target", target.clone())];
+        LbSeries {
+            pick_first_succeeded: self.pick_first_succeeded.get_or_create(&labels).clone(),
+            pick_first_failed: self.pick_first_failed.get_or_create(&labels).clone(),
+            pick_first_disconnections: self
+                .pick_first_disconnections
+                .get_or_create(&labels)
+                .clone(),
+            wrr_rr_fallback: self.wrr_rr_fallback.get_or_create(&labels).clone(),
+            wrr_not_yet_usable: self.wrr_not_yet_usable.get_or_create(&labels).clone(),
+            wrr_stale: self.wrr_stale.get_or_create(&labels).clone(),
+            wrr_weights: self.wrr_weights.get_or_create(&labels).clone(),
+        }
     }
 
     /// One method's series on one target, resolved once: its counter
@@ -126,6 +200,49 @@ impl Instruments {
             by_status: Default::default(),
         }
     }
+}
+
+/// A78's series for one target.
+#[derive(Debug)]
+pub(super) struct LbSeries {
+    pick_first_succeeded: Counter,
+    pick_first_failed: Counter,
+    pick_first_disconnections: Counter,
+    wrr_rr_fallback: Counter,
+    wrr_not_yet_usable: Counter,
+    wrr_stale: Counter,
+    wrr_weights: Histogram,
+}
+
+impl LbSeries {
+    pub(super) fn pick_first_attempt(&self, succeeded: bool) {
+        if succeeded {
+            self.pick_first_succeeded.inc();
+        } else {
+            self.pick_first_failed.inc();
+        }
+    }
+
+    pub(super) fn pick_first_disconnection(&self) {
+        self.pick_first_disconnections.inc();
+    }
+
+    pub(super) fn wrr_update(&self, update: &super::WrrUpdate<'_>) {
+        if update.rr_fallback {
+            self.wrr_rr_fallback.inc();
+        }
+        self.wrr_not_yet_usable.inc_by(update.not_yet_usable);
+        self.wrr_stale.inc_by(update.stale);
+        for weight in update.weights {
+            self.wrr_weights.observe(*weight);
+        }
+    }
+}
+
+fn weights() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 4.0, 12,
+    ))
 }
 
 /// The histogram families, shared by every method's series.

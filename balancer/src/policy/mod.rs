@@ -81,6 +81,11 @@ pub trait Helper {
     fn tls(&self) -> Option<crate::tls::ClientTlsConfig> {
         None
     }
+    /// Where the policy records its metrics (gRFC A78), when the channel
+    /// records any ([`ChannelBuilder::metrics`](crate::ChannelBuilder::metrics)).
+    fn metrics(&self) -> Option<crate::metrics::PolicyMetrics> {
+        None
+    }
 }
 
 /// Sends events to the channel's policy (see [`Helper::events`]). Events

@@ -172,6 +172,9 @@ impl Policy for PickFirst {
     ) {
         if let Some(selected) = &self.selected {
             if selected.id() == id && state.connectivity != ConnectivityState::Ready {
+                if let Some(metrics) = helper.metrics() {
+                    metrics.pick_first_disconnection();
+                }
                 // The connection was lost: re-resolve and start over.
                 helper.resolve_now();
                 self.start_pass(helper);
@@ -184,6 +187,9 @@ impl Policy for PickFirst {
         self.attempts[index].state = state.clone();
         match state.connectivity {
             ConnectivityState::Ready => {
+                if let Some(metrics) = helper.metrics() {
+                    metrics.pick_first_attempt(true);
+                }
                 let chosen = self.attempts.remove(index);
                 for other in self.attempts.drain(..) {
                     helper.remove_subchannel(other.handle.id());
@@ -196,6 +202,9 @@ impl Policy for PickFirst {
                 helper.update_picker(ConnectivityState::Ready, Arc::new(SinglePicker(connection)));
             }
             ConnectivityState::TransientFailure => {
+                if let Some(metrics) = helper.metrics() {
+                    metrics.pick_first_attempt(false);
+                }
                 if !self.start_next(helper)
                     && self
                         .attempts

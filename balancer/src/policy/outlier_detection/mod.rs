@@ -225,6 +225,9 @@ impl Helper for ChildHelper<'_> {
     fn tls(&self) -> Option<crate::tls::ClientTlsConfig> {
         self.parent.tls()
     }
+    fn metrics(&self) -> Option<crate::metrics::PolicyMetrics> {
+        self.parent.metrics()
+    }
 }
 
 /// The `outlier_detection` policy. See the [module docs](self).

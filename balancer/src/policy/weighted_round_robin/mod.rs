@@ -171,13 +171,20 @@ impl ReadyPicker for Weighted {
         let per_call = !self.config.enable_oob_load_report;
         let mut weights = Vec::with_capacity(ready.len());
         let mut routes = Vec::with_capacity(ready.len());
+        let (mut not_yet_usable, mut stale) = (0, 0);
         for connection in ready {
             let tracked = &self.endpoints[&connection.id()];
-            weights.push(tracked.weight.weight(
+            let (weight, usable) = tracked.weight.weighed(
                 now,
                 self.config.weight_expiration_period,
                 self.config.blackout_period,
-            ));
+            );
+            match usable {
+                weight::Usable::Yes => {}
+                weight::Usable::NotYet => not_yet_usable += 1,
+                weight::Usable::Stale => stale += 1,
+            }
+            weights.push(weight);
             let tracker: Option<Arc<dyn CallTracker>> =
                 per_call.then(|| tracked.weight.clone() as Arc<dyn CallTracker>);
             routes.push(Routed {
@@ -191,8 +198,17 @@ impl ReadyPicker for Weighted {
             helper.set_timer(self.config.weight_update_period, UPDATE_TOKEN);
         }
         let start = (self.random)(routes.len());
+        let scheduler = Scheduler::new(&weights);
+        if let Some(metrics) = helper.metrics() {
+            metrics.wrr_update(&crate::metrics::WrrUpdate {
+                rr_fallback: matches!(scheduler, Scheduler::Rotate(_)),
+                not_yet_usable,
+                stale,
+                weights: &weights,
+            });
+        }
         Arc::new(WeightedPicker {
-            scheduler: Scheduler::new(&weights),
+            scheduler,
             routes: routes.into(),
             sequence: Sequence::new(start),
         })

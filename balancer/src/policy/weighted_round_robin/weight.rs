@@ -57,23 +57,46 @@ impl WeightState {
     /// The weight to use now: 0 (meaning "unknown": the scheduler gives
     /// it the mean) when it never reported, has not reported for
     /// `expiration`, or has not reported steadily for `blackout`.
+    #[cfg(test)]
     pub(crate) fn weight(&mut self, now: Instant, expiration: Duration, blackout: Duration) -> f64 {
+        self.weighed(now, expiration, blackout).0
+    }
+
+    /// [`WeightState::weight`], and why it is 0 when it is (A78 counts
+    /// both reasons).
+    pub(crate) fn weighed(
+        &mut self,
+        now: Instant,
+        expiration: Duration,
+        blackout: Duration,
+    ) -> (f64, Usable) {
         let Some(last_updated) = self.last_updated else {
-            return 0.0;
+            return (0.0, Usable::NotYet);
         };
         if now.saturating_duration_since(last_updated) >= expiration {
             // Stale: when reports come again, the blackout applies again.
             self.non_empty_since = None;
-            return 0.0;
+            return (0.0, Usable::Stale);
         }
         if !blackout.is_zero() {
             match self.non_empty_since {
                 Some(since) if now.saturating_duration_since(since) >= blackout => {}
-                _ => return 0.0,
+                _ => return (0.0, Usable::NotYet),
             }
         }
-        self.weight
+        (self.weight, Usable::Yes)
     }
+}
+
+/// Whether an endpoint's weight counts (gRFC A78's reasons it does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usable {
+    /// It does.
+    Yes,
+    /// No report yet, or still in the blackout period.
+    NotYet,
+    /// The last report is older than the expiration period.
+    Stale,
 }
 
 /// One endpoint's weight, shared; also the tracker of the calls routed to
@@ -99,9 +122,14 @@ impl EndpointWeight {
             .update(report, self.penalty, Instant::now());
     }
 
-    /// The weight to use at `now`.
-    pub(crate) fn weight(&self, now: Instant, expiration: Duration, blackout: Duration) -> f64 {
-        self.state.lock().weight(now, expiration, blackout)
+    /// The weight to use at `now`, and whether it is usable.
+    pub(crate) fn weighed(
+        &self,
+        now: Instant,
+        expiration: Duration,
+        blackout: Duration,
+    ) -> (f64, Usable) {
+        self.state.lock().weighed(now, expiration, blackout)
     }
 }
 
@@ -184,6 +212,18 @@ mod tests {
             "in the blackout"
         );
         assert_eq!(state.weight(at(10), EXPIRE, BLACKOUT), 200.0);
+        assert_eq!(state.weighed(at(10), EXPIRE, BLACKOUT).1, Usable::Yes);
+        assert_eq!(
+            WeightState::default().weighed(at(10), EXPIRE, BLACKOUT).1,
+            Usable::NotYet,
+            "never reported"
+        );
+        {
+            let mut blackout = WeightState::default();
+            blackout.update(&load(0.5, 100.0, 0.0), 1.0, t0);
+            assert_eq!(blackout.weighed(at(9), EXPIRE, BLACKOUT).1, Usable::NotYet);
+            assert_eq!(blackout.weighed(at(180), EXPIRE, BLACKOUT).1, Usable::Stale);
+        }
         // Reports stop: the weight expires…
         assert_eq!(state.weight(at(180), EXPIRE, BLACKOUT), 0.0);
         // …and when they resume, the blackout starts over.

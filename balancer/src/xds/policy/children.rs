@@ -78,6 +78,9 @@ impl Helper for ChildHelper<'_> {
     fn tls(&self) -> Option<crate::ClientTlsConfig> {
         self.parent.tls()
     }
+    fn metrics(&self) -> Option<crate::metrics::PolicyMetrics> {
+        self.parent.metrics()
+    }
 }
 
 /// The first registered policy of a `childPolicy` list (round_robin when

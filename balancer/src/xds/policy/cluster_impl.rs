@@ -272,6 +272,9 @@ impl Helper for ChildHelper<'_> {
     fn tls(&self) -> Option<crate::ClientTlsConfig> {
         self.parent.tls()
     }
+    fn metrics(&self) -> Option<crate::metrics::PolicyMetrics> {
+        self.parent.metrics()
+    }
 }
 
 /// The policy. See the [module docs](self).
