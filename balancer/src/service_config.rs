@@ -301,7 +301,7 @@ fn retry_policy(retry: raw::RetryPolicy) -> Result<RetryPolicy, ServiceConfigErr
 
 /// The service config's JSON, as serde reads it (field types checked
 /// here; meaning checked by the functions above).
-mod raw {
+pub(crate) mod raw {
     use std::time::Duration;
 
     use serde::Deserialize;
@@ -369,8 +369,8 @@ mod raw {
     }
 
     /// A protobuf JSON duration (`"1.5s"`).
-    #[derive(Debug)]
-    pub(super) struct ProtoDuration(pub(super) Duration);
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct ProtoDuration(pub(crate) Duration);
 
     impl<'de> Deserialize<'de> for ProtoDuration {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -466,6 +466,21 @@ mod raw {
             }
             deserializer.deserialize_any(V)
         }
+    }
+}
+
+/// A policy's config object read as `T` (`null` is `T::default()`): a
+/// field of the wrong type, or one `T` does not know when it denies
+/// unknown fields, is an error naming `policy` and the field's path.
+pub(crate) fn policy_config<T>(policy: &str, config: &Value) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    match config {
+        Value::Null => Ok(T::default()),
+        Value::Object(_) => serde_path_to_error::deserialize(config)
+            .map_err(|e| format!("{policy} {}: {}", e.path(), e.inner())),
+        other => Err(format!("{policy} config must be an object, got {other}")),
     }
 }
 

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::service_config::parse_duration;
-
 /// Success-rate ejection: endpoints whose success rate is far below the
 /// mean.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,109 +51,117 @@ pub struct OutlierConfig {
     pub child: (String, Value),
 }
 
-fn duration(value: &Value, field: &str) -> Result<Duration, String> {
-    value.as_str().and_then(parse_duration).ok_or_else(|| {
-        format!("outlier_detection {field} must be a duration like \"10s\", got {value}")
-    })
-}
+/// The JSON shapes (types checked by serde; ranges and the child below).
+mod raw {
+    use crate::service_config::raw::ProtoDuration;
+    use serde_json::{Map, Value};
 
-fn number(value: &Value, field: &str, max: Option<u64>) -> Result<u32, String> {
-    match value.as_u64() {
-        Some(n) if max.is_none_or(|m| n <= m) && n <= u64::from(u32::MAX) => Ok(n as u32),
-        _ => Err(format!(
-            "outlier_detection {field} must be a whole number{}, got {value}",
-            max.map(|m| format!(" up to {m}")).unwrap_or_default()
-        )),
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct Config {
+        pub(super) interval: Option<ProtoDuration>,
+        pub(super) base_ejection_time: Option<ProtoDuration>,
+        pub(super) max_ejection_time: Option<ProtoDuration>,
+        pub(super) max_ejection_percent: Option<u32>,
+        pub(super) success_rate_ejection: Option<SuccessRate>,
+        pub(super) failure_percentage_ejection: Option<FailurePercentage>,
+        pub(super) child_policy: Option<Vec<Map<String, Value>>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct SuccessRate {
+        pub(super) stdev_factor: Option<u32>,
+        pub(super) enforcement_percentage: Option<u32>,
+        pub(super) minimum_hosts: Option<u32>,
+        pub(super) request_volume: Option<u32>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct FailurePercentage {
+        pub(super) threshold: Option<u32>,
+        pub(super) enforcement_percentage: Option<u32>,
+        pub(super) minimum_hosts: Option<u32>,
+        pub(super) request_volume: Option<u32>,
     }
 }
 
-fn object<'a>(value: &'a Value, field: &str) -> Result<&'a serde_json::Map<String, Value>, String> {
-    value
-        .as_object()
-        .ok_or_else(|| format!("outlier_detection {field} must be an object, got {value}"))
+/// A percentage field: at most 100.
+fn percent(value: Option<u32>, default: u32, field: &str) -> Result<u32, String> {
+    match value {
+        None => Ok(default),
+        Some(n) if n <= 100 => Ok(n),
+        Some(n) => Err(format!(
+            "outlier_detection {field} must be a whole number up to 100, got {n}"
+        )),
+    }
 }
 
 /// Parses the config; `known` says whether a child policy name is
 /// registered. An unknown field, a bad value or no usable child policy is
 /// an error.
 pub fn parse(config: &Value, known: &dyn Fn(&str) -> bool) -> Result<OutlierConfig, String> {
-    let fields = object(config, "config")?;
-    let mut parsed = OutlierConfig {
-        interval: Duration::from_secs(10),
-        base_ejection_time: Duration::from_secs(30),
-        max_ejection_time: Duration::from_secs(300),
-        max_ejection_percent: 10,
-        success_rate: None,
-        failure_percentage: None,
-        child: (String::new(), Value::Null),
-    };
-    let mut child = None;
-    for (name, value) in fields {
-        match name.as_str() {
-            "interval" => parsed.interval = duration(value, name)?,
-            "baseEjectionTime" => parsed.base_ejection_time = duration(value, name)?,
-            "maxEjectionTime" => parsed.max_ejection_time = duration(value, name)?,
-            "maxEjectionPercent" => parsed.max_ejection_percent = number(value, name, Some(100))?,
-            "successRateEjection" => {
-                let mut rate = SuccessRate {
-                    stdev_factor: 1900,
-                    enforcement_percentage: 100,
-                    minimum_hosts: 5,
-                    request_volume: 100,
-                };
-                for (k, v) in object(value, name)? {
-                    let field = format!("successRateEjection.{k}");
-                    match k.as_str() {
-                        "stdevFactor" => rate.stdev_factor = number(v, &field, None)?,
-                        "enforcementPercentage" => {
-                            rate.enforcement_percentage = number(v, &field, Some(100))?
-                        }
-                        "minimumHosts" => rate.minimum_hosts = number(v, &field, None)?,
-                        "requestVolume" => rate.request_volume = number(v, &field, None)?,
-                        _ => return Err(format!("outlier_detection has no field {field:?}")),
-                    }
-                }
-                parsed.success_rate = Some(rate);
-            }
-            "failurePercentageEjection" => {
-                let mut failure = FailurePercentage {
-                    threshold: 85,
-                    enforcement_percentage: 100,
-                    minimum_hosts: 5,
-                    request_volume: 50,
-                };
-                for (k, v) in object(value, name)? {
-                    let field = format!("failurePercentageEjection.{k}");
-                    match k.as_str() {
-                        "threshold" => failure.threshold = number(v, &field, Some(100))?,
-                        "enforcementPercentage" => {
-                            failure.enforcement_percentage = number(v, &field, Some(100))?
-                        }
-                        "minimumHosts" => failure.minimum_hosts = number(v, &field, None)?,
-                        "requestVolume" => failure.request_volume = number(v, &field, None)?,
-                        _ => return Err(format!("outlier_detection has no field {field:?}")),
-                    }
-                }
-                parsed.failure_percentage = Some(failure);
-            }
-            "childPolicy" => {
-                let list = value.as_array().ok_or_else(|| {
-                    format!("outlier_detection childPolicy must be a list, got {value}")
-                })?;
-                // The first entry whose policy is registered, as gRPC picks.
-                child = list.iter().find_map(|entry| {
-                    let (name, config) = entry.as_object()?.iter().next()?;
-                    known(name).then(|| (name.clone(), config.clone()))
-                });
-                if child.is_none() {
-                    return Err("outlier_detection childPolicy names no known policy".into());
-                }
-            }
-            other => return Err(format!("outlier_detection has no field {other:?}")),
-        }
+    if !config.is_object() {
+        return Err(format!(
+            "outlier_detection config must be an object, got {config}"
+        ));
     }
-    parsed.child = child.ok_or("outlier_detection needs a childPolicy")?;
-    Ok(parsed)
+    let raw: raw::Config = crate::service_config::policy_config("outlier_detection", config)?;
+    let success_rate = raw
+        .success_rate_ejection
+        .map(|r| -> Result<SuccessRate, String> {
+            Ok(SuccessRate {
+                stdev_factor: r.stdev_factor.unwrap_or(1900),
+                enforcement_percentage: percent(
+                    r.enforcement_percentage,
+                    100,
+                    "successRateEjection.enforcementPercentage",
+                )?,
+                minimum_hosts: r.minimum_hosts.unwrap_or(5),
+                request_volume: r.request_volume.unwrap_or(100),
+            })
+        })
+        .transpose()?;
+    let failure_percentage = raw
+        .failure_percentage_ejection
+        .map(|f| -> Result<FailurePercentage, String> {
+            Ok(FailurePercentage {
+                threshold: percent(f.threshold, 85, "failurePercentageEjection.threshold")?,
+                enforcement_percentage: percent(
+                    f.enforcement_percentage,
+                    100,
+                    "failurePercentageEjection.enforcementPercentage",
+                )?,
+                minimum_hosts: f.minimum_hosts.unwrap_or(5),
+                request_volume: f.request_volume.unwrap_or(50),
+            })
+        })
+        .transpose()?;
+    let list = raw
+        .child_policy
+        .ok_or("outlier_detection needs a childPolicy")?;
+    // The first entry whose policy is registered, as gRPC picks.
+    let child = list
+        .iter()
+        .find_map(|entry| {
+            let (name, config) = entry.iter().next()?;
+            known(name).then(|| (name.clone(), config.clone()))
+        })
+        .ok_or("outlier_detection childPolicy names no known policy")?;
+    Ok(OutlierConfig {
+        interval: raw.interval.map_or(Duration::from_secs(10), |d| d.0),
+        base_ejection_time: raw
+            .base_ejection_time
+            .map_or(Duration::from_secs(30), |d| d.0),
+        max_ejection_time: raw
+            .max_ejection_time
+            .map_or(Duration::from_secs(300), |d| d.0),
+        max_ejection_percent: percent(raw.max_ejection_percent, 10, "maxEjectionPercent")?,
+        success_rate,
+        failure_percentage,
+        child,
+    })
 }
 
 #[cfg(test)]

@@ -32,45 +32,43 @@ impl Default for RingHashConfig {
     }
 }
 
+/// The JSON shape (types checked by serde; ranges below).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Raw {
+    min_ring_size: Option<u64>,
+    max_ring_size: Option<u64>,
+    request_hash_header: Option<String>,
+}
+
 /// Parses `{minRingSize, maxRingSize, requestHashHeader}`; an unknown
 /// field or a value out of range is an error.
 pub fn parse(config: &Value) -> Result<RingHashConfig, String> {
-    let mut parsed = RingHashConfig::default();
-    let fields = match config {
-        Value::Null => return Ok(parsed),
-        Value::Object(fields) => fields,
-        other => return Err(format!("ring_hash config must be an object, got {other}")),
-    };
-    let size = |name: &str, value: &Value| -> Result<u64, String> {
-        match value.as_u64() {
+    let raw: Raw = crate::service_config::policy_config("ring_hash", config)?;
+    let defaults = RingHashConfig::default();
+    let size = |name: &str, value: Option<u64>, default: u64| -> Result<u64, String> {
+        match value {
+            None => Ok(default),
             Some(n) if (1..=MAX_RING_SIZE_BOUND).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "ring_hash {name} must be a whole number from 1 to {MAX_RING_SIZE_BOUND}, got {value}"
+            Some(n) => Err(format!(
+                "ring_hash {name} must be a whole number from 1 to {MAX_RING_SIZE_BOUND}, got {n}"
             )),
         }
     };
-    for (name, value) in fields {
-        match name.as_str() {
-            "minRingSize" => parsed.min_ring_size = size(name, value)?,
-            "maxRingSize" => parsed.max_ring_size = size(name, value)?,
-            "requestHashHeader" => {
-                let text = value.as_str().ok_or_else(|| {
-                    format!("ring_hash requestHashHeader must be a string, got {value}")
-                })?;
-                if !text.is_empty() {
-                    let header = http::HeaderName::from_bytes(text.as_bytes()).map_err(|_| {
-                        format!("ring_hash requestHashHeader {text:?} is not a header name")
-                    })?;
-                    if header.as_str().ends_with("-bin") {
-                        return Err(format!(
-                            "ring_hash requestHashHeader {text:?} is a binary header"
-                        ));
-                    }
-                    parsed.request_hash_header = Some(header);
-                }
-            }
-            other => return Err(format!("ring_hash has no field {other:?}")),
+    let mut parsed = RingHashConfig {
+        min_ring_size: size("minRingSize", raw.min_ring_size, defaults.min_ring_size)?,
+        max_ring_size: size("maxRingSize", raw.max_ring_size, defaults.max_ring_size)?,
+        request_hash_header: None,
+    };
+    if let Some(text) = raw.request_hash_header.filter(|t| !t.is_empty()) {
+        let header = http::HeaderName::from_bytes(text.as_bytes())
+            .map_err(|_| format!("ring_hash requestHashHeader {text:?} is not a header name"))?;
+        if header.as_str().ends_with("-bin") {
+            return Err(format!(
+                "ring_hash requestHashHeader {text:?} is a binary header"
+            ));
         }
+        parsed.request_hash_header = Some(header);
     }
     if parsed.min_ring_size > parsed.max_ring_size {
         return Err(format!(

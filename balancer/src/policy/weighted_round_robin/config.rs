@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::service_config::parse_duration;
+use crate::service_config::raw::ProtoDuration;
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,51 +41,41 @@ impl Default for WrrConfig {
     }
 }
 
-fn duration(value: &Value, field: &str) -> Result<Duration, String> {
-    value.as_str().and_then(parse_duration).ok_or_else(|| {
-        format!("weighted_round_robin {field} must be a duration like \"10s\", got {value}")
-    })
+/// The JSON shape (types checked by serde; ranges below).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Raw {
+    enable_oob_load_report: Option<bool>,
+    oob_reporting_period: Option<ProtoDuration>,
+    blackout_period: Option<ProtoDuration>,
+    weight_expiration_period: Option<ProtoDuration>,
+    weight_update_period: Option<ProtoDuration>,
+    error_utilization_penalty: Option<f64>,
 }
 
 /// Parses the config object. An unknown field or a bad value is an error.
 pub fn parse(config: &Value) -> Result<WrrConfig, String> {
-    let mut parsed = WrrConfig::default();
-    let fields = match config {
-        Value::Null => return Ok(parsed),
-        Value::Object(fields) => fields,
-        other => {
+    let raw: Raw = crate::service_config::policy_config("weighted_round_robin", config)?;
+    let d = WrrConfig::default();
+    let or = |value: Option<ProtoDuration>, default: Duration| value.map_or(default, |v| v.0);
+    let error_utilization_penalty = match raw.error_utilization_penalty {
+        None => d.error_utilization_penalty,
+        Some(p) if p.is_finite() && p >= 0.0 => p,
+        Some(p) => {
             return Err(format!(
-                "weighted_round_robin config must be an object, got {other}"
+                "weighted_round_robin errorUtilizationPenalty must be a number ≥ 0, got {p}"
             ));
         }
     };
-    for (name, value) in fields {
-        match name.as_str() {
-            "enableOobLoadReport" => {
-                parsed.enable_oob_load_report = value.as_bool().ok_or_else(|| {
-                    format!(
-                        "weighted_round_robin enableOobLoadReport must be a boolean, got {value}"
-                    )
-                })?;
-            }
-            "oobReportingPeriod" => parsed.oob_reporting_period = duration(value, name)?,
-            "blackoutPeriod" => parsed.blackout_period = duration(value, name)?,
-            "weightExpirationPeriod" => parsed.weight_expiration_period = duration(value, name)?,
-            "weightUpdatePeriod" => {
-                parsed.weight_update_period = duration(value, name)?.max(MIN_WEIGHT_UPDATE_PERIOD);
-            }
-            "errorUtilizationPenalty" => {
-                parsed.error_utilization_penalty = value
-                    .as_f64()
-                    .filter(|p| p.is_finite() && *p >= 0.0)
-                    .ok_or_else(|| {
-                        format!(
-                            "weighted_round_robin errorUtilizationPenalty must be a number ≥ 0, got {value}"
-                        )
-                    })?;
-            }
-            other => return Err(format!("weighted_round_robin has no field {other:?}")),
-        }
-    }
-    Ok(parsed)
+    Ok(WrrConfig {
+        enable_oob_load_report: raw
+            .enable_oob_load_report
+            .unwrap_or(d.enable_oob_load_report),
+        oob_reporting_period: or(raw.oob_reporting_period, d.oob_reporting_period),
+        blackout_period: or(raw.blackout_period, d.blackout_period),
+        weight_expiration_period: or(raw.weight_expiration_period, d.weight_expiration_period),
+        weight_update_period: or(raw.weight_update_period, d.weight_update_period)
+            .max(MIN_WEIGHT_UPDATE_PERIOD),
+        error_utilization_penalty,
+    })
 }
