@@ -24,31 +24,18 @@ use crate::subchannel::{Connection, SubchannelId};
 
 pub use super::RandomIndex;
 
+/// The JSON shape.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Raw {
+    choice_count: Option<u64>,
+}
+
 /// Parses `{choiceCount}`: a whole number, clamped to [2, 10] as A48
 /// says; default 2. An unknown field is an error.
 pub fn parse(config: &Value) -> Result<usize, String> {
-    let fields = match config {
-        Value::Null => return Ok(2),
-        Value::Object(fields) => fields,
-        other => {
-            return Err(format!(
-                "least_request config must be an object, got {other}"
-            ));
-        }
-    };
-    let mut choices = 2;
-    for (name, value) in fields {
-        match name.as_str() {
-            "choiceCount" => {
-                let n = value.as_u64().ok_or_else(|| {
-                    format!("least_request choiceCount must be a whole number, got {value}")
-                })?;
-                choices = n.clamp(2, 10) as usize;
-            }
-            other => return Err(format!("least_request has no field {other:?}")),
-        }
-    }
-    Ok(choices)
+    let raw: Raw = crate::service_config::policy_config("least_request", config)?;
+    Ok(raw.choice_count.map_or(2, |n| n.clamp(2, 10) as usize))
 }
 
 pub(crate) struct LeastRequestBuilder {

@@ -55,57 +55,41 @@ struct GrpclbConfig {
     balancers: Vec<SocketAddr>,
 }
 
+/// The JSON shape (unknown fields ignored, as gRPC's grpclb parsers do).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    child_policy: Option<Vec<serde_json::Map<String, Value>>>,
+    service_name: Option<String>,
+    initial_fallback_timeout: Option<crate::service_config::raw::ProtoDuration>,
+    balancer_addresses: Option<Vec<String>>,
+}
+
 fn parse_config(config: &Value) -> Result<GrpclbConfig, String> {
-    let mut parsed = GrpclbConfig {
-        pick_first: false,
-        service_name: None,
-        fallback_timeout: FALLBACK_TIMEOUT,
-        balancers: Vec::new(),
-    };
-    if let Some(children) = config.get("childPolicy") {
-        let children = children
-            .as_array()
-            .ok_or("grpclb: childPolicy must be a list")?;
-        let known = children
-            .iter()
-            .filter_map(|c| c.as_object()?.keys().next().cloned())
-            .find(|n| n == "round_robin" || n == "pick_first");
-        parsed.pick_first = known.as_deref() == Some("pick_first");
-    }
-    match config.get("serviceName") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(name)) => {
-            parsed.service_name = Some(name.clone()).filter(|n| !n.is_empty())
-        }
-        Some(_) => return Err("grpclb: serviceName must be a string".into()),
-    }
-    match config.get("initialFallbackTimeout") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(text)) => {
-            parsed.fallback_timeout =
-                crate::service_config::parse_duration(text).ok_or_else(|| {
-                    format!(
-                        "grpclb: initialFallbackTimeout {text:?} is not a duration like \"10s\""
-                    )
-                })?;
-        }
-        Some(_) => return Err("grpclb: initialFallbackTimeout must be a duration string".into()),
-    }
-    if let Some(list) = config.get("balancerAddresses") {
-        for item in list
-            .as_array()
-            .ok_or("grpclb: balancerAddresses must be a list")?
-        {
-            let text = item
-                .as_str()
-                .ok_or("grpclb: balancerAddresses must hold strings")?;
-            parsed.balancers.push(
-                text.parse()
-                    .map_err(|_| format!("grpclb: {text:?} is not ip:port"))?,
-            );
-        }
-    }
-    Ok(parsed)
+    let raw: RawConfig = crate::service_config::policy_config("grpclb", config)?;
+    let known = raw
+        .child_policy
+        .iter()
+        .flatten()
+        .filter_map(|c| c.keys().next().cloned())
+        .find(|n| n == "round_robin" || n == "pick_first");
+    let balancers = raw
+        .balancer_addresses
+        .unwrap_or_default()
+        .iter()
+        .map(|text| {
+            text.parse()
+                .map_err(|_| format!("grpclb: {text:?} is not ip:port"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(GrpclbConfig {
+        pick_first: known.as_deref() == Some("pick_first"),
+        service_name: raw.service_name.filter(|n| !n.is_empty()),
+        fallback_timeout: raw
+            .initial_fallback_timeout
+            .map_or(FALLBACK_TIMEOUT, |d| d.0),
+        balancers,
+    })
 }
 
 impl PolicyBuilder for GrpclbBuilder {
