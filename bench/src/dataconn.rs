@@ -123,9 +123,30 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
         median(0, |s| s.cpu_s_per_gib) / median(1, |s| s.cpu_s_per_gib),
         w / t
     );
+    // Issue 20's goals, round by round: throughput ≥ 0.95× raw TCP's,
+    // CPU per GiB ≤ 1.1× raw's.
+    let per_round = |f: fn(&Sample) -> f64| -> Vec<f64> {
+        samples[0]
+            .iter()
+            .zip(&samples[1])
+            .map(|(w, r)| f(w) / f(r))
+            .collect()
+    };
+    let throughput = per_round(|s| s.gibps);
+    let cpu = per_round(|s| s.cpu_s_per_gib);
+    let (throughput_verdict, cpu_verdict) = (
+        crate::stats::verdict(&throughput, 0.95, false),
+        crate::stats::verdict(&cpu, 1.1, true),
+    );
+    eprintln!(
+        "per round: throughput {throughput:.3?} × raw (goal ≥ 0.95: {throughput_verdict}), CPU/GiB {cpu:.3?} × raw (goal ≤ 1.1: {cpu_verdict})"
+    );
     println!(
         "{}",
         json!({
+            "machine": crate::stats::machine(),
+            "throughput_vs_raw": crate::stats::rounds(&throughput), "throughput_verdict": throughput_verdict,
+            "cpu_vs_raw": crate::stats::rounds(&cpu), "cpu_verdict": cpu_verdict,
             "waypost_gibps": w, "raw_tcp_gibps": r, "tonic_stream_gibps": t,
             "waypost_cpu_s_per_gib": median(0, |s| s.cpu_s_per_gib),
             "raw_cpu_s_per_gib": median(1, |s| s.cpu_s_per_gib),

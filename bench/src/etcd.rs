@@ -84,7 +84,7 @@ pub(crate) async fn run(args: EtcdArgs) -> Result<(), Box<dyn std::error::Error>
     );
     println!(
         "{}",
-        json!({ "changes": samples.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
+        json!({ "changes": samples.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max), "machine": crate::stats::machine() })
     );
     Ok(())
 }

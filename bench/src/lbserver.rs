@@ -71,6 +71,7 @@ pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> 
     if !args.no_tonic {
         summary["tonic"] = measure(ServerUnderTest::tonic().await?, &args).await?;
     }
+    summary["machine"] = crate::stats::machine();
     println!("{summary}");
     Ok(())
 }

@@ -679,18 +679,9 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             .zip(&results[0])
             .map(|(m, w)| m.cpu_us_per_call / w.cpu_us_per_call)
             .collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         let ratio = median(ratios.clone());
         // The goal is ≤ 1.05×: met only if the median and every rep hold.
-        let verdict = if hi <= 1.05 {
-            "met"
-        } else if ratio > 1.05 && lo > 1.05 {
-            "not met"
-        } else {
-            "inconclusive"
-        };
+        let verdict = crate::stats::verdict(&ratios, 1.05, true);
         eprintln!(
             "  metrics via {name}: CPU/call {ratio:.3}× plain waypost (per rep {}), goal ≤ 1.05×: {verdict}",
             ratios
@@ -701,7 +692,7 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
         );
         metrics_cost.insert(
             name.to_owned(),
-            json!({"ratio": (ratio * 1000.0).round() / 1000.0, "per_rep": ratios, "verdict": verdict}),
+            json!({"ratio": crate::stats::rounds(&ratios), "verdict": verdict}),
         );
     }
     println!(
@@ -709,7 +700,7 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
         json!({
             "metrics_cost": metrics_cost,
             "waypost_prometheus_cpu_us": cpu(5), "waypost_otel_cpu_us": cpu(6),
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "machine": crate::stats::machine(),
             "waypost_cpu_us": cpu(0), "tonic_balance_cpu_us": cpu(1), "tonic_single_cpu_us": cpu(2), "floor_cpu_us": cpu(3),
             "waypost_qps": qps(0), "tonic_balance_qps": qps(1), "tonic_single_qps": qps(2),
             "waypost_p99_us": p99(0), "tonic_balance_p99_us": p99(1),

@@ -127,6 +127,7 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
     println!(
         "{}",
         json!({
+            "machine": crate::stats::machine(),
             "round_robin_p50_us": med(0, |m| m.1), "round_robin_p99_us": med(0, |m| m.2),
             "least_request_p50_us": med(1, |m| m.1), "least_request_p99_us": med(1, |m| m.2),
             "least_request_4_p50_us": med(2, |m| m.1), "least_request_4_p99_us": med(2, |m| m.2),

@@ -66,9 +66,76 @@ pub(crate) fn read_write_syscalls() -> u64 {
         .sum()
 }
 
+/// The machine a figure was measured on — core count and CPU model — for
+/// every JSON line, so figures from different machines are never compared.
+pub(crate) fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    serde_json::json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+    })
+}
+
+/// Whether a ratio goal holds over repeated rounds: `met` only if it holds
+/// in the median *and* in every round; `not met` if it fails in the median
+/// and in every round; `inconclusive` otherwise (the rounds disagree).
+/// `at_most`: the goal is `ratio ≤ goal` (else `ratio ≥ goal`).
+pub(crate) fn verdict(per_round: &[f64], goal: f64, at_most: bool) -> &'static str {
+    let holds = |r: f64| if at_most { r <= goal } else { r >= goal };
+    let median = median(per_round.to_vec());
+    if per_round.is_empty() {
+        "inconclusive"
+    } else if holds(median) && per_round.iter().all(|r| holds(*r)) {
+        "met"
+    } else if !holds(median) && per_round.iter().all(|r| !holds(*r)) {
+        "not met"
+    } else {
+        "inconclusive"
+    }
+}
+
+/// Every round's figure, their median and spread ((max − min) / median),
+/// as printed and as JSON.
+pub(crate) fn rounds(values: &[f64]) -> serde_json::Value {
+    let median = median(values.to_vec());
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let spread = if median > 0.0 && !values.is_empty() {
+        (hi - lo) / median
+    } else {
+        0.0
+    };
+    let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    serde_json::json!({
+        "rounds": values.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+        "median": round3(median),
+        "spread": round3(spread),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_goal_is_met_only_when_every_round_agrees() {
+        assert_eq!(verdict(&[0.5, 0.55, 0.58], 0.6, true), "met");
+        assert_eq!(verdict(&[0.5, 0.55, 0.65], 0.6, true), "inconclusive");
+        assert_eq!(verdict(&[0.7, 0.8, 0.65], 0.6, true), "not met");
+        assert_eq!(verdict(&[0.96, 0.97, 0.99], 0.95, false), "met");
+        assert_eq!(verdict(&[0.90, 0.97, 0.99], 0.95, false), "inconclusive");
+        assert_eq!(verdict(&[], 0.95, false), "inconclusive");
+        let r = rounds(&[1.0, 2.0, 3.0]);
+        assert_eq!(r["median"], 2.0);
+        assert_eq!(r["spread"], 1.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

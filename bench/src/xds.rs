@@ -170,7 +170,8 @@ pub(crate) async fn run(args: XdsArgs) -> Result<(), Box<dyn std::error::Error>>
     let (xds_cpu, plain_cpu) = per_call_cpu(&server, &args).await?;
     let xds_us = crate::stats::median(xds_cpu.clone());
     let plain_us = crate::stats::median(plain_cpu.clone());
-    let met_every_round = xds_cpu.iter().zip(&plain_cpu).all(|(x, p)| x / p <= 1.15);
+    let ratios_per_round: Vec<f64> = xds_cpu.iter().zip(&plain_cpu).map(|(x, p)| x / p).collect();
+    let met_every_round = ratios_per_round.iter().all(|r| *r <= 1.15);
     eprintln!(
         "client CPU per call: xds {xds_us:.2} µs (rounds {xds_cpu:.2?}), plain round_robin {plain_us:.2} µs (rounds {plain_cpu:.2?}), ratio {:.2}",
         xds_us / plain_us
@@ -187,7 +188,8 @@ pub(crate) async fn run(args: XdsArgs) -> Result<(), Box<dyn std::error::Error>>
             "xds_cpu_rounds": xds_cpu, "plain_cpu_rounds": plain_cpu,
             "cpu_ratio": xds_us / plain_us,
             "cpu_goal_met_in_every_round": met_every_round,
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu_verdict": crate::stats::verdict(&ratios_per_round, 1.15, true),
+            "machine": crate::stats::machine(),
         })
     );
     Ok(())

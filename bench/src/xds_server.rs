@@ -77,6 +77,7 @@ pub(crate) async fn run(args: XdsServerArgs) -> Result<(), Box<dyn std::error::E
         summary["tonic"] = tonic;
         summary["ads_p99_vs_tonic"] = json!((ratio * 100.0).round() / 100.0);
     }
+    summary["machine"] = crate::stats::machine();
     println!("{summary}");
     Ok(())
 }
