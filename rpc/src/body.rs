@@ -288,9 +288,9 @@ pub(crate) async fn send(
             .settings
             .chunk_size
             .clamp(1, shared.max_frame as usize);
-        let mut buf = BytesMut::new();
+        let mut pool = crate::pool::ChunkPool::new();
         loop {
-            buf.reserve(chunk);
+            let mut buf = pool.take(chunk);
             let mut limited = (&mut buf).limit(chunk);
             let read = tokio::select! {
                 biased;
@@ -310,7 +310,7 @@ pub(crate) async fn send(
                     });
                 }
             };
-            let data = buf.split().freeze();
+            let data = buf.freeze();
             if let Some(crc) = &mut crc {
                 crc.update(&data);
             }

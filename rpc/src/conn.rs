@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
@@ -208,7 +207,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
 ) {
     let mut decoder = Decoder::new(shared.max_frame);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Frames are cut from `buf` and handed on; when it runs out of room a
+    // pooled allocation takes over (see `pool`), not a fresh one.
+    let mut pool = crate::pool::ChunkPool::new();
+    let mut buf = pool.take(64 * 1024);
     let idle = shared.settings.idle_timeout;
     loop {
         // Room for one more frame first: while our application is slow we
@@ -240,8 +242,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(n) => n,
                 Err(e) => break Err(Error::Frame(e)),
             };
-            // Reserve only what the checked header allows.
-            buf.reserve(wanted.max(HEADER_LEN) - buf.len().min(wanted));
+            // Room only for what the checked header allows.
+            let needed = wanted.max(HEADER_LEN) - buf.len().min(wanted);
+            if buf.capacity() - buf.len() < needed {
+                let mut fresh = pool.take((buf.len() + needed).max(64 * 1024));
+                fresh.extend_from_slice(&buf);
+                buf = fresh;
+            }
             match tokio::time::timeout(idle, read.read_buf(&mut buf)).await {
                 Err(_) => break Err(Error::Timeout(idle)),
                 Ok(Err(e)) => break Err(Error::io(&e)),

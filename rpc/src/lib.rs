@@ -37,6 +37,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+mod pool;
 mod server;
 mod transport;
 
