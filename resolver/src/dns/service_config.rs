@@ -43,44 +43,41 @@ pub fn choose_service_config(
         return Err("grpc_config is not a JSON list of choices".into());
     };
     for (i, choice) in choices.into_iter().enumerate() {
-        let Value::Object(mut choice) = choice else {
+        if !choice.is_object() {
             return Err(format!("choice {i} is not a JSON object"));
-        };
-        if let Some(languages) = choice.get("clientLanguage") {
-            let languages = string_list(languages).ok_or(format!(
-                "choice {i}: clientLanguage is not a list of strings"
-            ))?;
-            if !languages.is_empty()
-                && !languages
-                    .iter()
-                    .any(|l| l.eq_ignore_ascii_case(CLIENT_LANGUAGE))
-            {
-                continue;
-            }
         }
-        if let Some(percentage) = choice.get("percentage") {
-            let p = percentage.as_u64().filter(|p| *p <= 100).ok_or(format!(
-                "choice {i}: percentage is not an integer from 0 to 100"
-            ))?;
+        // Each choice is read when reached, as gRPC's resolvers read them.
+        let choice: Choice = serde_path_to_error::deserialize(choice)
+            .map_err(|e| format!("choice {i}: {}: {}", e.path(), e.inner()))?;
+        if let Some(languages) = &choice.client_language
+            && !languages.is_empty()
+            && !languages
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(CLIENT_LANGUAGE))
+        {
+            continue;
+        }
+        if let Some(p) = choice.percentage {
+            if p > 100 {
+                return Err(format!(
+                    "choice {i}: percentage is not an integer from 0 to 100"
+                ));
+            }
             if u64::from(chance) > p {
                 continue;
             }
         }
-        let mut hosts: Option<Vec<&str>> = None;
-        for spelling in ["clientHostname", "clientHostName"] {
-            if let Some(list) = choice.get(spelling) {
-                let list = string_list(list)
-                    .ok_or(format!("choice {i}: {spelling} is not a list of strings"))?;
-                hosts.get_or_insert_with(Vec::new).extend(list);
-            }
-        }
+        let hosts: Vec<&String> = choice
+            .client_hostname
+            .iter()
+            .chain(&choice.client_host_name)
+            .flatten()
+            .collect();
         // An empty list, like an absent field, matches every client.
-        if let Some(hosts) = hosts.filter(|h| !h.is_empty())
-            && !client_host_name.is_some_and(|h| hosts.contains(&h))
-        {
+        if !hosts.is_empty() && !client_host_name.is_some_and(|h| hosts.iter().any(|x| *x == h)) {
             continue;
         }
-        return match choice.remove("serviceConfig") {
+        return match choice.service_config {
             Some(config @ Value::Object(_)) => Ok(Some(config)),
             Some(_) => Err(format!("choice {i}: serviceConfig is not a JSON object")),
             None => Err(format!("choice {i} has no serviceConfig")),
@@ -89,8 +86,20 @@ pub fn choose_service_config(
     Ok(None)
 }
 
-fn string_list(value: &Value) -> Option<Vec<&str>> {
-    value.as_array()?.iter().map(Value::as_str).collect()
+/// One choice (gRFC A2), as serde reads it: fields beyond these are
+/// ignored (see the module docs); a field of the wrong type is an error
+/// naming it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Choice {
+    client_language: Option<Vec<String>>,
+    percentage: Option<u64>,
+    /// gRFC A2's and C-core's spelling.
+    client_hostname: Option<Vec<String>>,
+    /// grpc-go's spelling.
+    #[serde(rename = "clientHostName")]
+    client_host_name: Option<Vec<String>>,
+    service_config: Option<Value>,
 }
 
 #[cfg(test)]
