@@ -48,65 +48,57 @@ pub struct ClusterImplConfig {
     pub child: (String, Value),
 }
 
+/// The JSON shapes (types checked by serde; ranges and the child below).
+mod raw {
+    use serde_json::{Map, Value};
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct Config {
+        pub(super) cluster: Option<String>,
+        pub(super) max_concurrent_requests: Option<u32>,
+        pub(super) drop_categories: Option<Vec<Drop>>,
+        pub(super) child_policy: Option<Vec<Map<String, Value>>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Drop {
+        pub(super) category: String,
+        pub(super) requests_per_million: u32,
+    }
+}
+
 /// Parses the config; `known` says whether a policy name is registered.
 pub fn parse(config: &Value, known: &dyn Fn(&str) -> bool) -> Result<ClusterImplConfig, String> {
-    let fields = config
-        .as_object()
-        .ok_or_else(|| format!("{NAME} config must be an object, got {config}"))?;
-    let mut parsed = ClusterImplConfig {
-        cluster: String::new(),
-        max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
-        drops: Vec::new(),
-        child: (String::new(), Value::Null),
-    };
-    let mut child = None;
-    for (name, value) in fields {
-        match name.as_str() {
-            "cluster" => {
-                parsed.cluster = value
-                    .as_str()
-                    .ok_or_else(|| format!("{NAME} cluster must be a string"))?
-                    .to_owned();
-            }
-            "maxConcurrentRequests" => {
-                parsed.max_concurrent_requests = value
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| {
-                        format!("{NAME} maxConcurrentRequests must be a whole number")
-                    })?;
-            }
-            "dropCategories" => {
-                let list = value
-                    .as_array()
-                    .ok_or_else(|| format!("{NAME} dropCategories must be a list"))?;
-                for drop in list {
-                    let category = drop
-                        .get("category")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("{NAME} drop category needs a category"))?;
-                    let per_million = drop
-                        .get("requestsPerMillion")
-                        .and_then(Value::as_u64)
-                        .filter(|n| *n <= 1_000_000)
-                        .ok_or_else(|| format!("{NAME} requestsPerMillion must be 0 to 1000000"))?;
-                    parsed.drops.push((category.to_owned(), per_million as u32));
-                }
-            }
-            "childPolicy" => {
-                let list = value
-                    .as_array()
-                    .ok_or_else(|| format!("{NAME} childPolicy must be a list"))?;
-                child = list.iter().find_map(|entry| {
-                    let (name, config) = entry.as_object()?.iter().next()?;
-                    known(name).then(|| (name.clone(), config.clone()))
-                });
-            }
-            other => return Err(format!("{NAME} has no field {other:?}")),
-        }
+    if !config.is_object() {
+        return Err(format!("{NAME} config must be an object, got {config}"));
     }
-    parsed.child = child.ok_or_else(|| format!("{NAME} has no usable childPolicy"))?;
-    Ok(parsed)
+    let raw: raw::Config = crate::service_config::policy_config(NAME, config)?;
+    let mut drops = Vec::new();
+    for drop in raw.drop_categories.unwrap_or_default() {
+        if drop.requests_per_million > 1_000_000 {
+            return Err(format!("{NAME} requestsPerMillion must be 0 to 1000000"));
+        }
+        drops.push((drop.category, drop.requests_per_million));
+    }
+    let child = raw
+        .child_policy
+        .iter()
+        .flatten()
+        .find_map(|entry| {
+            let (name, config) = entry.iter().next()?;
+            known(name).then(|| (name.clone(), config.clone()))
+        })
+        .ok_or_else(|| format!("{NAME} has no usable childPolicy"))?;
+    Ok(ClusterImplConfig {
+        cluster: raw.cluster.unwrap_or_default(),
+        max_concurrent_requests: raw
+            .max_concurrent_requests
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+        drops,
+        child,
+    })
 }
 
 pub(crate) struct ClusterImplBuilder;

@@ -73,21 +73,7 @@ pub fn routes_json(routes: &[Route], default_timeout: Option<Duration>) -> Value
                     entry.insert("timeoutNanos".into(), json!(timeout.as_nanos() as u64));
                 }
                 if let Some(retry) = &route.retry_policy {
-                    let codes: Vec<i32> = retry
-                        .retryable_status_codes
-                        .iter()
-                        .map(|c| *c as i32)
-                        .collect();
-                    entry.insert(
-                        "retry".into(),
-                        json!({
-                            "maxAttempts": retry.max_attempts,
-                            "initialBackoffNanos": retry.initial_backoff.as_nanos() as u64,
-                            "maxBackoffNanos": retry.max_backoff.as_nanos() as u64,
-                            "backoffMultiplier": retry.backoff_multiplier,
-                            "codes": codes,
-                        }),
-                    );
+                    entry.insert("retry".into(), json!(RetryJson::from(retry)));
                 }
                 match &route.action {
                     RouteAction::Cluster(c) => entry.insert("clusters".into(), json!([[c, 1]])),
@@ -119,25 +105,41 @@ struct RouteRule {
     timeout: Option<Duration>,
 }
 
+/// A route's retry policy inside this policy's config.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetryJson {
+    max_attempts: u32,
+    initial_backoff_nanos: u64,
+    max_backoff_nanos: u64,
+    backoff_multiplier: f64,
+    codes: Vec<i32>,
+}
+
+impl From<&RetryPolicy> for RetryJson {
+    fn from(retry: &RetryPolicy) -> RetryJson {
+        RetryJson {
+            max_attempts: retry.max_attempts,
+            initial_backoff_nanos: retry.initial_backoff.as_nanos() as u64,
+            max_backoff_nanos: retry.max_backoff.as_nanos() as u64,
+            backoff_multiplier: retry.backoff_multiplier,
+            codes: retry
+                .retryable_status_codes
+                .iter()
+                .map(|c| *c as i32)
+                .collect(),
+        }
+    }
+}
+
 fn parse_retry(value: &Value) -> Option<RetryPolicy> {
-    let nanos = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(Duration::from_nanos)
-    };
-    let codes: Vec<tonic::Code> = value
-        .get("codes")?
-        .as_array()?
-        .iter()
-        .filter_map(|c| c.as_i64().map(|c| tonic::Code::from(c as i32)))
-        .collect();
+    let retry: RetryJson = serde_json::from_value(value.clone()).ok()?;
     Some(RetryPolicy {
-        max_attempts: u32::try_from(value.get("maxAttempts")?.as_u64()?).ok()?,
-        initial_backoff: nanos("initialBackoffNanos")?,
-        max_backoff: nanos("maxBackoffNanos")?,
-        backoff_multiplier: value.get("backoffMultiplier")?.as_f64()?,
-        retryable_status_codes: codes,
+        max_attempts: retry.max_attempts,
+        initial_backoff: Duration::from_nanos(retry.initial_backoff_nanos),
+        max_backoff: Duration::from_nanos(retry.max_backoff_nanos),
+        backoff_multiplier: retry.backoff_multiplier,
+        retryable_status_codes: retry.codes.into_iter().map(tonic::Code::from).collect(),
     })
 }
 
