@@ -201,6 +201,9 @@ impl Conn {
     }
 }
 
+/// A reading connection quiet for this long frees its unused bulk buffers.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut read: R,
     tx: mpsc::Sender<InFrame>,
@@ -249,7 +252,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 fresh.extend_from_slice(&buf);
                 buf = fresh;
             }
-            match tokio::time::timeout(idle, read.read_buf(&mut buf)).await {
+            // Between frames a read may wait long: if it did, the bulk
+            // buffers are no longer needed.
+            let between_frames = buf.is_empty().then(tokio::time::Instant::now);
+            let read_result = tokio::time::timeout(idle, read.read_buf(&mut buf)).await;
+            if between_frames.is_some_and(|t| t.elapsed() >= RELEASE_AFTER) {
+                pool.release_unused();
+            }
+            match read_result {
                 Err(_) => break Err(Error::Timeout(idle)),
                 Ok(Err(e)) => break Err(Error::io(&e)),
                 Ok(Ok(0)) => {

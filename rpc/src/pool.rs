@@ -11,8 +11,12 @@
 use bytes::BytesMut;
 
 /// At most this many buffers per pool (chunks in flight beyond that get
-/// a fresh allocation, as before).
-pub(crate) const MAX_BUFFERS: usize = 8;
+/// a fresh allocation, as before): a connection's frame queue (4 by
+/// default) plus the one being filled and the one being consumed. So a
+/// pool holds at most this many frames' worth of memory, and a reading
+/// connection frees what it no longer uses once it has been quiet for a
+/// second.
+pub(crate) const MAX_BUFFERS: usize = 6;
 
 /// A few allocations, reused round-robin: [`ChunkPool::take`] hands out
 /// a buffer backed by one whose previous contents have all been dropped.
@@ -50,6 +54,13 @@ impl ChunkPool {
         }
         BytesMut::with_capacity(capacity)
     }
+
+    /// Frees the allocations nothing uses any more (a connection that went
+    /// quiet keeps no bulk buffers; the next transfer refills the pool).
+    pub(crate) fn release_unused(&mut self) {
+        self.handles.retain_mut(|handle| !handle.try_reclaim(1));
+        self.next = 0;
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +87,21 @@ mod tests {
         drop(second);
         // Bigger than any pooled allocation: a new one.
         assert!(pool.take(4096).capacity() >= 4096);
+    }
+
+    #[test]
+    fn unused_allocations_are_released_and_used_ones_kept() {
+        let mut pool = ChunkPool::new();
+        let mut kept = pool.take(64);
+        kept.extend_from_slice(&[1; 64]);
+        let kept = kept.freeze();
+        drop(pool.take(64));
+        assert_eq!(pool.handles.len(), 2);
+        pool.release_unused();
+        assert_eq!(pool.handles.len(), 1, "the one still in use stays");
+        drop(kept);
+        pool.release_unused();
+        assert!(pool.handles.is_empty());
     }
 
     #[test]
