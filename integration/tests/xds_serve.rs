@@ -281,8 +281,10 @@ async fn assert_gone(
     );
 }
 
-/// `drop_fraction = 0.25`: both clients drop 20–30 % of calls, UNAVAILABLE
-/// with C-core's "EDS-configured drop" message naming the category.
+/// `drop_fraction = 0.25`: both clients drop a quarter of 400 calls
+/// (each call is an independent draw: 100 ± 8.7 is one standard deviation,
+/// so the bounds are ±4σ, far from 0 % and 50 %), UNAVAILABLE with
+/// C-core's "EDS-configured drop" message naming the category.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_core_and_waypost_drop_the_configured_share() {
     let backends = start_backends(2).await.unwrap();
@@ -306,7 +308,7 @@ async fn c_core_and_waypost_drop_the_configured_share() {
     eprintln!("C-core {c:?}\nwaypost {w:?}");
     for calls in [&c, &w] {
         assert!(
-            (80..=120).contains(&count(calls, "dropped")),
+            (65..=135).contains(&count(calls, "dropped")),
             "C-core {c:?} waypost {w:?}"
         );
         assert_eq!(count(calls, "failed"), 0, "C-core {c:?} waypost {w:?}");
