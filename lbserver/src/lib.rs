@@ -15,7 +15,9 @@
 //! or any resolver target), [`probe`] (health probes reusing the balancer
 //! crate's channel), [`assign`] (the pure list computation), [`rates`] (the clients'
 //! reported call rate, robust to a lying client), [`balance`]
-//! (the BalanceLoad service), [`listener`] (connection limits and
+//! (the BalanceLoad service), [`port`] (the balancer port's HTTP/2
+//! server: BalanceLoad served from each connection's task, ADS through
+//! tonic), [`listener`] (connection limits and
 //! timeouts for both ports), [`admin`] (the admin port: status page, JSON
 //! status, drain), [`metrics`] (OpenMetrics over prometheus-client) and
 //! [`server`] (wiring and shutdown).
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod port;
 pub mod probe;
 pub mod rates;
 pub mod registry;

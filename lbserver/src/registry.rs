@@ -30,6 +30,9 @@ use crate::xds::{ResourceType, ServiceResources, resources};
 pub struct ListSnapshot {
     /// The response to send (a server list, or a fallback response).
     pub response: LoadBalanceResponse,
+    /// `response` framed as one gRPC message, shared by every stream that
+    /// sends it.
+    pub frame: bytes::Bytes,
     /// Backends in the list that are not drops.
     pub backends: usize,
     /// Increases with every change.
@@ -100,8 +103,10 @@ pub struct Service {
 
 impl Service {
     fn new(config: ServiceConfig) -> Service {
+        let response = list_response(Vec::new());
         let empty = Arc::new(ListSnapshot {
-            response: list_response(Vec::new()),
+            frame: crate::balance::frames::encode(&response),
+            response,
             backends: 0,
             version: 0,
         });
@@ -434,6 +439,7 @@ impl Service {
                 return false;
             }
             *current = Arc::new(ListSnapshot {
+                frame: crate::balance::frames::encode(&response),
                 response,
                 backends,
                 version: current.version + 1,

@@ -1,19 +1,17 @@
 //! Running the balancer: binds the balancer port (grpclb's BalanceLoad and
-//! xDS's ADS, one tonic router) and the admin listener, follows every
+//! xDS's ADS, one HTTP/2 server: [`crate::port`]) and the admin listener, follows every
 //! service's source, and shuts down gracefully.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use waypost_proto::grpc::lb::v1::load_balancer_server::LoadBalancerServer;
 use waypost_resolver::ResolverRegistry;
 
-use crate::balance::{BalanceOptions, Balancer};
+use crate::balance::BalanceOptions;
 use crate::config::{Config, quote};
 use crate::listener::incoming;
 use crate::probe::ProbeOptions;
@@ -290,26 +288,21 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         None => None,
     };
 
-    let (balancer, stop_streams) = Balancer::new(registry.clone(), options.balance);
-    let service = LoadBalancerServer::new(balancer).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let ads = AdsService::new(registry.clone(), options.ads, stop_streams.subscribe());
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let ads = AdsService::new(registry.clone(), options.ads, stopping.clone());
+    let port = crate::port::Port {
+        balance: Arc::new(crate::balance::Shared {
+            registry: registry.clone(),
+            options: options.balance,
+            max_request_bytes: MAX_REQUEST_BYTES,
+        }),
+        routes: tonic::service::Routes::new(ads),
+        stopping,
+        handshake_timeout: config.limits.handshake_timeout,
+    };
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let connections = ReceiverStream::new(incoming(listener, config.limits, balance_tls))
-        .map(Ok::<_, std::io::Error>);
-    let server = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(service)
-            .add_service(ads)
-            .serve_with_incoming_shutdown(connections, async {
-                let _ = shutdown_rx.await;
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "BalanceLoad server failed");
-        }
-    });
+    let connections = incoming(listener, config.limits, balance_tls);
+    let server = tokio::spawn(crate::port::serve(connections, port, shutdown_rx));
     Ok(Running {
         listen,
         admin,
