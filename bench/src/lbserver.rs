@@ -68,12 +68,95 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
 
 pub(crate) async fn run(args: LbArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut summary = measure(ServerUnderTest::waypost().await?, &args).await?;
+    let mut goals = serde_json::Map::new();
     if !args.no_tonic {
-        summary["tonic"] = measure(ServerUnderTest::tonic().await?, &args).await?;
+        let tonic = measure(ServerUnderTest::tonic().await?, &args).await?;
+        for (name, value) in versus(&summary, &tonic, GOAL_VS_TONIC) {
+            goals.insert(name, value);
+        }
+        summary["tonic"] = tonic;
     }
+    if args.streams >= 200_000 {
+        for (name, value) in at_scale(&summary) {
+            goals.insert(name, value);
+        }
+    }
+    summary["goals"] = goals.into();
     summary["machine"] = crate::stats::machine();
     println!("{summary}");
     Ok(())
+}
+
+/// Issue 20's goal: fan-out p99, server CPU per change and memory at most
+/// this fraction of the plain tonic server's, in the same run.
+pub(crate) const GOAL_VS_TONIC: f64 = 0.6;
+
+/// Each change's figure `field` of a summary ([`measure_fanout`]'s).
+fn per_change(summary: &serde_json::Value, field: &str) -> Vec<f64> {
+    summary["changes"]
+        .as_array()
+        .map(|changes| changes.iter().filter_map(|c| c[field].as_f64()).collect())
+        .unwrap_or_default()
+}
+
+/// Our figures over the competitor's, change by change (the i-th change of
+/// one run against the i-th of the other), each with its verdict against
+/// `goal` (at most): fan-out p99, server CPU per change, and RSS (one
+/// reading each). Printed, and returned for the JSON line.
+pub(crate) fn versus(
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+    goal: f64,
+) -> Vec<(String, serde_json::Value)> {
+    let ratios = |field: &str| -> Vec<f64> {
+        per_change(ours, field)
+            .iter()
+            .zip(per_change(theirs, field))
+            .map(|(a, b)| a / b)
+            .collect()
+    };
+    let rss = [ours["rss_mib"].as_f64().unwrap_or(f64::NAN)
+        / theirs["rss_mib"].as_f64().unwrap_or(f64::NAN)];
+    let mut out = Vec::new();
+    for (name, values) in [
+        ("fanout_p99_vs_tonic", ratios("fanout_p99_ms")),
+        ("server_cpu_vs_tonic", ratios("server_cpu_s")),
+        ("rss_vs_tonic", rss.to_vec()),
+    ] {
+        let verdict = crate::stats::verdict(&values, goal, true);
+        eprintln!("{name}, by change (RSS: one reading): {values:.3?} (goal ≤ {goal}: {verdict})");
+        let mut figure = crate::stats::rounds(&values);
+        figure["goal_at_most"] = json!(goal);
+        figure["verdict"] = json!(verdict);
+        out.push((name.to_owned(), figure));
+    }
+    out
+}
+
+/// The 200,000-stream goals: RSS ≤ 800 MiB, fan-out p99 ≤ 2.5 s in every
+/// change.
+fn at_scale(ours: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for (name, values, goal) in [
+        (
+            "rss_mib_at_scale",
+            vec![ours["rss_mib"].as_f64().unwrap_or(f64::NAN)],
+            800.0,
+        ),
+        (
+            "fanout_p99_ms_at_scale",
+            per_change(ours, "fanout_p99_ms"),
+            2500.0,
+        ),
+    ] {
+        let verdict = crate::stats::verdict(&values, goal, true);
+        eprintln!("{name}: {values:.1?} (goal ≤ {goal}: {verdict})");
+        let mut figure = crate::stats::rounds(&values);
+        figure["goal_at_most"] = json!(goal);
+        figure["verdict"] = json!(verdict);
+        out.push((name.to_owned(), figure));
+    }
+    out
 }
 
 /// A BalanceLoad server in a child process, and how to change its list.

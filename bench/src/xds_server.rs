@@ -28,7 +28,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::lbserver::{Connection, Fanout, LbArgs, ServerUnderTest, measure, measure_fanout};
+use crate::lbserver::{
+    Connection, Fanout, GOAL_VS_TONIC, LbArgs, ServerUnderTest, measure, measure_fanout, versus,
+};
 
 /// Arguments of `waypost-bench xds-server`.
 #[derive(Debug, clap::Args)]
@@ -73,6 +75,16 @@ pub(crate) async fn run(args: XdsServerArgs) -> Result<(), Box<dyn std::error::E
         let tonic = measure(ServerUnderTest::tonic().await?, &lb_args).await?;
         let ratio = summary["ads"]["fanout_p99_ms"].as_f64().unwrap_or(f64::NAN)
             / tonic["fanout_p99_ms"].as_f64().unwrap_or(f64::NAN);
+        eprintln!("ADS against the plain tonic BalanceLoad server:");
+        summary["ads_goals"] = versus(&summary["ads"], &tonic, GOAL_VS_TONIC)
+            .into_iter()
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        eprintln!("BalanceLoad against the plain tonic BalanceLoad server:");
+        summary["balance_load_goals"] = versus(&balance_load, &tonic, GOAL_VS_TONIC)
+            .into_iter()
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         summary["balance_load"] = balance_load;
         summary["tonic"] = tonic;
         summary["ads_p99_vs_tonic"] = json!((ratio * 100.0).round() / 100.0);
