@@ -255,3 +255,120 @@ async fn an_oversized_request_gets_resource_exhausted() {
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }
+
+/// A raw HTTP/2 BalanceLoad stream whose client decides when the server
+/// may send: its streams' window starts at `window` bytes and grows to
+/// 64 KiB when `grow` fires.
+async fn throttled_stream(
+    lb: std::net::SocketAddr,
+    window: u32,
+    grow: tokio::sync::oneshot::Receiver<()>,
+) -> (h2::RecvStream, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(lb).await.unwrap();
+    let (mut client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = grow => {}
+        }
+        connection.set_initial_window_size(64 * 1024).unwrap();
+        let _ = connection.await;
+    });
+    let request = http::Request::post(format!("http://{lb}/grpc.lb.v1.LoadBalancer/BalanceLoad"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(
+        waypost_lbserver::balance::frames::encode(&initial("movies")),
+        false,
+    )
+    .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    (response.into_body(), send)
+}
+
+/// The next gRPC message on `recv`, its window given back as it is read.
+async fn next_response(
+    recv: &mut h2::RecvStream,
+    reader: &mut waypost_lbserver::balance::frames::MessageReader,
+) -> LoadBalanceResponseType {
+    loop {
+        if let Some(message) = reader.next_message().unwrap() {
+            let response: waypost_proto::grpc::lb::v1::LoadBalanceResponse =
+                prost::Message::decode(message).unwrap();
+            return response.load_balance_response_type.unwrap();
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), recv.data())
+            .await
+            .expect("data within 10 s")
+            .expect("the stream is open")
+            .unwrap();
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+        reader.feed(chunk).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_sent_the_newest_list_not_a_backlog() {
+    let lb = serve(&format!(
+        "[[service]]\nname = \"movies\"\nsource = \"{}\"\n",
+        many_backends(10)
+    ))
+    .await;
+    let service = lb.registry.find("movies").unwrap();
+    let mut lists = service.subscribe();
+    lists.wait_for(|list| list.backends == 10).await.unwrap();
+
+    // Room for the initial response (a few bytes), not for any list of
+    // five servers or more.
+    let (grow, grown) = tokio::sync::oneshot::channel();
+    let (mut recv, _send) = throttled_stream(lb.listen, 32, grown).await;
+    let mut reader = waypost_lbserver::balance::frames::MessageReader::new(1 << 20);
+    assert!(matches!(
+        next_response(&mut recv, &mut reader).await,
+        LoadBalanceResponseType::InitialResponse(_)
+    ));
+
+    // 9 lists are published while the client reads nothing (each of 5 to
+    // 9 servers, none fits): drain five backends one by one, then bring
+    // back all but the last.
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let steps = (1..=5)
+        .map(|p| (p, true))
+        .chain((1..=4).map(|p| (p, false)));
+    for (port, draining) in steps {
+        let before = lists.borrow_and_update().version;
+        assert!(service.set_draining(addr(port), draining));
+        lists.wait_for(|list| list.version > before).await.unwrap();
+    }
+    assert_eq!(
+        service
+            .lists_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing fit the client's window"
+    );
+
+    grow.send(()).unwrap();
+    let LoadBalanceResponseType::ServerList(list) = next_response(&mut recv, &mut reader).await
+    else {
+        panic!("a server list");
+    };
+    let ports: Vec<i32> = list.servers.iter().map(|s| s.port).collect();
+    assert_eq!(ports.len(), 9, "{ports:?}");
+    assert!(!ports.contains(&5), "the newest list: {ports:?}");
+    assert_eq!(
+        service
+            .lists_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one list sent for 9 changes"
+    );
+}
