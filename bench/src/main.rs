@@ -7,6 +7,7 @@
 //! cargo run --release -p waypost-bench -- rpc
 //! cargo run --release -p waypost-bench -- rpc --tls
 //! cargo run --release -p waypost-bench -- dataconn
+//! cargo run --release -p waypost-bench -- zerocopy
 //! cargo run --release -p waypost-bench -- skew
 //! cargo run --release -p waypost-bench -- xds
 //! cargo build --release -p waypost-lbserver --bin waypost && cargo run --release -p waypost-bench -- xds-server
@@ -21,6 +22,7 @@ mod skew;
 mod stats;
 mod xds;
 mod xds_server;
+mod zerocopy;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,11 @@ enum Command {
     /// (internal) One `dataconn` transfer in its own process.
     #[command(hide = true)]
     DataconnChild(dataconn::DataconnChildArgs),
+    /// Linux's zero-copy calls (sendfile, splice) against a read/write copy.
+    Zerocopy(zerocopy::ZerocopyArgs),
+    /// (internal) One `zerocopy` transfer in its own process.
+    #[command(hide = true)]
+    ZerocopyChild(zerocopy::ZerocopyChildArgs),
     /// (internal) The plain tonic BalanceLoad server `lbserver` compares with.
     #[command(hide = true)]
     LbserverTonic,
@@ -72,6 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::RpcBackends(args) => rpc::backends(args).await,
         Command::Dataconn(args) => dataconn::run(args).await,
         Command::DataconnChild(args) => dataconn::child(args).await,
+        Command::Zerocopy(args) => zerocopy::run(args).await,
+        Command::ZerocopyChild(args) => zerocopy::child(args),
         Command::Xds(args) => xds::run(args).await,
         Command::XdsServer(args) => xds_server::run(args).await,
     }
