@@ -670,6 +670,37 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
             args.concurrency
         );
     }
+    // The issue's goals (issue 4 over plain TCP, issue 15 over TLS), rep
+    // by rep: waypost against tonic balance_list and the floor.
+    let per_rep = |f: fn(&Measured) -> f64, a: usize, b: usize| -> Vec<f64> {
+        results[a]
+            .iter()
+            .zip(&results[b])
+            .map(|(x, y)| f(x) / f(y))
+            .collect()
+    };
+    let goals = if args.tls {
+        [(0.85, true), (1.0, true), (1.25, false)]
+    } else {
+        [(0.93, true), (1.03, true), (1.1, false)]
+    };
+    let mut goal_verdicts = serde_json::Map::new();
+    for ((name, ratios), (goal, at_most)) in [
+        ("cpu_vs_tonic_balance", per_rep(|m| m.cpu_us_per_call, 0, 1)),
+        ("cpu_vs_floor", per_rep(|m| m.cpu_us_per_call, 0, 3)),
+        ("qps_vs_tonic_balance", per_rep(|m| m.qps, 0, 1)),
+    ]
+    .into_iter()
+    .zip(goals)
+    {
+        let verdict = crate::stats::verdict(&ratios, goal, at_most);
+        let sign = if at_most { "≤" } else { "≥" };
+        eprintln!("  {name}: per rep {ratios:.3?} (goal {sign} {goal}: {verdict})");
+        let mut figure = crate::stats::rounds(&ratios);
+        figure["goal"] = json!(format!("{sign} {goal}"));
+        figure["verdict"] = json!(verdict);
+        goal_verdicts.insert(name.to_owned(), figure);
+    }
     // The metrics' cost: each metered variant's CPU per call over the
     // plain `waypost` channel's, per repetition (same rep, same order).
     let mut metrics_cost = serde_json::Map::new();
@@ -698,6 +729,7 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
     println!(
         "{}",
         json!({
+            "goals": goal_verdicts,
             "metrics_cost": metrics_cost,
             "waypost_prometheus_cpu_us": cpu(5), "waypost_otel_cpu_us": cpu(6),
             "machine": crate::stats::machine(),

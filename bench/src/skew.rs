@@ -124,9 +124,28 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
             med(i, |m| m.0)
         );
     }
+    // Issue 16's goal, rep by rep: least_request's and weighted_round_robin's
+    // p99 at most half of round_robin's and of tonic balance_list's.
+    let mut goals = serde_json::Map::new();
+    for (i, policy) in [(1, "least_request"), (3, "weighted_round_robin")] {
+        for (j, other) in [(0, "round_robin"), (4, "tonic_balance")] {
+            let ratios: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[j])
+                .map(|(a, b)| a.2 / b.2)
+                .collect();
+            let verdict = crate::stats::verdict(&ratios, 0.5, true);
+            let name = format!("{policy}_p99_vs_{other}");
+            eprintln!("  {name}: per rep {ratios:.3?} (goal ≤ 0.5: {verdict})");
+            let mut figure = crate::stats::rounds(&ratios);
+            figure["verdict"] = json!(verdict);
+            goals.insert(name, figure);
+        }
+    }
     println!(
         "{}",
         json!({
+            "goals": goals,
             "machine": crate::stats::machine(),
             "round_robin_p50_us": med(0, |m| m.1), "round_robin_p99_us": med(0, |m| m.2),
             "least_request_p50_us": med(1, |m| m.1), "least_request_p99_us": med(1, |m| m.2),
