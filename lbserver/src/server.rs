@@ -296,7 +296,8 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
             options: options.balance,
             max_request_bytes: MAX_REQUEST_BYTES,
         }),
-        routes: tonic::service::Routes::new(ads),
+        routes: tonic::service::Routes::new(ads.clone()),
+        ads,
         stopping,
         handshake_timeout: config.limits.handshake_timeout,
     };

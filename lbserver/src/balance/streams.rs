@@ -21,13 +21,14 @@ use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::Request;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
 use super::inbound::{Event, Inbound};
 use super::{OpenStream, Shared, frame_for, initial_frame};
+use crate::port::grpc::{response_head, trailers, trailers_only};
 use crate::registry::{ListSnapshot, Service};
 
 /// A list bigger than this is sent once this much window is free (the
@@ -109,7 +110,7 @@ impl BalanceStreams {
         if self.stopped {
             let _ = trailers_only(
                 &mut respond,
-                Status::unavailable("the balancer is shutting down"),
+                &Status::unavailable("the balancer is shutting down"),
             );
             return;
         }
@@ -155,7 +156,7 @@ impl BalanceStreams {
             return;
         };
         let open = OpenStream::new(service.clone(), client);
-        let mut send = match respond.send_response(grpc_response(), false) {
+        let mut send = match respond.send_response(response_head(), false) {
             Ok(send) => send,
             Err(_) => return,
         };
@@ -208,7 +209,7 @@ impl BalanceStreams {
     fn end(&mut self, id: u32, status: Option<Status>) {
         if let Some(mut respond) = self.responders.remove(&id) {
             if let Some(status) = status {
-                let _ = trailers_only(&mut respond, status);
+                let _ = trailers_only(&mut respond, &status);
             }
             return;
         }
@@ -264,7 +265,7 @@ impl BalanceStreams {
         self.stopped = true;
         let status = Status::unavailable("the balancer is shutting down");
         for (_, mut respond) in self.responders.drain() {
-            let _ = trailers_only(&mut respond, status.clone());
+            let _ = trailers_only(&mut respond, &status);
         }
         for (_, mut member) in self.members.drain() {
             let _ = member.send.send_trailers(trailers(&status));
@@ -294,26 +295,4 @@ fn offer(
         waiting.push(id);
     }
     Ok(())
-}
-
-fn grpc_response() -> Response<()> {
-    let mut response = Response::new(());
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    response
-}
-
-fn trailers(status: &Status) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    let _ = status.add_header(&mut map);
-    map
-}
-
-/// Answers a stream with its status alone (gRPC's trailers-only response).
-fn trailers_only(respond: &mut SendResponse<Bytes>, status: Status) -> Result<(), h2::Error> {
-    let mut response = grpc_response();
-    response.headers_mut().extend(trailers(&status));
-    respond.send_response(response, true).map(drop)
 }

@@ -15,6 +15,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::Service;
 
+use super::grpc::poll_send;
 use crate::listener::ConnectionInfo;
 
 /// Runs one request through `routes` and sends its response.
@@ -26,13 +27,7 @@ pub(super) async fn forward(
 ) {
     let (mut parts, recv) = request.into_parts();
     parts.extensions.insert(info);
-    let request = Request::from_parts(
-        parts,
-        RequestBody {
-            recv,
-            data_done: false,
-        },
-    );
+    let request = Request::from_parts(parts, RequestBody::new(recv));
     let response = match routes.call(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -57,23 +52,8 @@ async fn pipe(body: tonic::body::Body, mut send: SendStream<Bytes>) {
             if send.poll_reset(cx).is_ready() {
                 return Poll::Ready(());
             }
-            if let Some(data) = &mut unsent {
-                send.reserve_capacity(data.len());
-                let capacity = send.capacity();
-                if capacity == 0 {
-                    match ready!(send.poll_capacity(cx)) {
-                        Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => return Poll::Ready(()),
-                    }
-                }
-                let chunk = data.split_to(capacity.min(data.len()));
-                if data.is_empty() {
-                    unsent = None;
-                }
-                if send.send_data(chunk, false).is_err() {
-                    return Poll::Ready(());
-                }
-                continue;
+            if ready!(poll_send(&mut send, &mut unsent, cx)).is_err() {
+                return Poll::Ready(());
             }
             match ready!(body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -104,10 +84,20 @@ async fn pipe(body: tonic::body::Body, mut send: SendStream<Bytes>) {
     .await;
 }
 
-/// A request's body read from `h2`.
-struct RequestBody {
+/// A request's body read from `h2`, each chunk's window given back as it
+/// is taken.
+pub(super) struct RequestBody {
     recv: RecvStream,
     data_done: bool,
+}
+
+impl RequestBody {
+    pub(super) fn new(recv: RecvStream) -> RequestBody {
+        RequestBody {
+            recv,
+            data_done: false,
+        }
+    }
 }
 
 impl Body for RequestBody {

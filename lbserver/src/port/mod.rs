@@ -6,13 +6,17 @@
 //! tonic, every stream costs its own task, body and encoder, and a change
 //! wakes each of those tasks; here a connection's task serves all its
 //! BalanceLoad streams itself ([`crate::balance`]): a change wakes it once
-//! and it hands each stream the one encoded list. Other methods (xDS's
-//! ADS, and an UNIMPLEMENTED answer for unknown ones) go to tonic's router
-//! ([`forward`]), each stream in a task of its own, as hyper would run it.
+//! and it hands each stream the one encoded list. xDS's ADS streams live in
+//! the connection's task too ([`ads`]), each woken on its own when its
+//! client or a service it follows has news. Other methods (an
+//! UNIMPLEMENTED answer for unknown ones, the rest of the ADS service) go
+//! to tonic's router ([`forward`]), each stream in a task of its own, as
+//! hyper would run it.
 //!
 //! ```text
 //! listener ──► serve ──► one task per connection:
 //!                         h2 accept ─┬─ BalanceLoad ─► BalanceStreams (this task)
+//!                                    ├─ ADS ─────────► ServedAds set (this task)
 //!                                    └─ other paths ─► forward ─► tonic Routes (a task each)
 //!                         keepalive PINGs, GOAWAY on shutdown
 //! ```
@@ -23,7 +27,9 @@
 //! [`KEEPALIVE_INTERVAL`] that must be answered within
 //! [`KEEPALIVE_TIMEOUT`].
 
+mod ads;
 mod forward;
+pub(crate) mod grpc;
 mod keepalive;
 
 use std::future::poll_fn;
@@ -33,6 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::WatchStream;
@@ -58,7 +65,9 @@ const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// What every connection of the port uses.
 pub(crate) struct Port {
     pub(crate) balance: Arc<crate::balance::Shared>,
-    /// Every method other than BalanceLoad.
+    /// ADS.
+    pub(crate) ads: crate::xds::service::AdsService,
+    /// Every method other than BalanceLoad and ADS.
     pub(crate) routes: tonic::service::Routes,
     /// Ends every BalanceLoad stream with UNAVAILABLE when set.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -128,6 +137,7 @@ async fn serve_connection(connection: Connection, port: Arc<Port>, closing: watc
     let mut closing = WatchStream::new(closing);
     let mut going_away = false;
     let mut forwarded = JoinSet::new();
+    let mut ads = FuturesUnordered::new();
     poll_fn(|cx| {
         if !going_away {
             while let Poll::Ready(next) = closing.poll_next_unpin(cx) {
@@ -141,8 +151,13 @@ async fn serve_connection(connection: Connection, port: Arc<Port>, closing: watc
         loop {
             match h2.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    if request.uri().path() == crate::balance::PATH {
+                    let path = request.uri().path();
+                    if path == crate::balance::PATH {
                         balance.accept(request, respond);
+                    } else if path == crate::xds::service::PATH {
+                        if let Some(served) = open_ads(&port.ads, request, respond) {
+                            ads.push(served);
+                        }
                     } else {
                         forwarded.spawn(forward::forward(
                             request,
@@ -161,6 +176,7 @@ async fn serve_connection(connection: Connection, port: Arc<Port>, closing: watc
             }
         }
         balance.poll(cx);
+        while let Poll::Ready(Some(())) = ads.poll_next_unpin(cx) {}
         while let Poll::Ready(Some(_)) = forwarded.poll_join_next(cx) {}
         if keepalive.poll_expired(cx).is_ready() {
             tracing::debug!(remote = ?info.remote, "keepalive PING unanswered; closing");
@@ -169,4 +185,36 @@ async fn serve_connection(connection: Connection, port: Arc<Port>, closing: watc
         Poll::Pending
     })
     .await;
+}
+
+/// Starts an ADS stream: its response head, and its requests read by
+/// tonic's decoder (within [`crate::xds::service::MAX_REQUEST_BYTES`]).
+fn open_ads(
+    service: &crate::xds::service::AdsService,
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) -> Option<ads::ServedAds> {
+    use tonic::codec::Codec;
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        let status = tonic::Status::unimplemented(format!(
+            "request compression {encoding:?} is not supported"
+        ));
+        let _ = grpc::trailers_only(&mut respond, &status);
+        return None;
+    }
+    let decoder = waypost_proto::codec::SmallMessageCodec::<
+        crate::xds::encode::Outgoing,
+        envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest,
+    >::default()
+    .decoder();
+    let inbound = tonic::Streaming::new_request(
+        decoder,
+        forward::RequestBody::new(request.into_body()),
+        None,
+        Some(crate::xds::service::MAX_REQUEST_BYTES),
+    );
+    let send = respond.send_response(grpc::response_head(), false).ok()?;
+    Some(ads::ServedAds::new(service.open(inbound), send))
 }

@@ -92,6 +92,19 @@ impl AdsService {
     }
 }
 
+impl AdsService {
+    /// A stream answering the requests `inbound` yields (for a server that
+    /// runs the stream itself).
+    pub(crate) fn open(&self, inbound: Streaming<DiscoveryRequest>) -> AdsResponses {
+        AdsResponses::new(
+            self.registry.clone(),
+            &self.options,
+            inbound,
+            self.stopping.clone(),
+        )
+    }
+}
+
 impl NamedService for AdsService {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 }
