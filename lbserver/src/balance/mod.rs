@@ -15,7 +15,7 @@
 //!
 //! The service is served straight on `h2` by the balancer port's
 //! connection task ([`crate::port`]), not through tonic: every stream of a
-//! connection lives in that one task ([`streams::BalanceStreams`]), a list
+//! connection lives in that one task (`balance/streams.rs`), a list
 //! change wakes each connection once (not each stream), and every stream
 //! of a service is sent the same encoded list ([`ListSnapshot::frame`]),
 //! unless the `subset` policy gives each client its own.

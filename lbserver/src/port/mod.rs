@@ -7,10 +7,10 @@
 //! wakes each of those tasks; here a connection's task serves all its
 //! BalanceLoad streams itself ([`crate::balance`]): a change wakes it once
 //! and it hands each stream the one encoded list. xDS's ADS streams live in
-//! the connection's task too ([`ads`]), each woken on its own when its
+//! the connection's task too (`port/ads.rs`), each woken on its own when its
 //! client or a service it follows has news. Other methods (an
 //! UNIMPLEMENTED answer for unknown ones, the rest of the ADS service) go
-//! to tonic's router ([`forward`]), each stream in a task of its own, as
+//! to tonic's router (`port/forward.rs`), each stream in a task of its own, as
 //! hyper would run it.
 //!
 //! ```text
