@@ -298,7 +298,7 @@ fn resolve_once(
         );
     }
     let top = serde_json::json!({crate::xds::policy::cluster_manager::NAME: {
-        "routes": crate::xds::policy::cluster_manager::routes_json(&host.routes, default_timeout),
+        "routes": crate::xds::policy::route_table::routes_json(&host.routes, default_timeout),
         "children": children,
     }});
     Ok(Some(ResolverState {

@@ -5,7 +5,8 @@
 //! gRPC splits this between a config selector (routing, in the resolver)
 //! and the cluster manager (children); waypost's pickers see each call's
 //! path and headers, so the manager's picker does both: the route table
-//! comes in the config, in waypost's own JSON form ([`routes_json`]), and
+//! comes in the config, in waypost's own JSON form
+//! ([`route_table::routes_json`]), and
 //! each child gets the endpoints whose metadata names its cluster.
 //!
 //! ```json
@@ -17,130 +18,40 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
-use crate::service_config::{CallConfig, CallConfigSelector, CallDecision, RetryPolicy};
+use crate::service_config::{CallConfig, CallConfigSelector, CallDecision};
 use parking_lot::Mutex;
 
 use crate::picker::{Pick, PickInfo, Picker};
 use crate::policy::{Helper, Policy, PolicyBuilder, RandomIndex, thread_random};
 use crate::{SubchannelId, SubchannelState};
-use serde_json::{Value, json};
+use serde_json::Value;
 use waypost_resolver::{ResolveError, ResolverState};
 
 use super::children::{ChildConfig, Children, child_policy};
 
-use crate::xds::resources::route::{HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction};
+use super::route_table::{self, RouteJson, RouteRule};
 
 /// The policy's name, as gRPC's.
 pub const NAME: &str = "xds_cluster_manager_experimental";
 
-/// The route table as this policy's config takes it; each route's timeout
-/// is its `max_stream_duration`, else `default_timeout` (the listener's).
-pub fn routes_json(routes: &[Route], default_timeout: Option<Duration>) -> Value {
-    Value::Array(
-        routes
-            .iter()
-            .map(|route| {
-                let mut entry = serde_json::Map::new();
-                match &route.path {
-                    PathMatch::Prefix(p) => entry.insert("prefix".into(), json!(p)),
-                    PathMatch::Path(p) => entry.insert("path".into(), json!(p)),
-                    PathMatch::Regex(r) => entry.insert("anchoredRegex".into(), json!(r.as_str())),
-                };
-                entry.insert("caseSensitive".into(), json!(route.case_sensitive));
-                let headers: Vec<Value> = route
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        let (kind, value) = match &h.matcher {
-                            HeaderMatch::Exact(v) => ("exact", json!(v)),
-                            HeaderMatch::Prefix(v) => ("prefix", json!(v)),
-                            HeaderMatch::Suffix(v) => ("suffix", json!(v)),
-                            HeaderMatch::Contains(v) => ("contains", json!(v)),
-                            HeaderMatch::Present(v) => ("present", json!(v)),
-                            HeaderMatch::Range(s, e) => ("range", json!([s, e])),
-                            HeaderMatch::Regex(r) => ("anchoredRegex", json!(r.as_str())),
-                        };
-                        json!({"name": h.name, kind: value, "invert": h.invert, "ignoreCase": h.ignore_case})
-                    })
-                    .collect();
-                entry.insert("headers".into(), Value::Array(headers));
-                if let Some(f) = route.fraction_per_million {
-                    entry.insert("fractionPerMillion".into(), json!(f));
-                }
-                if let Some(timeout) = route.max_stream_duration.or(default_timeout) {
-                    entry.insert("timeoutNanos".into(), json!(timeout.as_nanos() as u64));
-                }
-                if let Some(retry) = &route.retry_policy {
-                    entry.insert("retry".into(), json!(RetryJson::from(retry)));
-                }
-                match &route.action {
-                    RouteAction::Cluster(c) => entry.insert("clusters".into(), json!([[c, 1]])),
-                    RouteAction::Weighted(w) => entry.insert("clusters".into(), json!(w)),
-                    RouteAction::NonForwarding => {
-                        entry.insert("fail".into(), json!("matched a non-forwarding route"))
-                    }
-                    RouteAction::Unsupported => entry.insert(
-                        "fail".into(),
-                        json!("matched route does not have a supported route action type"),
-                    ),
-                };
-                Value::Object(entry)
-            })
-            .collect(),
-    )
+/// This policy's config: the route table ([`route_table`]'s form) and
+/// a child policy per cluster.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Config {
+    routes: Vec<RouteJson>,
+    children: BTreeMap<String, ChildJson>,
 }
 
-/// One route as the picker runs it.
-#[derive(Debug, Clone)]
-struct RouteRule {
-    route: Route,
-    /// (cluster, cumulative weight) for a weighted draw; empty: fail.
-    clusters: Vec<(String, u64)>,
-    total: u64,
-    fail: Arc<str>,
-    /// The call's timeout (the route's `max_stream_duration`, else the
-    /// listener's).
-    timeout: Option<Duration>,
-}
-
-/// A route's retry policy inside this policy's config.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RetryJson {
-    max_attempts: u32,
-    initial_backoff_nanos: u64,
-    max_backoff_nanos: u64,
-    backoff_multiplier: f64,
-    codes: Vec<i32>,
+struct ChildJson {
+    #[serde(default)]
+    child_policy: Option<Value>,
 }
 
-impl From<&RetryPolicy> for RetryJson {
-    fn from(retry: &RetryPolicy) -> RetryJson {
-        RetryJson {
-            max_attempts: retry.max_attempts,
-            initial_backoff_nanos: retry.initial_backoff.as_nanos() as u64,
-            max_backoff_nanos: retry.max_backoff.as_nanos() as u64,
-            backoff_multiplier: retry.backoff_multiplier,
-            codes: retry
-                .retryable_status_codes
-                .iter()
-                .map(|c| *c as i32)
-                .collect(),
-        }
-    }
-}
-
-fn parse_retry(value: &Value) -> Option<RetryPolicy> {
-    let retry: RetryJson = serde_json::from_value(value.clone()).ok()?;
-    Some(RetryPolicy {
-        max_attempts: retry.max_attempts,
-        initial_backoff: Duration::from_nanos(retry.initial_backoff_nanos),
-        max_backoff: Duration::from_nanos(retry.max_backoff_nanos),
-        backoff_multiplier: retry.backoff_multiplier,
-        retryable_status_codes: retry.codes.into_iter().map(tonic::Code::from).collect(),
-    })
+fn parse_config(config: &Value) -> Result<Config, String> {
+    crate::service_config::policy_config(NAME, config)
 }
 
 /// The route tables parsed last (a few, for processes with several xDS
@@ -153,129 +64,20 @@ static RECENT: LazyLock<Mutex<VecDeque<ParsedRoutes>>> = LazyLock::new(Mutex::de
 /// How many route tables [`RECENT`] keeps.
 const RECENT_TABLES: usize = 16;
 
-/// A route table's JSON and its parse.
-type ParsedRoutes = (Value, Arc<[RouteRule]>);
+/// A route table and its rules.
+type ParsedRoutes = (Vec<RouteJson>, Arc<[RouteRule]>);
 
-fn parse_routes_shared(value: &Value) -> Result<Arc<[RouteRule]>, String> {
+fn routes_shared(table: &[RouteJson]) -> Result<Arc<[RouteRule]>, String> {
     let mut recent = RECENT.lock();
-    if let Some((_, routes)) = recent.iter().find(|(json, _)| json == value) {
+    if let Some((_, routes)) = recent.iter().find(|(seen, _)| seen.as_slice() == table) {
         return Ok(routes.clone());
     }
-    let routes: Arc<[RouteRule]> = parse_routes(value)?.into();
+    let routes: Arc<[RouteRule]> = route_table::parse(table)?.into();
     if recent.len() == RECENT_TABLES {
         recent.pop_front();
     }
-    recent.push_back((value.clone(), routes.clone()));
+    recent.push_back((table.to_vec(), routes.clone()));
     Ok(routes)
-}
-
-fn anchored(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| format!("{NAME}: bad regex: {e}"))
-}
-
-fn parse_routes(value: &Value) -> Result<Vec<RouteRule>, String> {
-    let list = value
-        .as_array()
-        .ok_or(format!("{NAME}: routes must be a list"))?;
-    list.iter()
-        .map(|entry| {
-            let text = |key: &str| entry.get(key).and_then(Value::as_str);
-            let path = if let Some(p) = text("prefix") {
-                PathMatch::Prefix(p.to_owned())
-            } else if let Some(p) = text("path") {
-                PathMatch::Path(p.to_owned())
-            } else if let Some(r) = text("anchoredRegex") {
-                PathMatch::Regex(anchored(r)?)
-            } else {
-                return Err(format!("{NAME}: a route without a path matcher"));
-            };
-            let mut headers = Vec::new();
-            for h in entry
-                .get("headers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = h
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let s = |k: &str| h.get(k).and_then(Value::as_str).map(str::to_owned);
-                let matcher = if let Some(v) = s("exact") {
-                    HeaderMatch::Exact(v)
-                } else if let Some(v) = s("prefix") {
-                    HeaderMatch::Prefix(v)
-                } else if let Some(v) = s("suffix") {
-                    HeaderMatch::Suffix(v)
-                } else if let Some(v) = s("contains") {
-                    HeaderMatch::Contains(v)
-                } else if let Some(v) = h.get("present").and_then(Value::as_bool) {
-                    HeaderMatch::Present(v)
-                } else if let Some([a, b]) =
-                    h.get("range").and_then(Value::as_array).map(Vec::as_slice)
-                {
-                    HeaderMatch::Range(a.as_i64().unwrap_or(0), b.as_i64().unwrap_or(0))
-                } else if let Some(r) = s("anchoredRegex") {
-                    HeaderMatch::Regex(anchored(&r)?)
-                } else {
-                    return Err(format!("{NAME}: a header matcher without a comparison"));
-                };
-                headers.push(HeaderMatcher {
-                    name,
-                    matcher,
-                    invert: h.get("invert").and_then(Value::as_bool).unwrap_or(false),
-                    ignore_case: h
-                        .get("ignoreCase")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                });
-            }
-            let mut clusters = Vec::new();
-            let mut total = 0u64;
-            for c in entry
-                .get("clusters")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = c
-                    .get(0)
-                    .and_then(Value::as_str)
-                    .ok_or(format!("{NAME}: a cluster entry needs a name"))?;
-                total += c.get(1).and_then(Value::as_u64).unwrap_or(0);
-                clusters.push((name.to_owned(), total));
-            }
-            Ok(RouteRule {
-                route: Route {
-                    path,
-                    case_sensitive: entry
-                        .get("caseSensitive")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
-                    headers,
-                    fraction_per_million: entry
-                        .get("fractionPerMillion")
-                        .and_then(Value::as_u64)
-                        .map(|f| f.min(1_000_000) as u32),
-                    action: RouteAction::Unsupported,
-                    max_stream_duration: None,
-                    hash_policies: Vec::new(),
-                    retry_policy: entry.get("retry").and_then(parse_retry),
-                },
-                clusters,
-                total,
-                fail: text("fail").unwrap_or("no cluster to route to").into(),
-                timeout: entry
-                    .get("timeoutNanos")
-                    .and_then(Value::as_u64)
-                    .map(Duration::from_nanos),
-            })
-        })
-        .collect()
 }
 
 pub(crate) struct ClusterManagerBuilder;
@@ -286,12 +88,7 @@ impl PolicyBuilder for ClusterManagerBuilder {
     }
 
     fn validate(&self, config: &Value) -> Result<(), String> {
-        parse_routes(config.get("routes").unwrap_or(&Value::Null))?;
-        config
-            .get("children")
-            .and_then(Value::as_object)
-            .map(|_| ())
-            .ok_or(format!("{NAME}: children must be an object"))
+        route_table::parse(&parse_config(config)?.routes).map(drop)
     }
 
     fn build(&self) -> Box<dyn Policy> {
@@ -299,7 +96,7 @@ impl PolicyBuilder for ClusterManagerBuilder {
     }
 
     fn call_config(&self, config: &Value) -> Option<Arc<dyn CallConfigSelector>> {
-        let routes = parse_routes_shared(config.get("routes").unwrap_or(&Value::Null)).ok()?;
+        let routes = routes_shared(&parse_config(config).ok()?.routes).ok()?;
         Some(Arc::new(RouteSelector {
             routes,
             random: thread_random(),
@@ -419,19 +216,15 @@ impl ClusterManager {
 
 impl Policy for ClusterManager {
     fn resolver_update(&mut self, state: &ResolverState, config: &Value, helper: &mut dyn Helper) {
-        if let Ok(routes) = parse_routes_shared(config.get("routes").unwrap_or(&Value::Null)) {
+        let config = parse_config(config).unwrap_or_default();
+        if let Ok(routes) = routes_shared(&config.routes) {
             self.routes = routes;
         }
         let wanted: BTreeMap<String, ChildConfig> = config
-            .get("children")
-            .and_then(Value::as_object)
-            .map(|children| {
-                children
-                    .iter()
-                    .map(|(name, child)| (name.clone(), child_policy(child.get("childPolicy"))))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .children
+            .into_iter()
+            .map(|(name, child)| (name, child_policy(child.child_policy.as_ref())))
+            .collect();
         self.children.update(&wanted, state, "cluster", helper);
         self.publish(helper);
     }

@@ -9,6 +9,7 @@ mod children;
 pub mod cluster_impl;
 pub mod cluster_manager;
 pub mod priority;
+pub mod route_table;
 pub mod weighted_target;
 
 /// Adds the xDS policies to `registry` (the global one has them from
