@@ -100,9 +100,10 @@ fn per_change(summary: &serde_json::Value, field: &str) -> Vec<f64> {
 }
 
 /// Our figures over the competitor's, change by change (the i-th change of
-/// one run against the i-th of the other), each with its verdict against
-/// `goal` (at most): fan-out p99, server CPU per change, and RSS (one
-/// reading each). Printed, and returned for the JSON line.
+/// one run against the i-th of the other; a "round" in the printout), each
+/// with its verdict against `goal` (at most): fan-out p99, server CPU per
+/// change, and RSS (one reading each). Printed, and returned for the JSON
+/// line.
 pub(crate) fn versus(
     ours: &serde_json::Value,
     theirs: &serde_json::Value,
@@ -117,27 +118,25 @@ pub(crate) fn versus(
     };
     let rss = [ours["rss_mib"].as_f64().unwrap_or(f64::NAN)
         / theirs["rss_mib"].as_f64().unwrap_or(f64::NAN)];
-    let mut out = Vec::new();
-    for (name, values) in [
+    [
         ("fanout_p99_vs_tonic", ratios("fanout_p99_ms")),
         ("server_cpu_vs_tonic", ratios("server_cpu_s")),
         ("rss_vs_tonic", rss.to_vec()),
-    ] {
-        let verdict = crate::stats::verdict(&values, goal, true);
-        eprintln!("{name}, by change (RSS: one reading): {values:.3?} (goal ≤ {goal}: {verdict})");
-        let mut figure = crate::stats::rounds(&values);
-        figure["goal_at_most"] = json!(goal);
-        figure["verdict"] = json!(verdict);
-        out.push((name.to_owned(), figure));
-    }
-    out
+    ]
+    .into_iter()
+    .map(|(name, values)| {
+        (
+            name.to_owned(),
+            crate::stats::goal(name, &values, goal, true),
+        )
+    })
+    .collect()
 }
 
 /// The 200,000-stream goals: RSS ≤ 800 MiB, fan-out p99 ≤ 2.5 s in every
 /// change.
 fn at_scale(ours: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
-    let mut out = Vec::new();
-    for (name, values, goal) in [
+    [
         (
             "rss_mib_at_scale",
             vec![ours["rss_mib"].as_f64().unwrap_or(f64::NAN)],
@@ -148,15 +147,15 @@ fn at_scale(ours: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
             per_change(ours, "fanout_p99_ms"),
             2500.0,
         ),
-    ] {
-        let verdict = crate::stats::verdict(&values, goal, true);
-        eprintln!("{name}: {values:.1?} (goal ≤ {goal}: {verdict})");
-        let mut figure = crate::stats::rounds(&values);
-        figure["goal_at_most"] = json!(goal);
-        figure["verdict"] = json!(verdict);
-        out.push((name.to_owned(), figure));
-    }
-    out
+    ]
+    .into_iter()
+    .map(|(name, values, goal)| {
+        (
+            name.to_owned(),
+            crate::stats::goal(name, &values, goal, true),
+        )
+    })
+    .collect()
 }
 
 /// A BalanceLoad server in a child process, and how to change its list.

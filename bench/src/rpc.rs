@@ -693,13 +693,10 @@ pub(crate) async fn run(args: RpcArgs) -> Result<(), Box<dyn std::error::Error>>
     .into_iter()
     .zip(goals)
     {
-        let verdict = crate::stats::verdict(&ratios, goal, at_most);
-        let sign = if at_most { "≤" } else { "≥" };
-        eprintln!("  {name}: per rep {ratios:.3?} (goal {sign} {goal}: {verdict})");
-        let mut figure = crate::stats::rounds(&ratios);
-        figure["goal"] = json!(format!("{sign} {goal}"));
-        figure["verdict"] = json!(verdict);
-        goal_verdicts.insert(name.to_owned(), figure);
+        goal_verdicts.insert(
+            name.to_owned(),
+            crate::stats::goal(name, &ratios, goal, at_most),
+        );
     }
     // The metrics' cost: each metered variant's CPU per call over the
     // plain `waypost` channel's, per repetition (same rep, same order).

@@ -134,11 +134,8 @@ pub(crate) async fn run(args: SkewArgs) -> Result<(), Box<dyn std::error::Error>
                 .zip(&results[j])
                 .map(|(a, b)| a.2 / b.2)
                 .collect();
-            let verdict = crate::stats::verdict(&ratios, 0.5, true);
             let name = format!("{policy}_p99_vs_{other}");
-            eprintln!("  {name}: per rep {ratios:.3?} (goal ≤ 0.5: {verdict})");
-            let mut figure = crate::stats::rounds(&ratios);
-            figure["verdict"] = json!(verdict);
+            let figure = crate::stats::goal(&name, &ratios, 0.5, true);
             goals.insert(name, figure);
         }
     }

@@ -100,6 +100,19 @@ pub(crate) fn verdict(per_round: &[f64], goal: f64, at_most: bool) -> &'static s
     }
 }
 
+/// One goal's figures: prints `name`, every round's value and the
+/// verdict (stderr), and returns them as JSON — the rounds, median and
+/// spread ([`rounds`]), the goal and the verdict ([`verdict`]).
+pub(crate) fn goal(name: &str, per_round: &[f64], goal: f64, at_most: bool) -> serde_json::Value {
+    let verdict = verdict(per_round, goal, at_most);
+    let sign = if at_most { "≤" } else { "≥" };
+    eprintln!("  {name}: by round {per_round:.3?} (goal {sign} {goal}: {verdict})");
+    let mut figure = rounds(per_round);
+    figure["goal"] = serde_json::json!(format!("{sign} {goal}"));
+    figure["verdict"] = serde_json::json!(verdict);
+    figure
+}
+
 /// Every round's figure, their median and spread ((max − min) / median),
 /// as printed and as JSON.
 pub(crate) fn rounds(values: &[f64]) -> serde_json::Value {
