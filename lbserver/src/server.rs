@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub probe: ProbeOptions,
     /// ADS (xDS) behaviour.
     pub ads: AdsOptions,
+    /// The balancer port's server keepalive.
+    pub keepalive: crate::port::Keepalive,
 }
 
 /// Why the balancer could not start.
@@ -300,6 +302,7 @@ pub async fn start(config: Config, options: ServeOptions) -> Result<Running, Ser
         ads,
         stopping,
         handshake_timeout: config.limits.handshake_timeout,
+        keepalive: options.keepalive,
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let connections = incoming(listener, config.limits, balance_tls);

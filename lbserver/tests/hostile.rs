@@ -372,3 +372,86 @@ async fn a_client_that_stops_reading_is_sent_the_newest_list_not_a_backlog() {
         "one list sent for 9 changes"
     );
 }
+
+/// A client speaking raw HTTP/2 frames: the preface and an empty SETTINGS,
+/// then whatever the test does.
+async fn raw_http2(lb: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(lb).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    tcp
+}
+
+/// The next frame's type, flags and payload; `None` at EOF.
+async fn next_frame(tcp: &mut tokio::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    match tcp.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(e) => panic!("{e}"),
+    }
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+const PING: u8 = 6;
+const ACK: u8 = 1;
+
+async fn serve_with_keepalive() -> waypost_lbserver::server::Running {
+    let mut options = options();
+    options.keepalive = waypost_lbserver::port::Keepalive {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+    };
+    let config = waypost_lbserver::config::Config::parse(
+        "listen = \"127.0.0.1:0\"\n[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    waypost_lbserver::server::start(config, options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_a_ping_is_disconnected() {
+    let lb = serve_with_keepalive().await;
+    let mut tcp = raw_http2(lb.listen).await;
+    let mut pinged = false;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((kind, flags, _)) = next_frame(&mut tcp).await {
+            pinged |= kind == PING && flags & ACK == 0;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still connected after 10 s");
+    assert!(pinged, "the server sent a PING first");
+}
+
+#[tokio::test]
+async fn a_client_that_answers_its_pings_stays_connected() {
+    use tokio::io::AsyncWriteExt;
+    let lb = serve_with_keepalive().await;
+    let mut tcp = raw_http2(lb.listen).await;
+    let mut answered = 0;
+    while answered < 5 {
+        let (kind, flags, payload) =
+            tokio::time::timeout(Duration::from_secs(10), next_frame(&mut tcp))
+                .await
+                .expect("a frame within 10 s")
+                .expect("the server keeps the connection");
+        if kind == PING && flags & ACK == 0 {
+            let mut ack = vec![0, 0, 8, PING, ACK, 0, 0, 0, 0];
+            ack.extend_from_slice(&payload);
+            tcp.write_all(&ack).await.unwrap();
+            answered += 1;
+        }
+    }
+}

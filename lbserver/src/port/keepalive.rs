@@ -9,7 +9,7 @@ use std::time::Duration;
 use h2::{Ping, PingPong};
 use tokio::time::{Instant, Sleep};
 
-pub(super) struct Keepalive {
+pub(super) struct Pinger {
     ping_pong: PingPong,
     interval: Duration,
     timeout: Duration,
@@ -18,13 +18,13 @@ pub(super) struct Keepalive {
     awaiting_pong: bool,
 }
 
-impl Keepalive {
-    pub(super) fn new(ping_pong: PingPong, interval: Duration, timeout: Duration) -> Keepalive {
-        Keepalive {
+impl Pinger {
+    pub(super) fn new(ping_pong: PingPong, settings: super::Keepalive) -> Pinger {
+        Pinger {
             ping_pong,
-            interval,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(interval)),
+            interval: settings.interval,
+            timeout: settings.timeout,
+            timer: Box::pin(tokio::time::sleep(settings.interval)),
             awaiting_pong: false,
         }
     }

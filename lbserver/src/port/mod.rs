@@ -24,8 +24,8 @@
 //! Bounds: at most [`MAX_STREAMS`] concurrent streams per connection, 16
 //! KiB of request headers, the HTTP/2 handshake within the listener's
 //! handshake timeout, h2's limits on reset floods, and a PING every
-//! [`KEEPALIVE_INTERVAL`] that must be answered within
-//! [`KEEPALIVE_TIMEOUT`].
+//! [`Keepalive::interval`] that must be answered within
+//! [`Keepalive::timeout`].
 
 mod ads;
 mod forward;
@@ -49,10 +49,26 @@ use crate::listener::Connection;
 
 /// Concurrent streams a client may open on one connection.
 pub const MAX_STREAMS: u32 = 10_000;
-/// A PING is sent this long after the last one was answered.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// A connection whose client does not answer a PING within this is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server keepalive: how often the balancer PINGs each client, and how long
+/// it waits for the answer before closing the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A PING is sent this long after the last one was answered (30 s).
+    pub interval: Duration,
+    /// A connection whose client does not answer a PING within this is
+    /// closed (10 s).
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The largest header list a client may send.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
@@ -72,6 +88,7 @@ pub(crate) struct Port {
     /// Ends every BalanceLoad stream with UNAVAILABLE when set.
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) keepalive: Keepalive,
 }
 
 /// Serves the connections `connections` yields until `shutdown` fires (or
@@ -128,11 +145,8 @@ async fn serve_connection(connection: Connection, port: Arc<Port>, closing: watc
             return;
         }
     };
-    let mut keepalive = keepalive::Keepalive::new(
-        h2.ping_pong().expect("taken once, here"),
-        KEEPALIVE_INTERVAL,
-        KEEPALIVE_TIMEOUT,
-    );
+    let mut keepalive =
+        keepalive::Pinger::new(h2.ping_pong().expect("taken once, here"), port.keepalive);
     let mut balance = BalanceStreams::new(port.balance.clone(), port.stopping.clone());
     let mut closing = WatchStream::new(closing);
     let mut going_away = false;

@@ -44,6 +44,7 @@ pub fn options() -> ServeOptions {
             first_request_timeout: Duration::from_millis(500),
             ..AdsOptions::default()
         },
+        keepalive: waypost_lbserver::port::Keepalive::default(),
     }
 }
 
