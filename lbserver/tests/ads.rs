@@ -497,3 +497,38 @@ async fn waypost_status_lists_xds_clients_with_their_acked_versions() {
         assert!(tokio::time::Instant::now() < deadline, "{lines:?}");
     }
 }
+
+/// Methods the balancer port does not serve itself go through tonic's
+/// router: its answers (UNIMPLEMENTED, for a method of no service here and
+/// for ADS's delta variant) come back whole, trailers and all.
+#[tokio::test]
+async fn other_methods_on_the_balancer_port_get_tonics_answers() {
+    let lb = serve("[[service]]\nname = \"movies\"\nsource = \"127.0.0.1:1\"\n").await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", lb.listen))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health =
+        waypost_proto::grpc::health::v1::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(waypost_proto::grpc::health::v1::HealthCheckRequest {
+            service: "movies".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(1);
+    drop(tx);
+    let status = match ads
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("not a method"), "{status:?}");
+}
