@@ -93,8 +93,34 @@ fn find<'a>(all: &'a BTreeMap<String, Vec<Point>>, name: &str, with: &[(&str, &s
         .unwrap_or_else(|| panic!("no {name} with {with:?} in {:#?}", all[name]))
 }
 
+/// A meter provider that is not the SDK's own type (it hands out the
+/// SDK's meters): waypost records through it with attributes on every
+/// measurement, not with bound instruments.
+struct OtherProvider(SdkMeterProvider);
+
+impl opentelemetry::metrics::MeterProvider for OtherProvider {
+    fn meter_with_scope(
+        &self,
+        scope: opentelemetry::InstrumentationScope,
+    ) -> opentelemetry::metrics::Meter {
+        self.0.meter_with_scope(scope)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a66_metrics_count_calls_attempts_statuses_and_exact_sizes() {
+    a66_metrics(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a66_metrics_are_the_same_through_a_provider_that_is_not_the_sdks() {
+    a66_metrics(true).await;
+}
+
+/// N calls with known outcomes; the recorded counts, statuses and sizes
+/// must match — with bound instruments (the SDK's provider) or without
+/// (`other_provider`).
+async fn a66_metrics(other_provider: bool) {
     let backends = start_backends(2).await.unwrap();
     let target = ipv4_target(&backends);
     let exporter = InMemoryMetricExporter::default();
@@ -102,11 +128,15 @@ async fn a66_metrics_count_calls_attempts_statuses_and_exact_sizes() {
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ClientMetrics::builder()
+    let builder = ClientMetrics::builder()
         .methods([GET])
-        .prometheus(&mut registry)
-        .meter_provider(&provider)
-        .build();
+        .prometheus(&mut registry);
+    let builder = if other_provider {
+        builder.meter_provider(&OtherProvider(provider.clone()))
+    } else {
+        builder.meter_provider(&provider)
+    };
+    let metrics = builder.build();
     let channel = Channel::builder(target.clone())
         .default_service_config(serde_json::json!({"loadBalancingConfig": [{"round_robin": {}}]}))
         .metrics(metrics)

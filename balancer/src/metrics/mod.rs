@@ -227,9 +227,20 @@ impl ClientMetricsBuilder {
 
     /// Records through OpenTelemetry instruments of `provider`'s meter
     /// `waypost` (feature `otel`).
+    ///
+    /// With the OpenTelemetry SDK's own `SdkMeterProvider`, each method's
+    /// instruments are bound to their attributes once (the SDK's bound
+    /// instruments), so a call records without looking its attributes up;
+    /// any other provider gets every measurement with its attributes.
     #[cfg(feature = "otel")]
-    pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
-        self.otel = Some(otel::Instruments::new(provider, self.channels.clone()));
+    pub fn meter_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::metrics::MeterProvider + 'static,
+    {
+        let sdk = (provider as &dyn std::any::Any)
+            .downcast_ref::<opentelemetry_sdk::metrics::SdkMeterProvider>()
+            .is_some();
+        self.otel = Some(otel::Instruments::new(provider, self.channels.clone(), sdk));
         self
     }
 
@@ -302,6 +313,10 @@ pub(crate) struct MethodHandle {
     #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     label: Label,
     prometheus: Option<prometheus::MethodSeries>,
+    /// Its OpenTelemetry instruments bound to its attributes (SDK
+    /// providers only).
+    #[cfg(feature = "otel")]
+    otel: Option<otel::MethodSeries>,
 }
 
 impl ChannelMetrics {
@@ -317,6 +332,11 @@ impl ChannelMetrics {
                 .prometheus
                 .as_ref()
                 .map(|p| p.series(&label, &self.target)),
+            #[cfg(feature = "otel")]
+            otel: inner
+                .otel
+                .as_ref()
+                .and_then(|o| o.series(&label, &self.target)),
             label,
         });
         let mut methods = self.methods.write();
@@ -332,7 +352,9 @@ impl ChannelMetrics {
             series.attempt_started();
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &self.metrics.inner.otel {
+        if let Some(series) = &method.otel {
+            series.attempt_started();
+        } else if let Some(o) = &self.metrics.inner.otel {
             o.attempt_started(&method.label, &self.target);
         }
     }
@@ -343,7 +365,9 @@ impl ChannelMetrics {
             series.attempt_ended(ended, sent, received);
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &self.metrics.inner.otel {
+        if let Some(series) = &ended.method.otel {
+            series.attempt_ended(ended, sent, received);
+        } else if let Some(o) = &self.metrics.inner.otel {
             o.attempt_ended(ended, &self.target, sent, received);
         }
     }
@@ -354,7 +378,9 @@ impl ChannelMetrics {
             series.call_ended(ended);
         }
         #[cfg(feature = "otel")]
-        if let Some(o) = &self.metrics.inner.otel {
+        if let Some(series) = &ended.method.otel {
+            series.call_ended(ended);
+        } else if let Some(o) = &self.metrics.inner.otel {
             o.call_ended(ended, &self.target);
         }
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{
-    Counter, Histogram, MeterProvider, ObservableCounter, ObservableUpDownCounter,
+    BoundCounter, BoundHistogram, Counter, Histogram, MeterProvider, ObservableCounter,
+    ObservableUpDownCounter,
 };
 use parking_lot::Mutex;
 
@@ -35,12 +36,16 @@ pub(super) struct Instruments {
     wrr_not_yet_usable: Counter<u64>,
     wrr_stale: Counter<u64>,
     wrr_weights: Histogram<f64>,
+    /// Whether the provider is the SDK's, whose bound instruments record
+    /// what they are given (another provider's may drop it).
+    bind: bool,
 }
 
 impl Instruments {
     pub(super) fn new(
         provider: &dyn MeterProvider,
         channels: Arc<Mutex<Vec<ChannelEntry>>>,
+        bind: bool,
     ) -> Instruments {
         let meter = provider.meter("waypost");
         let sizes: Vec<f64> = SIZE_BUCKETS.to_vec();
@@ -160,7 +165,35 @@ impl Instruments {
                 .with_description("Endpoint weights at each scheduler update.")
                 .with_unit("{weight}")
                 .build(),
+            bind,
         }
+    }
+
+    /// Whether measurements go through bound instruments.
+    #[cfg(test)]
+    pub(super) fn binds(&self) -> bool {
+        self.bind
+    }
+
+    /// A method's instruments bound to its attributes on `target`, when
+    /// the provider binds.
+    pub(super) fn series(&self, method: &Label, target: &Label) -> Option<MethodSeries> {
+        if !self.bind {
+            return None;
+        }
+        Some(MethodSeries {
+            attempt_started: self.attempt_started.bind(&[
+                KeyValue::new("grpc.method", value(method)),
+                KeyValue::new("grpc.target", value(target)),
+            ]),
+            attempt_duration: self.attempt_duration.clone(),
+            attempt_sent: self.attempt_sent.clone(),
+            attempt_received: self.attempt_received.clone(),
+            call_duration: self.call_duration.clone(),
+            method: method.clone(),
+            target: target.clone(),
+            by_status: Default::default(),
+        })
     }
 
     pub(super) fn pick_first_attempt(&self, succeeded: bool, target: &Label) {
@@ -224,5 +257,92 @@ impl Instruments {
     pub(super) fn call_ended(&self, ended: &Ended<'_>, target: &Label) {
         self.call_duration
             .record(ended.seconds, &Self::attributes(ended, target));
+    }
+}
+
+/// One method's instruments on one target, bound to their attributes
+/// (per status code on first use): recording is the SDK's aggregation
+/// alone, with no attribute hashing or lookup.
+#[derive(Debug)]
+pub(super) struct MethodSeries {
+    attempt_started: BoundCounter<u64>,
+    attempt_duration: Histogram<f64>,
+    attempt_sent: Histogram<u64>,
+    attempt_received: Histogram<u64>,
+    call_duration: Histogram<f64>,
+    method: Label,
+    target: Label,
+    /// Indexed by status code (0–16).
+    by_status: [std::sync::OnceLock<StatusSeries>; 17],
+}
+
+#[derive(Debug)]
+struct StatusSeries {
+    attempt_duration: BoundHistogram<f64>,
+    attempt_sent: BoundHistogram<u64>,
+    attempt_received: BoundHistogram<u64>,
+    call_duration: BoundHistogram<f64>,
+}
+
+impl MethodSeries {
+    pub(super) fn attempt_started(&self) {
+        self.attempt_started.add(1);
+    }
+
+    fn status(&self, code: tonic::Code) -> &StatusSeries {
+        let index = (code as usize).min(16);
+        self.by_status[index].get_or_init(|| {
+            let attributes = [
+                KeyValue::new("grpc.method", value(&self.method)),
+                KeyValue::new("grpc.target", value(&self.target)),
+                KeyValue::new("grpc.status", code_name(code)),
+            ];
+            StatusSeries {
+                attempt_duration: self.attempt_duration.bind(&attributes),
+                attempt_sent: self.attempt_sent.bind(&attributes),
+                attempt_received: self.attempt_received.bind(&attributes),
+                call_duration: self.call_duration.bind(&attributes),
+            }
+        })
+    }
+
+    pub(super) fn attempt_ended(&self, ended: &Ended<'_>, sent: u64, received: u64) {
+        let series = self.status(ended.status);
+        series.attempt_duration.record(ended.seconds);
+        series.attempt_sent.record(sent);
+        series.attempt_received.record(received);
+    }
+
+    pub(super) fn call_ended(&self, ended: &Ended<'_>) {
+        self.status(ended.status)
+            .call_duration
+            .record(ended.seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+    use crate::metrics::ClientMetrics;
+
+    struct Other(SdkMeterProvider);
+
+    impl opentelemetry::metrics::MeterProvider for Other {
+        fn meter_with_scope(
+            &self,
+            scope: opentelemetry::InstrumentationScope,
+        ) -> opentelemetry::metrics::Meter {
+            self.0.meter_with_scope(scope)
+        }
+    }
+
+    #[test]
+    fn only_the_sdks_own_provider_gets_bound_instruments() {
+        let sdk = SdkMeterProvider::default();
+        let bound = ClientMetrics::builder().meter_provider(&sdk).build();
+        assert!(bound.inner.otel.as_ref().unwrap().binds());
+        let other = ClientMetrics::builder().meter_provider(&Other(sdk)).build();
+        assert!(!other.inner.otel.as_ref().unwrap().binds());
     }
 }
