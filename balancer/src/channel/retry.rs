@@ -200,13 +200,7 @@ pub(crate) fn retry_delay(policy: &RetryPolicy, retry: u32, unit_random: f64) ->
 
 /// The status of a Trailers-Only response (`grpc-status` in the headers).
 pub(crate) fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let status = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
-    Some(tonic::Code::from_i32(status))
+    crate::metrics::status_in(headers)
 }
 
 #[cfg(test)]

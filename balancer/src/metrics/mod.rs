@@ -66,7 +66,7 @@ pub use framing::PayloadCounter;
 pub use opentelemetry;
 /// The prometheus-client these metrics register into (the same version).
 pub use prometheus_client;
-pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, status_in};
+pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, GRPC_STATUS, status_in};
 
 use crate::subchannel::SubchannelCounters;
 
@@ -296,7 +296,9 @@ pub(crate) struct ChannelMetrics {
     target: Label,
     /// By call path; at most [`MAX_CACHED_PATHS`] (later paths are
     /// resolved on each call instead, so garbage paths cannot grow it).
-    methods: RwLock<HashMap<Box<str>, Arc<MethodHandle>>>,
+    /// (foldhash: the keys are the application's own call paths, and a
+    /// call looks its path up here, so the hash is on every call's path.)
+    methods: RwLock<HashMap<Box<str>, Arc<MethodHandle>, foldhash::fast::RandomState>>,
     /// The policies' Prometheus series for this target (A78).
     lb: Option<prometheus::LbSeries>,
 }

@@ -13,10 +13,14 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::{ChannelMetrics, Ended, MethodHandle, PayloadCounter};
 
+/// `grpc-status`, as a header name made once (looking a `&str` up parses
+/// it into one on every call).
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The status in `headers` (trailers, or a trailers-only response's
 /// headers), if they carry one.
 pub(crate) fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(&GRPC_STATUS)?;
     let code: i32 = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
     Some(tonic::Code::from_i32(code))
 }
