@@ -284,6 +284,7 @@ impl ClientMetrics {
             metrics: self.clone(),
             target,
             methods: RwLock::default(),
+            id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 }
@@ -301,6 +302,28 @@ pub(crate) struct ChannelMetrics {
     methods: RwLock<HashMap<Box<str>, Arc<MethodHandle>, foldhash::fast::RandomState>>,
     /// The policies' Prometheus series for this target (A78).
     lb: Option<prometheus::LbSeries>,
+    /// Names this recorder in each thread's [`LAST_METHOD`] (never reused,
+    /// unlike its address).
+    id: u64,
+}
+
+static NEXT_CHANNEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The method a thread looked up last, by channel and path.
+struct LastMethod {
+    channel: u64,
+    /// Rewritten in place on a miss (no allocation once long enough).
+    path: String,
+    handle: Arc<MethodHandle>,
+}
+
+thread_local! {
+    /// Each thread's last method lookup: a call and its attempt look the
+    /// same path up one after the other on one thread, and most callers
+    /// call few methods, so this answers most lookups without touching the
+    /// shared map (its lock and a hash of the path).
+    static LAST_METHOD: std::cell::RefCell<Option<LastMethod>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// How many call paths a channel keeps resolved.
@@ -324,6 +347,35 @@ pub(crate) struct MethodHandle {
 impl ChannelMetrics {
     /// The method of a call to `path`.
     pub(crate) fn method(&self, path: &str) -> Arc<MethodHandle> {
+        let last = LAST_METHOD.with_borrow(|last| {
+            last.as_ref()
+                .filter(|last| last.channel == self.id && last.path == path)
+                .map(|last| last.handle.clone())
+        });
+        if let Some(handle) = last {
+            return handle;
+        }
+        let handle = self.resolve(path);
+        LAST_METHOD.with_borrow_mut(|last| match last {
+            Some(last) => {
+                last.channel = self.id;
+                last.path.clear();
+                last.path.push_str(path);
+                last.handle = handle.clone();
+            }
+            None => {
+                *last = Some(LastMethod {
+                    channel: self.id,
+                    path: path.to_owned(),
+                    handle: handle.clone(),
+                });
+            }
+        });
+        handle
+    }
+
+    /// The method of `path` from the channel's map, added to it if new.
+    fn resolve(&self, path: &str) -> Arc<MethodHandle> {
         if let Some(handle) = self.methods.read().get(path) {
             return handle.clone();
         }
@@ -524,6 +576,33 @@ mod tests {
             labels: RwLock::default(),
             other: Label::new("other"),
         }
+    }
+
+    #[test]
+    fn each_channel_gets_its_own_method_handles_on_one_thread() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = ClientMetrics::builder().prometheus(&mut registry).build();
+        let counters = Arc::new(SubchannelCounters::default());
+        let a = metrics.for_channel("a", &counters);
+        let b = metrics.for_channel("b", &counters);
+        let a_m = a.method("/s/M");
+        let b_m = b.method("/s/M");
+        assert!(
+            !Arc::ptr_eq(&a_m, &b_m),
+            "the thread's last lookup is per channel"
+        );
+        assert!(Arc::ptr_eq(&a_m, &a.method("/s/M")));
+        let a_n = a.method("/s/N");
+        assert!(!Arc::ptr_eq(&a_m, &a_n), "and per path");
+        assert!(
+            Arc::ptr_eq(&a_m, &a.method("/s/M")),
+            "found again in the map"
+        );
+        // A channel made after another was dropped never sees its handles.
+        drop((a, a_m, a_n));
+        let c = metrics.for_channel("c", &counters);
+        let c_m = c.method("/s/N");
+        assert!(!Arc::ptr_eq(&c_m, &b_m));
     }
 
     #[test]
