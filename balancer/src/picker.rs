@@ -69,22 +69,22 @@ impl CallEnd {
     }
 
     /// Records the status in `headers` (`grpc-status`), if they carry one
-    /// (they are then trailers, and the tracker sees them).
-    pub(crate) fn record_status(&mut self, headers: &http::HeaderMap) {
-        if let Some(status) = headers.get(&crate::metrics::GRPC_STATUS) {
-            let bytes = status.as_bytes();
-            self.record(bytes == b"0");
-            if let Some(tracker) = &self.tracker {
-                tracker.trailers(headers);
-            }
-            if let Some(attempt) = &mut self.attempt {
-                let code = std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|text| text.parse::<i32>().ok())
-                    .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
-                attempt.status(code);
-            }
+    /// (they are then trailers, and the tracker sees them); returns it.
+    pub(crate) fn record_status(&mut self, headers: &http::HeaderMap) -> Option<tonic::Code> {
+        let status = headers.get(&crate::metrics::GRPC_STATUS)?;
+        let bytes = status.as_bytes();
+        self.record(bytes == b"0");
+        if let Some(tracker) = &self.tracker {
+            tracker.trailers(headers);
         }
+        let code = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<i32>().ok())
+            .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+        if let Some(attempt) = &mut self.attempt {
+            attempt.status(code);
+        }
+        Some(code)
     }
 
     /// Counts a chunk of the response body for the attempt's metrics.

@@ -108,11 +108,13 @@ impl Body for ChannelBody {
             }
         };
         if let Some(trailers) = frame.trailers_ref() {
-            if let Some(end) = &mut this.end {
-                end.record_status(trailers);
-            }
+            let code = match &mut this.end {
+                Some(end) => end.record_status(trailers),
+                None => None,
+            };
             if let Some(mut call) = this.call.take() {
-                call.status(crate::metrics::status_in(trailers).unwrap_or(tonic::Code::Unknown));
+                let code = code.or_else(|| crate::metrics::status_in(trailers));
+                call.status(code.unwrap_or(tonic::Code::Unknown));
             }
         } else if let (Some(data), Some(end)) = (frame.data_ref(), &mut this.end) {
             end.received(data);
