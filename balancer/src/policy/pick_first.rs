@@ -28,16 +28,25 @@ impl PolicyBuilder for PickFirstBuilder {
     }
 
     fn validate(&self, config: &serde_json::Value) -> Result<(), String> {
-        match config.get("shuffleAddressList") {
-            None | Some(serde_json::Value::Bool(_)) => Ok(()),
-            Some(other) => Err(format!(
-                "pick_first: shuffleAddressList must be a boolean, got {other}"
-            )),
-        }
+        Config::parse(config).map(drop)
     }
 
     fn build(&self) -> Box<dyn Policy> {
         Box::new(PickFirst::default())
+    }
+}
+
+/// `pick_first`'s config (gRFC A62).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    #[serde(default)]
+    shuffle_address_list: bool,
+}
+
+impl Config {
+    fn parse(config: &serde_json::Value) -> Result<Config, String> {
+        crate::service_config::policy_config("pick_first", config)
     }
 }
 
@@ -143,7 +152,7 @@ impl Policy for PickFirst {
         let mut addresses: Vec<Address> = state.addresses().cloned().collect();
         let mut seen = std::collections::HashSet::new();
         addresses.retain(|a| seen.insert(a.clone()));
-        if config.get("shuffleAddressList").and_then(|v| v.as_bool()) == Some(true) {
+        if Config::parse(config).is_ok_and(|c| c.shuffle_address_list) {
             // Fisher–Yates.
             for i in (1..addresses.len()).rev() {
                 addresses.swap(i, (self.random)(i + 1));

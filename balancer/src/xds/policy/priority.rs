@@ -34,26 +34,32 @@ pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// passed through).
 const FAILOVER_TOKEN: u64 = u64::MAX - 0x5600;
 
+/// The policy's config: the children by name, and their order.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Config {
+    children: BTreeMap<String, ChildJson>,
+    priorities: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ChildJson {
+    #[serde(default)]
+    config: Option<Value>,
+}
+
 /// The priorities in order, each with its child policy.
 fn parse(config: &Value) -> Result<Vec<(String, ChildConfig)>, String> {
-    let children = config
-        .get("children")
-        .and_then(Value::as_object)
-        .ok_or(format!("{NAME}: children must be an object"))?;
-    let order = config
-        .get("priorities")
-        .and_then(Value::as_array)
-        .ok_or(format!("{NAME}: priorities must be a list"))?;
-    order
-        .iter()
+    let config: Config = crate::service_config::policy_config(NAME, config)?;
+    config
+        .priorities
+        .into_iter()
         .map(|name| {
-            let name = name
-                .as_str()
-                .ok_or(format!("{NAME}: priorities must be names"))?;
-            let child = children
-                .get(name)
+            let child = config
+                .children
+                .get(&name)
                 .ok_or(format!("{NAME}: priority {name} has no child"))?;
-            Ok((name.to_owned(), child_policy(child.get("config"))))
+            let policy = child_policy(child.config.as_ref());
+            Ok((name, policy))
         })
         .collect()
 }

@@ -30,25 +30,32 @@ pub const NAME: &str = "weighted_target_experimental";
 /// A target's weight, and its child policy's name and config.
 type Target = (u32, ChildConfig);
 
+/// The policy's config: each target's weight and child policy.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Config {
+    targets: BTreeMap<String, TargetJson>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetJson {
+    weight: u32,
+    #[serde(default)]
+    child_policy: Option<Value>,
+}
+
 /// The targets by name.
 fn parse(config: &Value) -> Result<BTreeMap<String, Target>, String> {
-    let targets = config
-        .get("targets")
-        .and_then(Value::as_object)
-        .ok_or(format!("{NAME}: targets must be an object"))?;
-    targets
-        .iter()
+    let config: Config = crate::service_config::policy_config(NAME, config)?;
+    config
+        .targets
+        .into_iter()
         .map(|(name, target)| {
-            let weight = target
-                .get("weight")
-                .and_then(Value::as_u64)
-                .and_then(|w| u32::try_from(w).ok())
-                .filter(|w| *w > 0)
-                .ok_or(format!("{NAME}: target {name} needs a weight ≥ 1"))?;
-            Ok((
-                name.clone(),
-                (weight, child_policy(target.get("childPolicy"))),
-            ))
+            if target.weight == 0 {
+                return Err(format!("{NAME}: target {name} needs a weight ≥ 1"));
+            }
+            let child = child_policy(target.child_policy.as_ref());
+            Ok((name, (target.weight, child)))
         })
         .collect()
 }
