@@ -70,6 +70,24 @@ pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, GRPC_STATUS, st
 
 use crate::subchannel::SubchannelCounters;
 
+/// Something per gRPC status code (0–16; anything above counts as 16),
+/// made on first use: a method's series per `grpc.status`.
+#[derive(Debug)]
+pub(crate) struct ByStatus<T>([std::sync::OnceLock<T>; 17]);
+
+impl<T> Default for ByStatus<T> {
+    fn default() -> Self {
+        ByStatus(std::array::from_fn(|_| std::sync::OnceLock::new()))
+    }
+}
+
+impl<T> ByStatus<T> {
+    /// The value for `code`, made by `make` the first time.
+    pub(crate) fn get_or_init(&self, code: tonic::Code, make: impl FnOnce() -> T) -> &T {
+        self.0[(code as usize).min(16)].get_or_init(make)
+    }
+}
+
 /// How many distinct methods get their own label when no list was given.
 pub const MAX_METHODS: usize = 256;
 

@@ -273,7 +273,7 @@ pub(super) struct MethodSeries {
     method: Label,
     target: Label,
     /// Indexed by status code (0–16).
-    by_status: [std::sync::OnceLock<StatusSeries>; 17],
+    by_status: super::ByStatus<StatusSeries>,
 }
 
 #[derive(Debug)]
@@ -290,8 +290,7 @@ impl MethodSeries {
     }
 
     fn status(&self, code: tonic::Code) -> &StatusSeries {
-        let index = (code as usize).min(16);
-        self.by_status[index].get_or_init(|| {
+        self.by_status.get_or_init(code, || {
             let attributes = [
                 KeyValue::new("grpc.method", value(&self.method)),
                 KeyValue::new("grpc.target", value(&self.target)),

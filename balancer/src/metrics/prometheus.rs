@@ -272,7 +272,7 @@ pub(super) struct MethodSeries {
     method: Label,
     target: Label,
     /// Indexed by status code (0–16).
-    by_status: [std::sync::OnceLock<StatusSeries>; 17],
+    by_status: super::ByStatus<StatusSeries>,
 }
 
 impl MethodSeries {
@@ -281,8 +281,7 @@ impl MethodSeries {
     }
 
     fn status(&self, code: tonic::Code) -> &StatusSeries {
-        let index = (code as usize).min(16);
-        self.by_status[index].get_or_init(|| {
+        self.by_status.get_or_init(code, || {
             let labels = Finished {
                 grpc_method: self.method.clone(),
                 grpc_target: self.target.clone(),
