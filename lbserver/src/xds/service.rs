@@ -1,9 +1,12 @@
 //! The ADS service:
 //! `envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`
-//! over a [`Registry`], added to the same tonic router as BalanceLoad.
+//! over a [`Registry`]. The balancer port runs each ADS stream in its
+//! connection's task (`port/ads.rs`); as a tower service behind tonic's
+//! router, [`AdsService`] answers the ADS service's other methods
+//! (UNIMPLEMENTED).
 //!
-//! Each stream is a [`Stream`] polled by its HTTP/2 stream's own task, like
-//! BalanceLoad's: it reads the client's requests into an [`AdsStream`],
+//! Each stream is an [`AdsResponses`], a [`Stream`] with no task of its
+//! own: it reads the client's requests into an [`AdsStream`],
 //! watches the services the client subscribed to, and yields the responses
 //! that are due — pre-encoded pieces ([`Outgoing`]) written out as they
 //! are. A stream ends with INVALID_ARGUMENT for a request it cannot accept
