@@ -72,15 +72,11 @@ impl CallEnd {
     /// (they are then trailers, and the tracker sees them); returns it.
     pub(crate) fn record_status(&mut self, headers: &http::HeaderMap) -> Option<tonic::Code> {
         let status = headers.get(&crate::metrics::GRPC_STATUS)?;
-        let bytes = status.as_bytes();
-        self.record(bytes == b"0");
+        self.record(status.as_bytes() == b"0");
         if let Some(tracker) = &self.tracker {
             tracker.trailers(headers);
         }
-        let code = std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.parse::<i32>().ok())
-            .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+        let code = crate::metrics::status_of(status).unwrap_or(tonic::Code::Unknown);
         if let Some(attempt) = &mut self.attempt {
             attempt.status(code);
         }

@@ -66,26 +66,15 @@ pub(crate) async fn run(args: DataconnArgs) -> Result<(), Box<dyn std::error::Er
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); MODES.len()];
     for round in 0..args.runs {
         for (i, mode) in MODES.iter().enumerate() {
-            let output = tokio::process::Command::new(std::env::current_exe()?)
-                .args([
-                    "dataconn-child",
-                    "--mode",
-                    mode,
-                    "--bytes",
-                    &bytes.to_string(),
-                ])
-                .kill_on_drop(true)
-                .output()
-                .await?;
-            if !output.status.success() {
-                return Err(format!(
-                    "{mode} child failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-                .into());
-            }
-            let line = String::from_utf8(output.stdout)?;
-            let v: serde_json::Value = serde_json::from_str(line.trim())?;
+            let v = crate::stats::run_child([
+                "dataconn-child",
+                "--mode",
+                mode,
+                "--bytes",
+                &bytes.to_string(),
+            ])
+            .await
+            .map_err(|e| format!("{mode}: {e}"))?;
             let s = Sample {
                 gibps: v["gibps"].as_f64().unwrap_or(0.0),
                 cpu_s_per_gib: v["cpu_s_per_gib"].as_f64().unwrap_or(0.0),

@@ -66,6 +66,27 @@ pub(crate) fn read_write_syscalls() -> u64 {
         .sum()
 }
 
+/// Runs this benchmark binary again with `args` (a hidden child
+/// subcommand, so the child's CPU time and memory are its own) and parses
+/// the JSON line it prints; its stderr is the error when it fails.
+pub(crate) async fn run_child<I, S>(
+    args: I,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    if !output.status.success() {
+        return Err(format!("child failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(serde_json::from_slice(output.stdout.trim_ascii())?)
+}
+
 /// The machine a figure was measured on — core count and CPU model — for
 /// every JSON line, so figures from different machines are never compared.
 pub(crate) fn machine() -> serde_json::Value {

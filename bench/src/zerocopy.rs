@@ -81,21 +81,18 @@ pub(crate) async fn run(args: ZerocopyArgs) -> Result<(), Box<dyn std::error::Er
     let mut gibps: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
     for round in 0..args.runs {
         for (i, mode) in MODES.iter().enumerate() {
-            let output = tokio::process::Command::new(std::env::current_exe()?)
-                .arg("zerocopy-child")
-                .args(["--mode", mode, "--bytes", &bytes.to_string(), "--file"])
-                .arg(&path)
-                .kill_on_drop(true)
-                .output()
-                .await?;
-            if !output.status.success() {
-                return Err(format!(
-                    "{mode} child failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-                .into());
-            }
-            let v: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            let bytes = bytes.to_string();
+            let v = crate::stats::run_child([
+                std::ffi::OsStr::new("zerocopy-child"),
+                "--mode".as_ref(),
+                mode.as_ref(),
+                "--bytes".as_ref(),
+                bytes.as_ref(),
+                "--file".as_ref(),
+                path.as_os_str(),
+            ])
+            .await
+            .map_err(|e| format!("{mode}: {e}"))?;
             let (c, g) = (
                 v["cpu_s_per_gib"].as_f64().unwrap_or(f64::NAN),
                 v["gibps"].as_f64().unwrap_or(f64::NAN),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::body::ChannelBody;
 use super::limits::CallLimits;
-use super::retry::{ReplayBody, is_retryable, retry_delay, trailers_only_status};
+use super::retry::{ReplayBody, is_retryable, retry_delay};
 use crate::credentials::CallCredentials;
 use crate::metrics::{AttemptRecord, CallRecord, CountingBody};
 use crate::picker::{CallOutcome, Pick};
@@ -582,7 +582,7 @@ async fn with_retries(
         .await;
         let failed_code = match &outcome {
             Ok(response) => {
-                trailers_only_status(response.headers()).filter(|c| *c != tonic::Code::Ok)
+                crate::metrics::status_in(response.headers()).filter(|c| *c != tonic::Code::Ok)
             }
             Err(status) => Some(status.code()),
         };

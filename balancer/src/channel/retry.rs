@@ -198,11 +198,6 @@ pub(crate) fn retry_delay(policy: &RetryPolicy, retry: u32, unit_random: f64) ->
     Duration::from_secs_f64(ceiling * unit_random.clamp(0.0, 1.0))
 }
 
-/// The status of a Trailers-Only response (`grpc-status` in the headers).
-pub(crate) fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    crate::metrics::status_in(headers)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,10 +286,10 @@ mod tests {
     #[test]
     fn trailers_only_statuses_are_read_from_headers() {
         let mut headers = http::HeaderMap::new();
-        assert_eq!(trailers_only_status(&headers), None);
+        assert_eq!(crate::metrics::status_in(&headers), None);
         headers.insert("grpc-status", "14".parse().unwrap());
         assert_eq!(
-            trailers_only_status(&headers),
+            crate::metrics::status_in(&headers),
             Some(tonic::Code::Unavailable)
         );
     }

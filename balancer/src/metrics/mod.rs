@@ -66,7 +66,9 @@ pub use framing::PayloadCounter;
 pub use opentelemetry;
 /// The prometheus-client these metrics register into (the same version).
 pub use prometheus_client;
-pub(crate) use record::{AttemptRecord, CallRecord, CountingBody, GRPC_STATUS, status_in};
+pub(crate) use record::{
+    AttemptRecord, CallRecord, CountingBody, GRPC_STATUS, status_in, status_of,
+};
 
 use crate::subchannel::SubchannelCounters;
 

@@ -18,9 +18,13 @@ use super::{ChannelMetrics, Ended, MethodHandle, PayloadCounter};
 pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// The status in `headers` (trailers, or a trailers-only response's
-/// headers), if they carry one.
+/// headers), if they carry a readable one.
 pub(crate) fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get(&GRPC_STATUS)?;
+    status_of(headers.get(&GRPC_STATUS)?)
+}
+
+/// A `grpc-status` value as a code, if it is a number.
+pub(crate) fn status_of(value: &http::HeaderValue) -> Option<tonic::Code> {
     let code: i32 = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
     Some(tonic::Code::from_i32(code))
 }
